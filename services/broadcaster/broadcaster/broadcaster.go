@@ -1,0 +1,242 @@
+package broadcaster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/natter-chat/natter/shared/config"
+	"github.com/natter-chat/natter/shared/names"
+	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/store"
+	"github.com/natter-chat/natter/shared/subject"
+)
+
+// maxPending bounds the stores in flight: past it the subscription callback
+// waits, and NATS buffers the posts (and finally reports a slow consumer).
+const maxPending = 4096
+
+// storeTimeout is how long one store may take before the post is answered
+// unavailable.
+const storeTimeout = 5 * time.Second
+
+// Config is what a broadcaster needs.
+type Config struct {
+	Retention    config.Retention
+	MaxTextChars int
+}
+
+// Broadcaster stores posts; see the package documentation.
+type Broadcaster struct {
+	cfg     Config
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	log     *slog.Logger
+	metrics metrics
+
+	// pending carries accepted stores, in the order published, from the
+	// subscription callback to the acker.
+	pending chan pendingStore
+}
+
+type pendingStore struct {
+	future jetstream.PubAckFuture
+	reply  string
+	room   string
+}
+
+type metrics struct {
+	stored     prometheus.Counter
+	duplicates prometheus.Counter
+	rejected   *prometheus.CounterVec
+	failed     prometheus.Counter
+}
+
+// New returns a broadcaster on nc; its metrics go to reg.
+func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer) (*Broadcaster, error) {
+	if cfg.MaxTextChars <= 0 {
+		cfg.MaxTextChars = proto.MaxTextChars
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(maxPending))
+	if err != nil {
+		return nil, fmt.Errorf("broadcaster: jetstream: %w", err)
+	}
+	b := &Broadcaster{
+		cfg:     cfg,
+		nc:      nc,
+		js:      js,
+		log:     log,
+		pending: make(chan pendingStore, maxPending),
+		metrics: metrics{
+			stored: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "natter_broadcaster_messages_stored_total", Help: "Posts stored in the stream."}),
+			duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "natter_broadcaster_duplicates_total", Help: "Posts whose id was already stored (answered with the original seq)."}),
+			rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "natter_broadcaster_rejected_total", Help: "Posts refused by validation, by error code."}, []string{"code"}),
+			failed: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "natter_broadcaster_store_failures_total", Help: "Posts that could not be stored (answered unavailable)."}),
+		},
+	}
+	for _, c := range []prometheus.Collector{b.metrics.stored, b.metrics.duplicates, b.metrics.rejected, b.metrics.failed} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("broadcaster: metrics: %w", err)
+		}
+	}
+	return b, nil
+}
+
+// Run makes sure the stream exists, serves posts until ctx ends, then
+// drains. It returns after every goroutine it started has ended.
+func (b *Broadcaster) Run(ctx context.Context) error {
+	if err := b.ensureStream(ctx); err != nil {
+		return err
+	}
+	sub, err := b.nc.QueueSubscribe(subject.InRoomAll, subject.BroadcasterQueue, b.handle)
+	if err != nil {
+		return fmt.Errorf("broadcaster: subscribe %s: %w", subject.InRoomAll, err)
+	}
+	// The subscription must reach the server before Run reports it is
+	// serving; Flush waits for that.
+	if err := b.nc.Flush(); err != nil && !errors.Is(err, nats.ErrConnectionReconnecting) {
+		b.log.Warn("broadcaster: flush after subscribe", "err", err)
+	}
+	b.log.Info("broadcaster serving", "subject", subject.InRoomAll, "queue", subject.BroadcasterQueue)
+
+	ackerDone := make(chan struct{})
+	go func() {
+		defer close(ackerDone)
+		b.ack()
+	}()
+
+	<-ctx.Done()
+	closed := sub.StatusChanged(nats.SubscriptionClosed)
+	if err := sub.Drain(); err == nil {
+		select {
+		case <-closed:
+		case <-time.After(b.nc.Opts.DrainTimeout):
+			_ = sub.Unsubscribe()
+		}
+	}
+	// The callback no longer runs: nothing else sends on pending.
+	close(b.pending)
+	<-ackerDone
+	return nil
+}
+
+// ensureStream retries until the stream is there: NATS may come up after
+// the broadcaster.
+func (b *Broadcaster) ensureStream(ctx context.Context) error {
+	for {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := store.EnsureStream(sctx, b.js, b.cfg.Retention)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		b.log.Warn("broadcaster: stream not ready, retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("broadcaster: %w", err)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// handle runs on the subscription's goroutine: validate, stamp, store.
+func (b *Broadcaster) handle(m *nats.Msg) {
+	post, perr := b.validate(m)
+	if perr != nil {
+		b.metrics.rejected.WithLabelValues(perr.Code).Inc()
+		b.respond(m.Reply, proto.PostReply{Code: perr.Code, Message: perr.Message})
+		return
+	}
+	stored := proto.Message{
+		Type: proto.TypeMessage,
+		Room: post.Room,
+		From: post.From,
+		Text: post.Text,
+		ID:   post.ID,
+		TS:   time.Now().UnixMilli(),
+	}
+	out := &nats.Msg{Subject: subject.StoreRoom(post.Room), Data: proto.Encode(stored), Header: nats.Header{}}
+	if post.ID != "" {
+		out.Header.Set(jetstream.MsgIDHeader, store.MsgID(post.Room, post.From, post.ID))
+	}
+	future, err := b.js.PublishMsgAsync(out, jetstream.WithExpectStream(subject.Stream),
+		jetstream.WithStallWait(storeTimeout))
+	if err != nil {
+		b.metrics.failed.Inc()
+		b.log.Warn("broadcaster: store", "room", post.Room, "err", err)
+		b.respond(m.Reply, proto.PostReply{Code: proto.CodeUnavailable, Message: "message store unavailable"})
+		return
+	}
+	b.pending <- pendingStore{future: future, reply: m.Reply, room: post.Room}
+}
+
+// validate checks a post as if it came from anyone: room from the subject,
+// names, text and id.
+func (b *Broadcaster) validate(m *nats.Msg) (proto.InRoomPost, *proto.Error) {
+	var post proto.InRoomPost
+	room, ok := subject.RoomOfInRoom(m.Subject)
+	if !ok || !names.ValidRoom(room) {
+		return post, &proto.Error{Code: proto.CodeInvalidRoom, Message: "invalid room in subject " + m.Subject}
+	}
+	if err := json.Unmarshal(m.Data, &post); err != nil {
+		return post, &proto.Error{Code: proto.CodeBadRequest, Message: "payload is not a post: " + err.Error()}
+	}
+	if post.Room != "" && post.Room != room {
+		return post, &proto.Error{Code: proto.CodeBadRequest, Message: "room in payload differs from subject"}
+	}
+	post.Room = room
+	if !names.ValidUser(post.From) {
+		return post, &proto.Error{Code: proto.CodeInvalidUser, Message: "invalid from"}
+	}
+	if perr := proto.CheckPost(post.Text, post.ID, b.cfg.MaxTextChars); perr != nil {
+		return post, perr
+	}
+	return post, nil
+}
+
+// ack answers each store in publish order once JetStream acknowledged it.
+func (b *Broadcaster) ack() {
+	for p := range b.pending {
+		var reply proto.PostReply
+		select {
+		case ack := <-p.future.Ok():
+			reply.Seq, reply.Duplicate = ack.Sequence, ack.Duplicate
+			if ack.Duplicate {
+				b.metrics.duplicates.Inc()
+			} else {
+				b.metrics.stored.Inc()
+			}
+		case err := <-p.future.Err():
+			b.metrics.failed.Inc()
+			b.log.Warn("broadcaster: store failed", "room", p.room, "err", err)
+			reply = proto.PostReply{Code: proto.CodeUnavailable, Message: "message store unavailable"}
+		case <-time.After(storeTimeout):
+			b.metrics.failed.Inc()
+			reply = proto.PostReply{Code: proto.CodeUnavailable, Message: "message store timed out"}
+		}
+		b.respond(p.reply, reply)
+	}
+}
+
+// respond answers a post that came as a request; bots publish without a
+// reply subject and get nothing.
+func (b *Broadcaster) respond(reply string, r proto.PostReply) {
+	if reply == "" {
+		return
+	}
+	data, _ := json.Marshal(r)
+	if err := b.nc.Publish(reply, data); err != nil {
+		b.log.Warn("broadcaster: reply", "err", err)
+	}
+}

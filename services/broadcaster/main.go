@@ -1,0 +1,69 @@
+// Command broadcaster runs one natter broadcaster against an external NATS
+// (CHAT_NATS_URL); run as many as needed, they form one queue group.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/natter-chat/natter/services/broadcaster/broadcaster"
+	"github.com/natter-chat/natter/shared/config"
+	"github.com/natter-chat/natter/shared/natsconn"
+	"github.com/natter-chat/natter/shared/ops"
+)
+
+// Config is the broadcaster's configuration.
+type Config struct {
+	HTTPAddr     string `envconfig:"HTTP_ADDR" default:":8082" desc:"HTTP listen address of /healthz, /readyz and /metrics"`
+	MaxTextChars int    `envconfig:"MAX_TEXT_CHARS" default:"4000" desc:"longest message text in Unicode code points"`
+	config.NATS
+	config.Retention
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "broadcaster:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, stderr io.Writer) error {
+	var cfg Config
+	if err := config.Load(&cfg); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil)).With("service", "broadcaster")
+	if cfg.URL == "" {
+		return fmt.Errorf("CHAT_NATS_URL is required")
+	}
+	nc, err := natsconn.Connect(cfg.URL, "broadcaster", cfg.DrainTimeout, log)
+	if err != nil {
+		return err
+	}
+	defer natsconn.Drain(nc)
+	reg := ops.NewRegistry()
+	b, err := broadcaster.New(broadcaster.Config{Retention: cfg.Retention, MaxTextChars: cfg.MaxTextChars}, nc, log, reg)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	ops.Handle(mux, nc.IsConnected, reg)
+	ln, err := ops.Listen(cfg.HTTPAddr, log)
+	if err != nil {
+		return err
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return b.Run(ctx) })
+	g.Go(func() error { return ops.Serve(ctx, ln, mux, cfg.DrainTimeout) })
+	return g.Wait()
+}

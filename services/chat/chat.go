@@ -1,0 +1,166 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/natter-chat/natter/services/broadcaster/broadcaster"
+	"github.com/natter-chat/natter/services/edge/edge"
+	"github.com/natter-chat/natter/services/presence/presence"
+	"github.com/natter-chat/natter/shared/config"
+	"github.com/natter-chat/natter/shared/embedded"
+	"github.com/natter-chat/natter/shared/natsconn"
+	"github.com/natter-chat/natter/shared/ops"
+	"github.com/natter-chat/natter/shared/store"
+	"github.com/natter-chat/natter/web"
+)
+
+// Config is the single binary's configuration.
+type Config struct {
+	HTTPAddr string `envconfig:"HTTP_ADDR" default:":8080" desc:"HTTP listen address of the page, /ws and the operational endpoints"`
+	EdgeID   string `envconfig:"EDGE_ID" default:"" desc:"the edge's name on NATS; empty picks a random one"`
+	NATSLogs bool   `envconfig:"NATS_LOGS" default:"false" desc:"log the embedded NATS server's own messages"`
+	config.NATS
+	config.Embedded
+	config.Limits
+	config.Web
+	config.Retention
+}
+
+func loadConfig(cfg *Config) error { return config.Load(cfg) }
+
+// Main is the running single binary: its NATS server (when embedded), one
+// connection per service, and the services.
+type Main struct {
+	cfg   Config
+	log   *slog.Logger
+	ns    *server.Server // nil when CHAT_NATS_URL names an external server
+	conns []*nats.Conn
+	ln    net.Listener
+
+	edge        *edge.Edge
+	broadcaster *broadcaster.Broadcaster
+	presence    *presence.Presence
+}
+
+// Open starts NATS (unless external), connects the services and opens the
+// HTTP listener. Run serves; on error Open leaves nothing running.
+func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error) {
+	m := &Main{cfg: cfg, log: slog.New(slog.NewTextHandler(logOut, nil))}
+	defer func() {
+		if err != nil {
+			m.close()
+		}
+	}()
+	url := cfg.URL
+	if url == "" {
+		m.ns, err = embedded.Start(embedded.Options{Addr: cfg.NATSAddr, DataDir: cfg.DataDir, Logs: cfg.NATSLogs})
+		if err != nil {
+			return nil, err
+		}
+		addr := embedded.Addr(m.ns)
+		m.log.Info("listening nats "+addr, "kind", "nats", "addr", addr, "data_dir", cfg.DataDir)
+		url = m.ns.ClientURL()
+	}
+	connect := func(name string) (*nats.Conn, error) {
+		nc, err := natsconn.Connect(url, name, cfg.DrainTimeout, m.log)
+		if err == nil {
+			m.conns = append(m.conns, nc)
+		}
+		return nc, err
+	}
+	edgeNC, err := connect("edge")
+	if err != nil {
+		return nil, err
+	}
+	bNC, err := connect("broadcaster")
+	if err != nil {
+		return nil, err
+	}
+	pNC, err := connect("presence")
+	if err != nil {
+		return nil, err
+	}
+
+	// The stream must exist before the edge takes its first join.
+	js, err := jetstream.New(bNC)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = store.EnsureStream(sctx, js, cfg.Retention)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+
+	reg := ops.NewRegistry()
+	m.broadcaster, err = broadcaster.New(broadcaster.Config{Retention: cfg.Retention, MaxTextChars: cfg.MaxTextChars},
+		bNC, m.log.With("service", "broadcaster"), reg)
+	if err != nil {
+		return nil, err
+	}
+	m.edge, err = edge.New(edge.Config{ID: cfg.EdgeID, Limits: cfg.Limits, Web: cfg.Web},
+		edgeNC, web.FS(), m.log.With("service", "edge"), reg)
+	if err != nil {
+		return nil, err
+	}
+	m.presence = presence.New(pNC, m.log.With("service", "presence"))
+	m.ln, err = ops.Listen(cfg.HTTPAddr, m.log)
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Addr is the HTTP listener's address.
+func (m *Main) Addr() string { return m.ln.Addr().String() }
+
+// NATSAddr is the embedded server's client address, empty when external.
+func (m *Main) NATSAddr() string {
+	if m.ns == nil {
+		return ""
+	}
+	return embedded.Addr(m.ns)
+}
+
+// Run serves until ctx ends, then shuts down from the outside in: the edge
+// stops accepting and closes its clients (1001), the broadcaster drains,
+// the connections drain, the embedded server stops.
+func (m *Main) Run(ctx context.Context) error {
+	defer m.close()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return m.edge.Run(gctx, m.ln) })
+	g.Go(func() error { return m.broadcaster.Run(gctx) })
+	g.Go(func() error { return m.presence.Run(gctx) })
+	err := g.Wait()
+	m.log.Info("shutting down")
+	return err
+}
+
+// close drains every connection at once and stops the embedded server.
+func (m *Main) close() {
+	var wg sync.WaitGroup
+	for _, nc := range m.conns {
+		wg.Go(func() { natsconn.Drain(nc) })
+	}
+	wg.Wait()
+	m.conns = nil
+	if m.ns != nil {
+		embedded.Stop(m.ns)
+		m.ns = nil
+	}
+	if m.ln != nil {
+		_ = m.ln.Close()
+	}
+}

@@ -1,0 +1,260 @@
+package edge
+
+import (
+	"io"
+	"net"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/natter-chat/natter/shared/proto"
+)
+
+// closeGrace is how long a closing connection waits for the peer's close
+// frame, and then for its end of the TCP connection, before closing hard.
+const closeGrace = time.Second
+
+// client is one WebSocket connection.
+type client struct {
+	e       *Edge
+	conn    *websocket.Conn
+	user    string
+	session string
+
+	// wake tells the write pump that the queue has events or that the
+	// client is closing; a buffer of one coalesces wake-ups.
+	wake chan struct{}
+	// readerDone is closed when the read pump has returned.
+	readerDone chan struct{}
+
+	mu sync.Mutex
+	// queue holds encoded events for the write pump, at most
+	// e.cfg.Limits.SendQueue of them; guarded by mu.
+	queue [][]byte
+	// rooms is the state of each joined (or joining) room; guarded by mu.
+	rooms map[string]*roomState
+	// closeCode is the close code to send once closing has begun, -1
+	// when none is to be sent; closing tells whether it has begun.
+	// Guarded by mu.
+	closing   bool
+	closeCode int
+	closeText string
+}
+
+// roomState is a client's view of one room. Guarded by client.mu.
+type roomState struct {
+	// joining holds live events back while join reads the room's newest
+	// seq, so that joined comes before them.
+	joining bool
+	pending []pendingEvent
+	// lastSeq is the newest seq sent to the client (or stored when it
+	// joined): live events up to it are duplicates.
+	lastSeq uint64
+}
+
+type pendingEvent struct {
+	seq  uint64
+	line []byte
+}
+
+func newClient(e *Edge, conn *websocket.Conn, user, session string) *client {
+	return &client{
+		e:          e,
+		conn:       conn,
+		user:       user,
+		session:    session,
+		wake:       make(chan struct{}, 1),
+		readerDone: make(chan struct{}),
+		rooms:      make(map[string]*roomState),
+	}
+}
+
+// send queues an event for the write pump.
+func (c *client) send(line []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.enqueueLocked(line)
+}
+
+// enqueueLocked queues line, or cuts the client off when its queue is full.
+func (c *client) enqueueLocked(line []byte) {
+	if c.closing {
+		return
+	}
+	if len(c.queue) >= c.e.cfg.Limits.SendQueue {
+		c.e.metrics.slowClients.Inc()
+		c.e.log.Info("cutting off slow client", "user", c.user, "session", c.session, "queued", len(c.queue))
+		c.closeLocked(websocket.ClosePolicyViolation, "slow client: send queue full")
+		return
+	}
+	c.queue = append(c.queue, line)
+	c.signal()
+}
+
+// deliver hands a stored room event to the client: held back while the
+// client is joining the room, dropped when already sent.
+func (c *client) deliver(room string, seq uint64, line []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.rooms[room]
+	if st == nil || c.closing {
+		return
+	}
+	if st.joining {
+		if len(st.pending) >= c.e.cfg.Limits.SendQueue {
+			c.closeLocked(websocket.ClosePolicyViolation, "slow client: send queue full")
+			return
+		}
+		st.pending = append(st.pending, pendingEvent{seq: seq, line: line})
+		return
+	}
+	if seq <= st.lastSeq {
+		return
+	}
+	st.lastSeq = seq
+	c.e.metrics.delivered.Inc()
+	c.enqueueLocked(line)
+}
+
+// close begins closing with code (-1: send no close frame).
+func (c *client) close(code int, text string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closeLocked(code, text)
+}
+
+func (c *client) closeLocked(code int, text string) {
+	if c.closing {
+		return
+	}
+	c.closing, c.closeCode, c.closeText = true, code, text
+	c.queue = nil
+	c.signal()
+}
+
+func (c *client) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// readPump is the only reader of the socket. It returns when the client
+// goes away, breaks the protocol or is closed.
+func (c *client) readPump() {
+	defer close(c.readerDone)
+	lim := c.e.cfg.Limits
+	c.conn.SetReadLimit(lim.MaxFrameBytes)
+	_ = c.conn.SetReadDeadline(time.Now().Add(lim.PongTimeout))
+	c.conn.SetPongHandler(func(string) error {
+		return c.conn.SetReadDeadline(time.Now().Add(lim.PongTimeout))
+	})
+	for {
+		mt, data, err := c.conn.ReadMessage()
+		if err != nil {
+			// A frame over the limit was already answered with 1009 by
+			// gorilla; anything else is the client leaving.
+			c.close(-1, "")
+			return
+		}
+		_ = c.conn.SetReadDeadline(time.Now().Add(lim.PongTimeout))
+		if mt != websocket.TextMessage {
+			c.close(websocket.CloseUnsupportedData, "binary frames are not supported")
+			return
+		}
+		if !utf8.Valid(data) {
+			c.close(websocket.CloseInvalidFramePayloadData, "text frame is not valid UTF-8")
+			return
+		}
+		c.e.metrics.framesIn.Inc()
+		proto.Lines(data, func(line []byte) bool {
+			c.handle(line)
+			return !c.isClosing()
+		})
+		if c.isClosing() {
+			return
+		}
+	}
+}
+
+func (c *client) isClosing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closing
+}
+
+// writePump is the only writer of data frames. It coalesces queued events
+// into frames of at most proto.MaxFrameBytes, pings, and closes the
+// connection when the client is closing.
+func (c *client) writePump() {
+	lim := c.e.cfg.Limits
+	ping := time.NewTicker(lim.PingInterval)
+	defer ping.Stop()
+	var batch [][]byte
+	var buf []byte
+	write := func(frame []byte) error {
+		_ = c.conn.SetWriteDeadline(time.Now().Add(lim.WriteTimeout))
+		c.e.metrics.framesOut.Inc()
+		return c.conn.WriteMessage(websocket.TextMessage, frame)
+	}
+	for {
+		select {
+		case <-c.wake:
+			c.mu.Lock()
+			closing := c.closing
+			batch, c.queue = c.queue, batch[:0]
+			c.mu.Unlock()
+			if closing {
+				c.finish()
+				return
+			}
+			var err error
+			buf, err = proto.Frames(batch, proto.MaxFrameBytes, buf, write)
+			clear(batch)
+			if err != nil {
+				c.close(-1, "")
+				c.finish()
+				return
+			}
+		case <-ping.C:
+			if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(lim.WriteTimeout)); err != nil {
+				c.close(-1, "")
+				c.finish()
+				return
+			}
+		}
+	}
+}
+
+// finish sends the close frame, if any, waits a moment for the peer, and
+// closes the connection.
+func (c *client) finish() {
+	c.mu.Lock()
+	code, text := c.closeCode, c.closeText
+	c.mu.Unlock()
+	if code > 0 {
+		_ = c.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(closeGrace))
+	}
+	select {
+	case <-c.readerDone:
+		c.linger()
+	case <-time.After(closeGrace):
+		// The peer did not answer: closing the socket ends the read pump.
+	}
+	_ = c.conn.Close()
+}
+
+// linger reads what the peer still sends, briefly, after the read pump has
+// ended: closing a socket with unread data makes the kernel reset the
+// connection, and a reset can destroy the close frame before the peer has
+// read it.
+func (c *client) linger() {
+	nc := c.conn.UnderlyingConn()
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.CloseWrite()
+	}
+	_ = nc.SetReadDeadline(time.Now().Add(closeGrace))
+	_, _ = io.CopyN(io.Discard, nc, 1<<20)
+}

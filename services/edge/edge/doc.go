@@ -1,0 +1,26 @@
+// Package edge holds natter's WebSocket clients and connects them to NATS.
+//
+// Ownership and stopping:
+//
+//   - Run owns the HTTP server, the hub's dispatch goroutine and, through a
+//     WaitGroup, every connection handler. When its context ends it stops
+//     accepting, closes every client with 1001, waits for their handlers,
+//     then drops the room subscriptions and stops the dispatcher.
+//   - Each connection's HTTP handler goroutine is its read pump: the only
+//     reader of the socket. It starts the connection's write pump, the only
+//     writer of data frames, and waits for it before returning. Close and
+//     ping frames go through gorilla's WriteControl, which is safe from any
+//     goroutine.
+//   - The hub keeps one NATS subscription per room with local members. All
+//     of them deliver into one channel, read by one dispatch goroutine, so
+//     thousands of rooms cost no goroutine each. The dispatcher encodes an
+//     event once per room and appends it to each member's send queue; it
+//     never writes to a socket, so a slow client cannot hold it up.
+//   - A client's send queue is bounded: when it is full the client is cut
+//     off (close 1008), and nobody else waits for it.
+//
+// Locks: hub.mu guards the room table; client.mu guards a client's send
+// queue and room states. The dispatcher takes hub.mu only to read a room's
+// member list (copy on write) and then each member's mu in turn; no lock is
+// held while writing to a socket or publishing to NATS.
+package edge

@@ -1,0 +1,239 @@
+package edge
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/natter-chat/natter/shared/config"
+	"github.com/natter-chat/natter/shared/names"
+	"github.com/natter-chat/natter/shared/ops"
+	"github.com/natter-chat/natter/shared/proto"
+)
+
+// shutdownWait bounds how long Run waits for connection handlers after
+// closing them; it fits the 10-second shutdown promise with the drain.
+const shutdownWait = 4 * time.Second
+
+// Config is what an edge needs.
+type Config struct {
+	// ID names the edge on NATS; empty picks a random one.
+	ID     string
+	Limits config.Limits
+	Web    config.Web
+}
+
+// Edge serves the page and the WebSocket endpoint; see the package
+// documentation.
+type Edge struct {
+	cfg      Config
+	id       string
+	nc       *nats.Conn
+	log      *slog.Logger
+	reg      *prometheus.Registry
+	web      fs.FS
+	hub      *hub
+	metrics  *metrics
+	upgrader websocket.Upgrader
+
+	mu       sync.Mutex
+	clients  map[*client]struct{} // guarded by mu
+	stopping bool                 // guarded by mu: no new clients once set
+	handlers sync.WaitGroup       // connection handlers; Add under mu
+}
+
+// New returns an edge on nc serving the page from web; its metrics go to
+// reg, which /metrics serves.
+func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus.Registry) (*Edge, error) {
+	lim := cfg.Limits
+	if lim.SendQueue <= 0 || lim.MaxRooms <= 0 || lim.MaxFrameBytes <= 0 || lim.MaxTextChars <= 0 {
+		return nil, errors.New("edge: limits must be positive")
+	}
+	if lim.PingInterval <= 0 || lim.PongTimeout <= lim.PingInterval {
+		return nil, errors.New("edge: the pong timeout must be longer than the ping interval")
+	}
+	if lim.WriteTimeout <= 0 || lim.PostTimeout <= 0 {
+		return nil, errors.New("edge: timeouts must be positive")
+	}
+	id := cfg.ID
+	if id == "" {
+		id = "edge-" + randomID()
+	}
+	if !names.ValidUser(id) {
+		return nil, fmt.Errorf("edge: id %q must be a valid NATS token of [A-Za-z0-9_-]", id)
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("edge: %w", err)
+	}
+	e := &Edge{
+		cfg:     cfg,
+		id:      id,
+		nc:      nc,
+		log:     log.With("edge", id),
+		reg:     reg,
+		web:     web,
+		metrics: m,
+		clients: make(map[*client]struct{}),
+		upgrader: websocket.Upgrader{
+			ReadBufferSize:  1024,
+			WriteBufferSize: 4096,
+			// Buffers are taken for a write and given back after it, so an
+			// idle connection holds none.
+			WriteBufferPool: &sync.Pool{},
+			// The origin is checked before the upgrade, with its own answer.
+			CheckOrigin: func(*http.Request) bool { return true },
+		},
+	}
+	e.hub = newHub(nc, e.log, m)
+	return e, nil
+}
+
+// ID is the edge's name on NATS.
+func (e *Edge) ID() string { return e.id }
+
+// Handler serves /, /ws, /healthz, /readyz and /metrics.
+func (e *Edge) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /", http.FileServerFS(e.web))
+	mux.HandleFunc("GET /ws", e.serveWS)
+	ops.Handle(mux, e.Ready, e.reg)
+	return mux
+}
+
+// Ready reports whether the edge is connected to NATS.
+func (e *Edge) Ready() bool { return e.nc.IsConnected() }
+
+// Run serves HTTP on ln until ctx ends, then stops accepting, closes every
+// client with 1001 and drops its subscriptions. It returns after every
+// goroutine it started has ended.
+func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
+	dctx, stopDispatch := context.WithCancel(context.Background())
+	dispatchDone := make(chan struct{})
+	go func() {
+		defer close(dispatchDone)
+		e.hub.run(dctx)
+	}()
+	err := ops.Serve(ctx, ln, e.Handler(), shutdownWait)
+	e.closeClients()
+	e.hub.close()
+	stopDispatch()
+	<-dispatchDone
+	return err
+}
+
+// closeClients closes every connection with 1001 and waits for their
+// handlers, at most shutdownWait.
+func (e *Edge) closeClients() {
+	e.mu.Lock()
+	e.stopping = true
+	for c := range e.clients {
+		c.close(websocket.CloseGoingAway, "server shutting down")
+	}
+	e.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		e.handlers.Wait()
+	}()
+	select {
+	case <-done:
+	case <-time.After(shutdownWait):
+		e.mu.Lock()
+		for c := range e.clients {
+			_ = c.conn.Close()
+		}
+		e.mu.Unlock()
+		<-done
+	}
+}
+
+// serveWS checks a request, upgrades it and runs the connection's read
+// pump on this goroutine.
+func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
+	if !e.originAllowed(r) {
+		e.metrics.refused.WithLabelValues("origin").Inc()
+		http.Error(w, "origin not allowed", http.StatusForbidden)
+		return
+	}
+	user := r.URL.Query().Get("user")
+	if !names.ValidUser(user) {
+		e.metrics.refused.WithLabelValues("user").Inc()
+		http.Error(w, "user must match ^[A-Za-z0-9_-]{1,32}$", http.StatusBadRequest)
+		return
+	}
+	conn, err := e.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader has answered
+	}
+	c := newClient(e, conn, user, randomID())
+
+	e.mu.Lock()
+	if e.stopping {
+		e.mu.Unlock()
+		_ = conn.WriteControl(websocket.CloseMessage,
+			websocket.FormatCloseMessage(websocket.CloseGoingAway, "server shutting down"), time.Now().Add(closeGrace))
+		_ = conn.Close()
+		return
+	}
+	e.clients[c] = struct{}{}
+	e.handlers.Add(1)
+	e.mu.Unlock()
+	defer e.handlers.Done()
+	e.metrics.connections.Inc()
+	defer e.metrics.connections.Dec()
+
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.writePump()
+	}()
+	c.send(proto.Encode(proto.Welcome{Type: proto.TypeWelcome, User: user, Session: c.session}))
+	c.readPump()
+	<-writerDone
+	c.leaveAll()
+
+	e.mu.Lock()
+	delete(e.clients, c)
+	e.mu.Unlock()
+}
+
+// originAllowed applies PROTOCOL.md section 3: no Origin (not a browser),
+// the request's own host, or an entry of the allowed list.
+func (e *Edge) originAllowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	if slices.Contains(e.cfg.Web.AllowedOrigins, origin) {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+		return false
+	}
+	return u.Host == r.Host
+}
+
+// Subscriptions is the number of room subscriptions the edge holds.
+func (e *Edge) Subscriptions() int { return e.hub.subscriptions() }
+
+func randomID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,188 @@
+package edge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/store"
+	"github.com/natter-chat/natter/shared/subject"
+)
+
+// handle answers one request object. It runs on the read pump, so a
+// session has at most one post in flight: its messages are stored in the
+// order it sent them.
+func (c *client) handle(line []byte) {
+	req, perr := proto.ParseRequest(line)
+	if perr != nil {
+		c.refuse(req, perr)
+		return
+	}
+	switch req.Type {
+	case proto.TypeJoin:
+		c.join(req)
+	case proto.TypeLeave:
+		c.leave(req)
+	case proto.TypeMessage:
+		c.post(req)
+	case proto.TypeTyping:
+		if !c.joined(*req.Room) {
+			c.refuse(req, &proto.Error{Code: proto.CodeNotJoined, Message: "not joined to room " + *req.Room})
+			return
+		}
+		c.refuse(req, notYet(req.Type))
+	default:
+		c.refuse(req, notYet(req.Type))
+	}
+}
+
+// notYet answers the operations of the contract that this server does not
+// provide yet (who, history, dm, dms, typing): a clear, retryable refusal
+// rather than silence.
+func notYet(typ string) *proto.Error {
+	return &proto.Error{Code: proto.CodeUnavailable, Message: typ + " is not available on this server yet"}
+}
+
+func (c *client) refuse(req proto.Request, perr *proto.Error) {
+	c.e.metrics.errors.WithLabelValues(perr.Code).Inc()
+	c.send(proto.Encode(proto.ErrorEvent{Type: proto.TypeError, Code: perr.Code, Message: perr.Message, ID: req.RawID}))
+}
+
+func (c *client) joined(room string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.rooms[room]
+	return st != nil && !st.joining
+}
+
+// join subscribes the client to a room. The room's subscription is taken
+// before its newest seq is read, and live events are held back meanwhile,
+// so joined comes first and no event between the two is lost.
+func (c *client) join(req proto.Request) {
+	room := *req.Room
+	c.mu.Lock()
+	if st := c.rooms[room]; st != nil {
+		c.enqueueLocked(proto.Encode(proto.Joined{Type: proto.TypeJoined, Room: room, Seq: st.lastSeq}))
+		c.mu.Unlock()
+		return
+	}
+	if len(c.rooms) >= c.e.cfg.Limits.MaxRooms {
+		c.mu.Unlock()
+		c.refuse(req, &proto.Error{Code: proto.CodeTooManyRooms, Message: "joined to too many rooms"})
+		return
+	}
+	st := &roomState{joining: true}
+	c.rooms[room] = st
+	c.mu.Unlock()
+
+	undo := func(err error) {
+		c.e.log.Warn("join failed", "room", room, "session", c.session, "err", err)
+		c.e.hub.leave(room, c)
+		c.mu.Lock()
+		delete(c.rooms, room)
+		c.mu.Unlock()
+		c.refuse(req, &proto.Error{Code: proto.CodeUnavailable, Message: "message store unavailable, try again"})
+	}
+	if err := c.e.hub.join(room, c); err != nil {
+		undo(err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.Limits.PostTimeout)
+	last, err := store.LastSeq(ctx, c.e.nc, room)
+	cancel()
+	if err != nil {
+		undo(err)
+		return
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st.joining = false
+	st.lastSeq = last
+	c.enqueueLocked(proto.Encode(proto.Joined{Type: proto.TypeJoined, Room: room, Seq: last}))
+	for _, p := range st.pending {
+		if p.seq > st.lastSeq {
+			st.lastSeq = p.seq
+			c.e.metrics.delivered.Inc()
+			c.enqueueLocked(p.line)
+		}
+	}
+	st.pending = nil
+}
+
+func (c *client) leave(req proto.Request) {
+	room := *req.Room
+	if !c.joined(room) {
+		c.refuse(req, &proto.Error{Code: proto.CodeNotJoined, Message: "not joined to room " + room})
+		return
+	}
+	c.e.hub.leave(room, c)
+	c.mu.Lock()
+	delete(c.rooms, room)
+	c.enqueueLocked(proto.Encode(proto.Left{Type: proto.TypeLeft, Room: room}))
+	c.mu.Unlock()
+}
+
+// leaveAll drops the client from every room when it is gone.
+func (c *client) leaveAll() {
+	c.mu.Lock()
+	rooms := make([]string, 0, len(c.rooms))
+	for room := range c.rooms {
+		rooms = append(rooms, room)
+	}
+	c.mu.Unlock()
+	for _, room := range rooms {
+		c.e.hub.leave(room, c)
+	}
+}
+
+// post sends a message to the broadcasters and waits for it to be stored.
+func (c *client) post(req proto.Request) {
+	room, text := *req.Room, *req.Text
+	if !c.joined(room) {
+		c.refuse(req, &proto.Error{Code: proto.CodeNotJoined, Message: "not joined to room " + room})
+		return
+	}
+	var id string
+	if req.ID != nil {
+		id = *req.ID
+	}
+	if perr := proto.CheckPost(text, id, c.e.cfg.Limits.MaxTextChars); perr != nil {
+		c.refuse(req, perr)
+		return
+	}
+	if !c.e.nc.IsConnected() {
+		c.refuse(req, &proto.Error{Code: proto.CodeUnavailable, Message: "NATS unavailable, try again"})
+		return
+	}
+	data := proto.Encode(proto.InRoomPost{Room: room, From: c.user, Text: text, ID: id, Edge: c.e.id, Session: c.session})
+	ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.Limits.PostTimeout)
+	msg, err := c.e.nc.RequestWithContext(ctx, subject.InRoom(room), data)
+	cancel()
+	if err != nil {
+		msg := "message store unavailable, try again"
+		if errors.Is(err, nats.ErrNoResponders) {
+			msg = "no broadcaster is running, try again"
+		} else if errors.Is(err, context.DeadlineExceeded) {
+			msg = "message store timed out after " + c.e.cfg.Limits.PostTimeout.String() + ", try again"
+		}
+		c.refuse(req, &proto.Error{Code: proto.CodeUnavailable, Message: msg})
+		return
+	}
+	var reply proto.PostReply
+	if err := json.Unmarshal(msg.Data, &reply); err != nil || (reply.Code == "" && reply.Seq == 0) {
+		c.refuse(req, &proto.Error{Code: proto.CodeUnavailable, Message: "bad reply from the message store"})
+		return
+	}
+	if reply.Code != "" {
+		c.refuse(req, &proto.Error{Code: reply.Code, Message: reply.Message})
+		return
+	}
+	c.e.metrics.posted.Inc()
+	if id != "" {
+		c.send(proto.Encode(proto.Ack{Type: proto.TypeAck, ID: id, Seq: reply.Seq}))
+	}
+}

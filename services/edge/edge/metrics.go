@@ -1,0 +1,46 @@
+package edge
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the edge's counters; the README lists them.
+type metrics struct {
+	connections prometheus.Gauge
+	roomSubs    prometheus.Gauge
+	refused     *prometheus.CounterVec
+	framesIn    prometheus.Counter
+	framesOut   prometheus.Counter
+	posted      prometheus.Counter
+	delivered   prometheus.Counter
+	slowClients prometheus.Counter
+	errors      *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "natter_edge_connections", Help: "Open WebSocket connections."}),
+		roomSubs: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "natter_edge_room_subscriptions", Help: "NATS room subscriptions held (rooms with local members)."}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "natter_edge_upgrades_refused_total", Help: "WebSocket upgrades refused, by reason."}, []string{"reason"}),
+		framesIn: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "natter_edge_frames_received_total", Help: "Text frames received from clients."}),
+		framesOut: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "natter_edge_frames_sent_total", Help: "Frames written to clients (each may coalesce several events)."}),
+		posted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "natter_edge_messages_posted_total", Help: "Messages from clients stored by the broadcasters."}),
+		delivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "natter_edge_messages_delivered_total", Help: "Room messages queued to clients."}),
+		slowClients: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "natter_edge_slow_clients_total", Help: "Clients cut off because their send queue was full."}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "natter_edge_errors_total", Help: "Error events sent to clients, by code."}, []string{"code"}),
+	}
+	for _, c := range []prometheus.Collector{m.connections, m.roomSubs, m.refused, m.framesIn, m.framesOut,
+		m.posted, m.delivered, m.slowClients, m.errors} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

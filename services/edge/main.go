@@ -1,0 +1,62 @@
+// Command edge runs one natter edge (the page and the WebSocket endpoint)
+// against an external NATS (CHAT_NATS_URL).
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/natter-chat/natter/services/edge/edge"
+	"github.com/natter-chat/natter/shared/config"
+	"github.com/natter-chat/natter/shared/natsconn"
+	"github.com/natter-chat/natter/shared/ops"
+	"github.com/natter-chat/natter/web"
+)
+
+// Config is the edge's configuration.
+type Config struct {
+	HTTPAddr string `envconfig:"HTTP_ADDR" default:":8080" desc:"HTTP listen address of the page, /ws and the operational endpoints"`
+	EdgeID   string `envconfig:"EDGE_ID" default:"" desc:"the edge's name on NATS; empty picks a random one"`
+	config.NATS
+	config.Limits
+	config.Web
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "edge:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, stderr io.Writer) error {
+	var cfg Config
+	if err := config.Load(&cfg); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil)).With("service", "edge")
+	if cfg.URL == "" {
+		return fmt.Errorf("CHAT_NATS_URL is required")
+	}
+	nc, err := natsconn.Connect(cfg.URL, "edge", cfg.DrainTimeout, log)
+	if err != nil {
+		return err
+	}
+	defer natsconn.Drain(nc)
+	e, err := edge.New(edge.Config{ID: cfg.EdgeID, Limits: cfg.Limits, Web: cfg.Web}, nc, web.FS(), log, ops.NewRegistry())
+	if err != nil {
+		return err
+	}
+	ln, err := ops.Listen(cfg.HTTPAddr, log)
+	if err != nil {
+		return err
+	}
+	return e.Run(ctx, ln)
+}

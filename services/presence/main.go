@@ -1,0 +1,64 @@
+// Command presence runs natter's presence service against an external NATS
+// (CHAT_NATS_URL).
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/natter-chat/natter/services/presence/presence"
+	"github.com/natter-chat/natter/shared/config"
+	"github.com/natter-chat/natter/shared/natsconn"
+	"github.com/natter-chat/natter/shared/ops"
+)
+
+// Config is the presence service's configuration.
+type Config struct {
+	HTTPAddr string `envconfig:"HTTP_ADDR" default:":8081" desc:"HTTP listen address of /healthz, /readyz and /metrics"`
+	config.NATS
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "presence:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, stderr io.Writer) error {
+	var cfg Config
+	if err := config.Load(&cfg); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil)).With("service", "presence")
+	if cfg.URL == "" {
+		return fmt.Errorf("CHAT_NATS_URL is required")
+	}
+	nc, err := natsconn.Connect(cfg.URL, "presence", cfg.DrainTimeout, log)
+	if err != nil {
+		return err
+	}
+	defer natsconn.Drain(nc)
+	p := presence.New(nc, log)
+	reg := ops.NewRegistry()
+	mux := http.NewServeMux()
+	ops.Handle(mux, p.Ready, reg)
+	ln, err := ops.Listen(cfg.HTTPAddr, log)
+	if err != nil {
+		return err
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return p.Run(ctx) })
+	g.Go(func() error { return ops.Serve(ctx, ln, mux, cfg.DrainTimeout) })
+	return g.Wait()
+}

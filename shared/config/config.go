@@ -1,0 +1,60 @@
+// Package config defines the groups of settings that natter's binaries
+// combine into their own configuration struct, read once with envconfig
+// under the prefix CHAT (PROTOCOL.md section 1). Each field documents its
+// default; constructors take these values and never read the environment.
+package config
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+)
+
+// Prefix is the environment prefix of every setting.
+const Prefix = "CHAT"
+
+// NATS is how a service reaches NATS.
+type NATS struct {
+	URL          string        `envconfig:"NATS_URL" default:"" desc:"NATS URL(s), comma separated; empty in single-binary mode starts the embedded server"`
+	DrainTimeout time.Duration `envconfig:"NATS_DRAIN_TIMEOUT" default:"3s" desc:"how long draining NATS may take on shutdown; inside the 10 s shutdown promise"`
+}
+
+// Embedded configures the single binary's own NATS server.
+type Embedded struct {
+	NATSAddr string `envconfig:"NATS_ADDR" default:"127.0.0.1:4222" desc:"client listen address of the embedded NATS server; 127.0.0.1:0 picks a free port"`
+	DataDir  string `envconfig:"DATA_DIR" default:"chat-data" desc:"where the embedded server keeps JetStream data"`
+}
+
+// Web is what the edge's HTTP side accepts.
+type Web struct {
+	AllowedOrigins []string `envconfig:"ALLOWED_ORIGINS" default:"" desc:"extra allowed Origin values, comma separated; same-origin is always allowed"`
+}
+
+// Limits are the per-connection limits of PROTOCOL.md section 3.
+type Limits struct {
+	MaxFrameBytes  int64         `envconfig:"MAX_FRAME_BYTES" default:"65536" desc:"largest incoming WebSocket frame; larger closes with 1009"`
+	MaxTextChars   int           `envconfig:"MAX_TEXT_CHARS" default:"4000" desc:"longest message text in Unicode code points"`
+	MaxRooms       int           `envconfig:"MAX_ROOMS" default:"100" desc:"rooms one connection may join"`
+	SendQueue      int           `envconfig:"SEND_QUEUE" default:"512" desc:"live events queued for one client before it is cut off as slow"`
+	PostTimeout    time.Duration `envconfig:"POST_TIMEOUT" default:"5s" desc:"how long an edge waits for the broadcaster to store a post before answering unavailable"`
+	PingInterval   time.Duration `envconfig:"PING_INTERVAL" default:"25s" desc:"WebSocket ping interval"`
+	PongTimeout    time.Duration `envconfig:"PONG_TIMEOUT" default:"60s" desc:"a client that has not answered for this long is dropped; must exceed the ping interval"`
+	WriteTimeout   time.Duration `envconfig:"WRITE_TIMEOUT" default:"5s" desc:"how long one write to a client may block before the client is dropped"`
+}
+
+// Retention is how much history the stream keeps.
+type Retention struct {
+	MaxMsgs  int64         `envconfig:"HISTORY_MAX_MSGS" default:"10000" desc:"messages kept per room"`
+	MaxAge   time.Duration `envconfig:"HISTORY_MAX_AGE" default:"720h" desc:"age after which messages are dropped"`
+	MaxBytes int64         `envconfig:"HISTORY_MAX_BYTES" default:"10737418240" desc:"bytes kept in all (10 GiB)"`
+}
+
+// Load fills spec, a pointer to a binary's configuration struct, from the
+// environment.
+func Load(spec any) error {
+	if err := envconfig.Process(Prefix, spec); err != nil {
+		return fmt.Errorf("configuration: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,80 @@
+// Package embedded runs the NATS server of the single binary: JetStream on,
+// data in a folder, a client listener on loopback so that `nats sub
+// 'chat.>'` can watch a laptop run.
+package embedded
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// Options are what the single binary sets.
+type Options struct {
+	// Addr is host:port of the client listener; port 0 picks a free port
+	// (nats-server reads 0 as 4222 and wants -1 for random).
+	Addr string
+	// DataDir is the JetStream store directory.
+	DataDir string
+	// Logs turns the server's own logging on.
+	Logs bool
+}
+
+// Start starts a server and waits until it accepts clients.
+func Start(o Options) (*server.Server, error) {
+	host, portStr, err := net.SplitHostPort(o.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("nats listen address %q: %w", o.Addr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("nats listen address %q: bad port", o.Addr)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	opts := &server.Options{
+		ServerName: "natter",
+		Host:       host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   o.DataDir,
+		// The stream reserves its 10 GiB byte limit up front; without an
+		// explicit ceiling the server sizes one from free disk and may
+		// refuse the stream on a small disk.
+		JetStreamMaxStore: 1 << 40,
+		NoSigs:            true,
+		NoLog:             !o.Logs,
+		MaxPayload:        1 << 20,
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("nats server: %w", err)
+	}
+	if o.Logs {
+		ns.ConfigureLogger()
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("nats server on %s: not ready after 10s", o.Addr)
+	}
+	return ns, nil
+}
+
+// Addr returns the address the client listener is bound to.
+func Addr(ns *server.Server) string {
+	if a := ns.Addr(); a != nil {
+		return a.String()
+	}
+	return ""
+}
+
+// Stop shuts ns down and waits for it.
+func Stop(ns *server.Server) {
+	ns.Shutdown()
+	ns.WaitForShutdown()
+}

@@ -1,0 +1,68 @@
+// Package natsconn opens the NATS connections of natter's services: they
+// reconnect forever, log every state change and drain within a bound that
+// fits the 10-second shutdown promise.
+package natsconn
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Connect opens a connection named name to url (comma-separated URLs are
+// allowed). It returns at once even when no server answers yet: the
+// connection keeps trying in the background, so a service can start before
+// NATS. Extra options come last and win.
+func Connect(url, name string, drainTimeout time.Duration, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
+	log = log.With("nats", name)
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.RetryOnFailedConnect(true),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectJitter(250*time.Millisecond, time.Second),
+		nats.DrainTimeout(drainTimeout),
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			log.Info("nats connected", "url", nc.ConnectedUrlRedacted())
+		}),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn("nats disconnected", "err", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil {
+				log.Warn("nats async error", "subject", sub.Subject, "err", err)
+				return
+			}
+			log.Warn("nats async error", "err", err)
+		}),
+	}
+	nc, err := nats.Connect(url, append(opts, extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("nats connect %s: %w", url, err)
+	}
+	return nc, nil
+}
+
+// Drain drains nc and waits until it is closed, at most its drain timeout
+// plus a second. It is safe on a connection that is already closed.
+func Drain(nc *nats.Conn) {
+	if nc.IsClosed() {
+		return
+	}
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+		return
+	}
+	select {
+	case <-closed:
+	case <-time.After(nc.Opts.DrainTimeout + time.Second):
+		nc.Close()
+	}
+}

@@ -1,0 +1,109 @@
+package proto
+
+import (
+	"encoding/json"
+	"strconv"
+)
+
+// Server event types.
+const (
+	TypeWelcome = "welcome"
+	TypeJoined  = "joined"
+	TypeLeft    = "left"
+	TypeAck     = "ack"
+	TypeError   = "error"
+)
+
+// Welcome is the first event after the upgrade.
+type Welcome struct {
+	Type    string `json:"type"`
+	User    string `json:"user"`
+	Session string `json:"session"`
+}
+
+// Joined answers join. Users is left out while presence is unavailable;
+// Recovered is set only for a join with since.
+type Joined struct {
+	Type      string    `json:"type"`
+	Room      string    `json:"room"`
+	Users     *[]string `json:"users,omitempty"`
+	Seq       uint64    `json:"seq"`
+	Recovered *bool     `json:"recovered,omitempty"`
+}
+
+// Left answers leave.
+type Left struct {
+	Type string `json:"type"`
+	Room string `json:"room"`
+}
+
+// Message is a stored room message. It is stored in JetStream without Seq
+// (the stream assigns it: Nats-Sequence) and sent to clients with it.
+type Message struct {
+	Type string `json:"type"`
+	Room string `json:"room"`
+	From string `json:"from"`
+	Text string `json:"text"`
+	ID   string `json:"id,omitempty"`
+	Seq  uint64 `json:"seq,omitempty"`
+	TS   int64  `json:"ts"`
+}
+
+// Ack tells the sender that the post with ID is stored as Seq.
+type Ack struct {
+	Type string `json:"type"`
+	ID   string `json:"id"`
+	Seq  uint64 `json:"seq"`
+}
+
+// ErrorEvent refuses one request; the connection stays open.
+type ErrorEvent struct {
+	Type    string          `json:"type"`
+	Code    string          `json:"code"`
+	Message string          `json:"message"`
+	ID      json.RawMessage `json:"id,omitempty"`
+}
+
+// Encode marshals an event into one line (no newline). Events are plain
+// structs of strings and numbers, so marshalling cannot fail.
+func Encode(ev any) []byte {
+	b, err := json.Marshal(ev)
+	if err != nil {
+		panic("proto: encoding " + err.Error())
+	}
+	return b
+}
+
+// WithSeq returns the stored message payload with "seq" added as the first
+// field, without decoding it: the edge does this once per room and event,
+// not once per recipient. payload must be a JSON object.
+func WithSeq(payload []byte, seq uint64) []byte {
+	out := make([]byte, 0, len(payload)+28)
+	out = append(out, `{"seq":`...)
+	out = strconv.AppendUint(out, seq, 10)
+	if len(payload) > 2 {
+		out = append(out, ',')
+	}
+	return append(out, payload[1:]...)
+}
+
+// InRoomPost is what an edge (or a bot) publishes on chat.in.room.<room>.
+// Edge and Session are left out by bots; Room may be left out, the subject
+// names it.
+type InRoomPost struct {
+	Room    string `json:"room,omitempty"`
+	From    string `json:"from"`
+	Text    string `json:"text"`
+	ID      string `json:"id,omitempty"`
+	Edge    string `json:"edge,omitempty"`
+	Session string `json:"session,omitempty"`
+}
+
+// PostReply is the broadcaster's answer to a post sent as a request: Seq
+// when stored (the original seq for a repeated id), or an error Code.
+type PostReply struct {
+	Seq       uint64 `json:"seq,omitempty"`
+	Duplicate bool   `json:"duplicate,omitempty"`
+	Code      string `json:"code,omitempty"`
+	Message   string `json:"message,omitempty"`
+}
