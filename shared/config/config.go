@@ -33,14 +33,14 @@ type Web struct {
 
 // Limits are the per-connection limits of PROTOCOL.md section 3.
 type Limits struct {
-	MaxFrameBytes  int64         `envconfig:"MAX_FRAME_BYTES" default:"65536" desc:"largest incoming WebSocket frame; larger closes with 1009"`
-	MaxTextChars   int           `envconfig:"MAX_TEXT_CHARS" default:"4000" desc:"longest message text in Unicode code points"`
-	MaxRooms       int           `envconfig:"MAX_ROOMS" default:"100" desc:"rooms one connection may join"`
-	SendQueue      int           `envconfig:"SEND_QUEUE" default:"512" desc:"live events queued for one client before it is cut off as slow"`
-	PostTimeout    time.Duration `envconfig:"POST_TIMEOUT" default:"5s" desc:"how long an edge waits for the broadcaster to store a post before answering unavailable"`
-	PingInterval   time.Duration `envconfig:"PING_INTERVAL" default:"25s" desc:"WebSocket ping interval"`
-	PongTimeout    time.Duration `envconfig:"PONG_TIMEOUT" default:"60s" desc:"a client that has not answered for this long is dropped; must exceed the ping interval"`
-	WriteTimeout   time.Duration `envconfig:"WRITE_TIMEOUT" default:"5s" desc:"how long one write to a client may block before the client is dropped"`
+	MaxFrameBytes int64         `envconfig:"MAX_FRAME_BYTES" default:"65536" desc:"largest incoming WebSocket frame; larger closes with 1009"`
+	MaxTextChars  int           `envconfig:"MAX_TEXT_CHARS" default:"4000" desc:"longest message text in Unicode code points"`
+	MaxRooms      int           `envconfig:"MAX_ROOMS" default:"100" desc:"rooms one connection may join"`
+	SendQueue     int           `envconfig:"SEND_QUEUE" default:"512" desc:"live events queued for one client before it is cut off as slow"`
+	PostTimeout   time.Duration `envconfig:"POST_TIMEOUT" default:"5s" desc:"how long an edge waits for the broadcaster to store a post before answering unavailable"`
+	PingInterval  time.Duration `envconfig:"PING_INTERVAL" default:"25s" desc:"WebSocket ping interval"`
+	PongTimeout   time.Duration `envconfig:"PONG_TIMEOUT" default:"60s" desc:"a client that has not answered for this long is dropped; must exceed the ping interval"`
+	WriteTimeout  time.Duration `envconfig:"WRITE_TIMEOUT" default:"5s" desc:"how long one write to a client may block before the client is dropped"`
 }
 
 // Retention is how much history the stream keeps.
