@@ -1,0 +1,248 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
+
+	"github.com/natter-chat/natter/shared/subject"
+)
+
+// startMain runs the single binary in-process on random ports and data in
+// dir; the returned stop cancels it and waits for Run to return.
+func startMain(t *testing.T, dir string) (*Main, func()) {
+	t.Helper()
+	var cfg Config
+	if err := loadConfig(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg.HTTPAddr, cfg.NATSAddr, cfg.DataDir = "127.0.0.1:0", "127.0.0.1:0", dir
+	ctx, cancel := context.WithCancel(context.Background())
+	m, err := Open(ctx, cfg, io.Discard)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return m, stop
+}
+
+// run itself, configured from the environment, listens on random ports,
+// logs its addresses and lets a NATS client watch the traffic.
+func TestRunLogsAddressesAndNATSSeesTraffic(t *testing.T) {
+	t.Setenv("CHAT_HTTP_ADDR", "127.0.0.1:0")
+	t.Setenv("CHAT_NATS_ADDR", "127.0.0.1:0")
+	t.Setenv("CHAT_DATA_DIR", t.TempDir())
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := newLogWatch()
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, io.Discard, logs) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	httpAddr := logs.await(t, "http")
+	natsAddr := logs.await(t, "nats")
+
+	nc, err := nats.Connect("nats://" + natsAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	seen := make(chan string, 10)
+	sub, err := nc.Subscribe("chat.>", func(m *nats.Msg) {
+		if !strings.HasPrefix(m.Subject, "chat.store.") {
+			seen <- m.Subject
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	c := dial(t, "http://"+httpAddr, "alice")
+	c.join("lobby")
+	c.post("lobby", "watched", "w")
+	want := map[string]bool{subject.InRoom("lobby"): false, subject.RoomMsg("lobby"): false}
+	for missing := 2; missing > 0; {
+		select {
+		case s := <-seen:
+			if done, ok := want[s]; ok && !done {
+				want[s] = true
+				missing--
+			}
+		case <-time.After(wait):
+			t.Fatalf("NATS watcher saw only %v", want)
+		}
+	}
+}
+
+// The history survives a restart on the same data folder, and new seqs are
+// larger than the old ones.
+func TestRestartKeepsMessages(t *testing.T) {
+	dir := t.TempDir()
+	m, stop := startMain(t, dir)
+	c := dial(t, "http://"+m.Addr(), "alice")
+	c.join("lobby")
+	var last uint64
+	for _, id := range []string{"1", "2", "3"} {
+		last = c.post("lobby", "before restart "+id, id)
+	}
+	c.close()
+	stop()
+
+	m, _ = startMain(t, dir)
+	c = dial(t, "http://"+m.Addr(), "alice")
+	if j := c.join("lobby"); j.seq() != last {
+		t.Fatalf("after restart joined %s, want seq %d", j.raw, last)
+	}
+	nc, err := nats.Connect("nats://" + m.NATSAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if n := streamMsgs(t, nc); n != 3 {
+		t.Fatalf("%d messages in the stream after restart, want 3", n)
+	}
+	if seq := c.post("lobby", "after restart", "4"); seq <= last {
+		t.Fatalf("new seq %d not above %d", seq, last)
+	}
+	// A retry of an id stored before the restart is still recognised.
+	if seq := c.post("lobby", "before restart 3", "3"); seq != last {
+		t.Fatalf("retry after restart stored again as %d, want %d", seq, last)
+	}
+}
+
+// The real binary ends on SIGTERM with exit 0 within 10 s, closing its
+// WebSockets with 1001.
+func TestSIGTERMShutsDownCleanly(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "chat")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(),
+		"CHAT_HTTP_ADDR=127.0.0.1:0", "CHAT_NATS_ADDR=127.0.0.1:0", "CHAT_DATA_DIR="+t.TempDir())
+	logs := newLogWatch()
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	}()
+	httpAddr := logs.await(t, "http")
+	logs.await(t, "nats")
+
+	c := dial(t, "http://"+httpAddr, "alice")
+	c.join("lobby")
+	c.post("lobby", "bye", "b")
+	c.expect("message")
+
+	start := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := c.closeCode(); code != websocket.CloseGoingAway {
+		t.Errorf("client closed with %d, want 1001", code)
+	}
+	select {
+	case err := <-exited:
+		var ee *exec.ExitError
+		if errors.As(err, &ee) || err != nil {
+			t.Fatalf("exit: %v\n%s", err, logs.String())
+		}
+		if took := time.Since(start); took > 10*time.Second {
+			t.Fatalf("shutdown took %v, the contract allows 10s", took)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("still running 15s after SIGTERM\n%s", logs.String())
+	}
+}
+
+// logWatch collects log output, for finding the "listening" lines.
+type logWatch struct {
+	mu      sync.Mutex
+	buf     strings.Builder // guarded by mu
+	changed chan struct{}   // a buffer of one: something was written
+}
+
+func newLogWatch() *logWatch { return &logWatch{changed: make(chan struct{}, 1)} }
+
+func (l *logWatch) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	l.buf.Write(p)
+	l.mu.Unlock()
+	select {
+	case l.changed <- struct{}{}:
+	default:
+	}
+	return len(p), nil
+}
+
+func (l *logWatch) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+var listenRE = regexp.MustCompile(`listening (http|nats) (\S+:\d+)`)
+
+// await returns the address of the listening line of kind.
+func (l *logWatch) await(t *testing.T, kind string) string {
+	t.Helper()
+	deadline := time.After(wait)
+	for {
+		for _, m := range listenRE.FindAllStringSubmatch(l.String(), -1) {
+			if m[1] != kind {
+				continue
+			}
+			if strings.HasSuffix(m[2], ":0") {
+				t.Fatalf("logged port 0: %s", m[0])
+			}
+			return m[2]
+		}
+		select {
+		case <-l.changed:
+		case <-deadline:
+			t.Fatalf("no 'listening %s' line in:\n%s", kind, l.String())
+		}
+	}
+}

@@ -1,0 +1,434 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+
+	"github.com/natter-chat/natter/services/broadcaster/broadcaster"
+	"github.com/natter-chat/natter/services/edge/edge"
+	"github.com/natter-chat/natter/shared/config"
+	"github.com/natter-chat/natter/shared/natsconn"
+	"github.com/natter-chat/natter/shared/natstest"
+	"github.com/natter-chat/natter/shared/subject"
+	"github.com/natter-chat/natter/web"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// wait is the longest any test waits for an event that should come.
+const wait = 10 * time.Second
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func defaultLimits() config.Limits {
+	return config.Limits{
+		MaxFrameBytes: 64 << 10,
+		MaxTextChars:  4000,
+		MaxRooms:      100,
+		SendQueue:     512,
+		PostTimeout:   5 * time.Second,
+		PingInterval:  25 * time.Second,
+		PongTimeout:   60 * time.Second,
+		WriteTimeout:  5 * time.Second,
+	}
+}
+
+func defaultRetention() config.Retention {
+	return config.Retention{MaxMsgs: 10000, MaxAge: 720 * time.Hour, MaxBytes: 1 << 30}
+}
+
+// connect opens a service connection like a process would, drained at the
+// end of the test.
+func connect(t *testing.T, ns *server.Server, name string) *nats.Conn {
+	t.Helper()
+	nc, err := natsconn.Connect(ns.ClientURL(), name, 2*time.Second, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { natsconn.Drain(nc) })
+	return nc
+}
+
+// startBroadcaster runs a broadcaster until the test ends and returns its
+// registry.
+func startBroadcaster(t *testing.T, ns *server.Server) *prometheus.Registry {
+	t.Helper()
+	nc := connect(t, ns, "broadcaster")
+	reg := prometheus.NewRegistry()
+	b, err := broadcaster.New(broadcaster.Config{Retention: defaultRetention()}, nc, quietLog(), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("broadcaster: %v", err)
+		}
+	})
+	// Run has subscribed once the stream exists and a post is answered.
+	waitFor(t, "broadcaster serving", func() bool {
+		return nc.NumSubscriptions() > 0 && streamExists(nc)
+	})
+	return reg
+}
+
+func streamExists(nc *nats.Conn) bool {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err = js.Stream(ctx, subject.Stream)
+	return err == nil
+}
+
+type testEdge struct {
+	*edge.Edge
+	nc  *nats.Conn
+	reg *prometheus.Registry
+	url string // http://host:port
+}
+
+// startEdge runs an edge on a random port until the test ends.
+func startEdge(t *testing.T, ns *server.Server, tweak func(*edge.Config)) *testEdge {
+	t.Helper()
+	cfg := edge.Config{Limits: defaultLimits()}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	nc := connect(t, ns, "edge")
+	reg := prometheus.NewRegistry()
+	e, err := edge.New(cfg, nc, web.FS(), quietLog(), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("edge: %v", err)
+		}
+	})
+	return &testEdge{Edge: e, nc: nc, reg: reg, url: "http://" + ln.Addr().String()}
+}
+
+// event is any server event, with every field the contract names.
+type event struct {
+	Type      string          `json:"type"`
+	User      string          `json:"user"`
+	Session   string          `json:"session"`
+	Room      string          `json:"room"`
+	From      string          `json:"from"`
+	Text      string          `json:"text"`
+	ID        json.RawMessage `json:"id"`
+	Seq       *uint64         `json:"seq"`
+	TS        *int64          `json:"ts"`
+	Code      string          `json:"code"`
+	Message   string          `json:"message"`
+	Users     []string        `json:"users"`
+	Recovered *bool           `json:"recovered"`
+	raw       string
+}
+
+func (ev event) seq() uint64 {
+	if ev.Seq == nil {
+		return 0
+	}
+	return *ev.Seq
+}
+
+func (ev event) id() string {
+	var s string
+	_ = json.Unmarshal(ev.ID, &s)
+	return s
+}
+
+// wsClient is a real WebSocket client; a reader goroutine splits frames
+// into events.
+type wsClient struct {
+	t       *testing.T
+	name    string
+	conn    *websocket.Conn
+	events  chan event
+	done    chan struct{}
+	mu      sync.Mutex
+	readErr error // guarded by mu; set when the reader ends
+	session string
+	// gate is held to stop the reader from reading the socket (pause).
+	gate     sync.Mutex
+	received int
+	// backlog holds events read ahead (post reads past message echoes
+	// while it waits for the ack); next returns them first.
+	backlog []event
+}
+
+func wsURL(base, user string) string {
+	return strings.Replace(base, "http://", "ws://", 1) + "/ws?user=" + url.QueryEscape(user)
+}
+
+// dial connects as user and reads the welcome.
+func dial(t *testing.T, base, user string) *wsClient {
+	t.Helper()
+	return dialWith(t, websocket.DefaultDialer, base, user)
+}
+
+func dialWith(t *testing.T, d *websocket.Dialer, base, user string) *wsClient {
+	t.Helper()
+	conn, resp, err := d.Dial(wsURL(base, user), nil)
+	if err != nil {
+		t.Fatalf("dial as %s: %v (%v)", user, err, resp)
+	}
+	c := &wsClient{t: t, name: user, conn: conn, events: make(chan event, 100000), done: make(chan struct{})}
+	go c.read()
+	t.Cleanup(c.close)
+	w := c.next()
+	if w.Type != "welcome" || w.User != user || w.Session == "" {
+		t.Fatalf("%s: first event %s, want welcome", user, w.raw)
+	}
+	c.session = w.Session
+	return c
+}
+
+func (c *wsClient) read() {
+	defer close(c.done)
+	defer close(c.events)
+	for {
+		c.gate.Lock()
+		c.gate.Unlock() //nolint:staticcheck // an empty critical section: wait while paused
+		_, data, err := c.conn.ReadMessage()
+		if err != nil {
+			c.mu.Lock()
+			c.readErr = err
+			c.mu.Unlock()
+			return
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if strings.TrimSpace(line) == "" {
+				continue
+			}
+			var ev event
+			if err := json.Unmarshal([]byte(line), &ev); err != nil {
+				c.t.Errorf("%s: server sent a line that is not JSON: %q", c.name, line)
+				continue
+			}
+			ev.raw = line
+			c.events <- ev
+		}
+	}
+}
+
+func (c *wsClient) close() {
+	_ = c.conn.Close()
+	<-c.done
+}
+
+func (c *wsClient) sendRaw(s string) {
+	c.t.Helper()
+	if err := c.conn.WriteMessage(websocket.TextMessage, []byte(s)); err != nil {
+		c.t.Fatalf("%s: write: %v", c.name, err)
+	}
+}
+
+func (c *wsClient) send(obj map[string]any) {
+	c.t.Helper()
+	b, err := json.Marshal(obj)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.sendRaw(string(b))
+}
+
+// next returns the next event, failing the test when none comes.
+func (c *wsClient) next() event {
+	c.t.Helper()
+	if len(c.backlog) > 0 {
+		ev := c.backlog[0]
+		c.backlog = c.backlog[1:]
+		return ev
+	}
+	select {
+	case ev, ok := <-c.events:
+		if !ok {
+			c.t.Fatalf("%s: connection ended: %v", c.name, c.err())
+		}
+		return ev
+	case <-time.After(wait):
+		c.t.Fatalf("%s: no event within %v", c.name, wait)
+	}
+	return event{}
+}
+
+// expect returns the next event and checks its type.
+func (c *wsClient) expect(typ string) event {
+	c.t.Helper()
+	ev := c.next()
+	if ev.Type != typ {
+		c.t.Fatalf("%s: got %s, want a %s event", c.name, ev.raw, typ)
+	}
+	return ev
+}
+
+func (c *wsClient) err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.readErr
+}
+
+// join joins room and returns the joined event.
+func (c *wsClient) join(room string) event {
+	c.t.Helper()
+	c.send(map[string]any{"type": "join", "room": room})
+	ev := c.expect("joined")
+	if ev.Room != room {
+		c.t.Fatalf("%s: joined %s, want %s", c.name, ev.Room, room)
+	}
+	return ev
+}
+
+// post sends a message with id and returns its ack.
+func (c *wsClient) post(room, text, id string) uint64 {
+	c.t.Helper()
+	c.send(map[string]any{"type": "message", "room": room, "text": text, "id": id})
+	var ahead []event
+	defer func() { c.backlog = append(ahead, c.backlog...) }()
+	for {
+		ev := c.next()
+		switch ev.Type {
+		case "ack":
+			if ev.id() != id {
+				c.t.Fatalf("%s: ack for %s, want %s", c.name, ev.raw, id)
+			}
+			return ev.seq()
+		case "message":
+			ahead = append(ahead, ev) // the echo may come first
+		default:
+			c.t.Fatalf("%s: got %s while waiting for ack of %s", c.name, ev.raw, id)
+		}
+	}
+}
+
+// closeCode waits for the connection to end and returns the close code it
+// ended with: 1006 (gorilla's "abnormal closure") or -1 when it ended
+// without a close frame.
+func (c *wsClient) closeCode() int {
+	c.t.Helper()
+	deadline := time.After(wait)
+	for {
+		select {
+		case _, ok := <-c.events:
+			if ok {
+				continue
+			}
+			var ce *websocket.CloseError
+			if errors.As(c.err(), &ce) {
+				return ce.Code
+			}
+			return -1
+		case <-deadline:
+			c.t.Fatalf("%s: connection still open after %v", c.name, wait)
+		}
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after wait.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not true after %v", what, wait)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// streamMsgs is the number of messages stored in the stream.
+func streamMsgs(t *testing.T, nc *nats.Conn) uint64 {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, subject.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// counter reads a counter or gauge from a registry, summed over labels.
+func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			switch {
+			case m.Counter != nil:
+				sum += m.Counter.GetValue()
+			case m.Gauge != nil:
+				sum += m.Gauge.GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+// setup is the usual rig: a NATS server, a broadcaster and an edge.
+func setup(t *testing.T) (*server.Server, *testEdge) {
+	t.Helper()
+	ns := natstest.Start(t)
+	startBroadcaster(t, ns)
+	return ns, startEdge(t, ns, nil)
+}
+
+func httpStatus(t *testing.T, req *http.Request) int {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode
+}

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/natter-chat/natter/shared/embedded"
+)
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func TestPageAndOpsEndpoints(t *testing.T) {
+	_, e := setup(t)
+	for _, tt := range []struct{ path, want string }{
+		{"/", "<title>natter</title>"},
+		{"/?user=alice&room=lobby", "app.js"},
+		{"/app.js", "new WebSocket"},
+		{"/healthz", "ok"},
+		{"/readyz", "ready"},
+		{"/metrics", "natter_edge_connections"},
+	} {
+		code, body := get(t, e.url+tt.path)
+		if code != http.StatusOK || !strings.Contains(body, tt.want) {
+			t.Errorf("GET %s: %d, body without %q", tt.path, code, tt.want)
+		}
+	}
+}
+
+// While NATS is away, sockets stay open, posts get unavailable and /readyz
+// says 503; when it is back, the same sockets chat again.
+func TestNATSOutageAndReturn(t *testing.T) {
+	dir := t.TempDir()
+	ns, err := embedded.Start(embedded.Options{Addr: "127.0.0.1:0", DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := embedded.Addr(ns)
+	t.Cleanup(func() { embedded.Stop(ns) })
+	startBroadcaster(t, ns)
+	e := startEdge(t, ns, nil)
+	a := dial(t, e.url, "alice")
+	b := dial(t, e.url, "bob")
+	a.join("lobby")
+	b.join("lobby")
+	before := a.post("lobby", "before the outage", "1")
+
+	embedded.Stop(ns)
+	waitFor(t, "readyz 503", func() bool { code, _ := get(t, e.url+"/readyz"); return code == http.StatusServiceUnavailable })
+	a.send(map[string]any{"type": "message", "room": "lobby", "text": "during", "id": "2"})
+	for {
+		ev := a.next()
+		if ev.Type == "message" {
+			continue // the echo of the first post
+		}
+		if ev.Type != "error" || ev.Code != "unavailable" || ev.id() != "2" {
+			t.Fatalf("post during the outage: %s", ev.raw)
+		}
+		break
+	}
+	if code, _ := get(t, e.url+"/healthz"); code != http.StatusOK {
+		t.Fatalf("healthz %d during the outage", code)
+	}
+
+	ns, err = embedded.Start(embedded.Options{Addr: addr, DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { embedded.Stop(ns) })
+	waitFor(t, "readyz 200", func() bool { code, _ := get(t, e.url+"/readyz"); return code == http.StatusOK })
+	// The broadcaster and the room subscription come back with the
+	// connection; a retry of the refused post is stored once.
+	var seq uint64
+	deadline := time.Now().Add(wait)
+	for seq == 0 {
+		a.send(map[string]any{"type": "message", "room": "lobby", "text": "after", "id": "2"})
+		for ev := a.next(); ; ev = a.next() {
+			if ev.Type == "ack" {
+				seq = ev.seq()
+				break
+			}
+			if ev.Type == "error" {
+				if time.Now().After(deadline) {
+					t.Fatalf("still refused after NATS returned: %s", ev.raw)
+				}
+				time.Sleep(50 * time.Millisecond)
+				break
+			}
+		}
+	}
+	if seq <= before {
+		t.Fatalf("seq %d after the outage, want above %d", seq, before)
+	}
+	for {
+		m := b.expect("message")
+		if m.seq() == seq {
+			break
+		}
+		if m.seq() != before {
+			t.Fatalf("bob got %s", m.raw)
+		}
+	}
+}
+
+func TestDefaultConfigIsTheContract(t *testing.T) {
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "CHAT_") {
+			t.Setenv(k, "")
+			os.Unsetenv(k)
+		}
+	}
+	var cfg Config
+	if err := loadConfig(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HTTPAddr != ":8080" || cfg.NATSAddr != "127.0.0.1:4222" || cfg.DataDir != "chat-data" || cfg.URL != "" ||
+		cfg.MaxFrameBytes != 64<<10 || cfg.MaxTextChars != 4000 || cfg.MaxRooms != 100 || cfg.SendQueue != 512 ||
+		cfg.PingInterval != 25*time.Second || cfg.PongTimeout != 60*time.Second ||
+		cfg.MaxMsgs != 10000 || cfg.MaxAge != 720*time.Hour || cfg.MaxBytes != 10<<30 || len(cfg.AllowedOrigins) != 0 {
+		t.Fatalf("defaults %+v", cfg)
+	}
+	t.Setenv("CHAT_ALLOWED_ORIGINS", "https://a.example,https://b.example")
+	t.Setenv("CHAT_HISTORY_MAX_AGE", "24h")
+	if err := loadConfig(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.AllowedOrigins) != 2 || cfg.MaxAge != 24*time.Hour {
+		t.Fatalf("from the environment: %+v", cfg)
+	}
+	t.Setenv("CHAT_HISTORY_MAX_AGE", "forever")
+	if err := loadConfig(&cfg); err == nil {
+		t.Fatal("a bad duration was accepted")
+	}
+}

@@ -1,0 +1,209 @@
+package edge
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+
+	"github.com/natter-chat/natter/shared/config"
+	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/subject"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func limits(queue int) config.Limits {
+	return config.Limits{
+		MaxFrameBytes: 64 << 10, MaxTextChars: 4000, MaxRooms: 100, SendQueue: queue,
+		PostTimeout: time.Second, PingInterval: 25 * time.Second, PongTimeout: 60 * time.Second,
+		WriteTimeout: 5 * time.Second,
+	}
+}
+
+// newTestEdge is an edge without NATS, for what does not need it.
+func newTestEdge(t testing.TB, queue int) *Edge {
+	t.Helper()
+	e, err := New(Config{Limits: limits(queue)}, nil, fstest.MapFS{}, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func TestNewRejectsBadLimits(t *testing.T) {
+	bad := limits(512)
+	bad.PongTimeout = bad.PingInterval
+	if _, err := New(Config{Limits: bad}, nil, fstest.MapFS{}, slog.Default(), prometheus.NewRegistry()); err == nil {
+		t.Fatal("a pong timeout not above the ping interval was accepted")
+	}
+	if _, err := New(Config{Limits: limits(0)}, nil, fstest.MapFS{}, slog.Default(), prometheus.NewRegistry()); err == nil {
+		t.Fatal("a send queue of 0 was accepted")
+	}
+	if _, err := New(Config{ID: "a.b", Limits: limits(1)}, nil, fstest.MapFS{}, slog.Default(), prometheus.NewRegistry()); err == nil {
+		t.Fatal("an edge id with a dot was accepted")
+	}
+}
+
+// A client whose queue overflows while its socket still takes data gets
+// close 1008, and what was queued is not written after it.
+func TestQueueOverflowClosesWith1008(t *testing.T) {
+	e := newTestEdge(t, 4)
+	handlerDone := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(handlerDone)
+		conn, err := e.upgrader.Upgrade(w, r, nil)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		c := newClient(e, conn, "u", "s")
+		for i := range 5 { // one more than the queue holds
+			c.send([]byte(`{"type":"test","n":` + strconv.Itoa(i) + `}`))
+		}
+		writerDone := make(chan struct{})
+		go func() {
+			defer close(writerDone)
+			c.writePump()
+		}()
+		c.readPump()
+		<-writerDone
+	}))
+	defer srv.Close()
+	conn, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, data, err := conn.ReadMessage()
+	ce, ok := err.(*websocket.CloseError)
+	if !ok || ce.Code != websocket.ClosePolicyViolation {
+		t.Fatalf("read %q, %v; want close 1008", data, err)
+	}
+	<-handlerDone
+}
+
+// Events queued together leave in one frame, split only at the frame
+// limit.
+func TestWriterCoalesces(t *testing.T) {
+	e := newTestEdge(t, 512)
+	var c *client
+	ready := make(chan struct{})
+	handlerDone := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(handlerDone)
+		conn, err := e.upgrader.Upgrade(w, r, nil)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		c = newClient(e, conn, "u", "s")
+		for i := range 3 {
+			c.send([]byte(`{"n":` + strconv.Itoa(i) + `}`))
+		}
+		close(ready)
+		writerDone := make(chan struct{})
+		go func() {
+			defer close(writerDone)
+			c.writePump()
+		}()
+		c.readPump()
+		<-writerDone
+	}))
+	defer srv.Close()
+	conn, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-ready
+	_, data, err := conn.ReadMessage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(data) != "{\"n\":0}\n{\"n\":1}\n{\"n\":2}" {
+		t.Fatalf("frame %q, want the three events in one frame", data)
+	}
+	_ = conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""))
+	_, _, err = conn.ReadMessage()
+	if ce, ok := err.(*websocket.CloseError); !ok || ce.Code != websocket.CloseNormalClosure {
+		t.Fatalf("after closing: %v", err)
+	}
+	conn.Close()
+	<-handlerDone
+}
+
+func TestOriginAllowed(t *testing.T) {
+	e := newTestEdge(t, 1)
+	e.cfg.Web.AllowedOrigins = []string{"https://chat.example"}
+	tests := []struct {
+		origin, host string
+		ok           bool
+	}{
+		{"", "h:1", true},
+		{"http://h:1", "h:1", true},
+		{"https://h:1", "h:1", true},
+		{"http://h:2", "h:1", false},
+		{"http://h", "h:1", false},
+		{"https://chat.example", "h:1", true},
+		{"https://chat.example/", "h:1", false},
+		{"null", "h:1", false},
+		{"ftp://h:1", "h:1", false},
+	}
+	for _, tt := range tests {
+		r := httptest.NewRequest("GET", "http://"+tt.host+"/ws", nil)
+		if tt.origin != "" {
+			r.Header.Set("Origin", tt.origin)
+		}
+		if got := e.originAllowed(r); got != tt.ok {
+			t.Errorf("origin %q on host %q: %v, want %v", tt.origin, tt.host, got, tt.ok)
+		}
+	}
+}
+
+// BenchmarkDispatch measures the hub's fan-out of one stored message to
+// the members of a room: one encoding per message, one queue append per
+// member.
+func BenchmarkDispatch(b *testing.B) {
+	for _, members := range []int{10, 100, 1000} {
+		b.Run(fmt.Sprintf("members=%d", members), func(b *testing.B) {
+			e := newTestEdge(b, 1<<20)
+			clients := make([]*client, members)
+			for i := range clients {
+				clients[i] = newClient(e, nil, fmt.Sprint("u", i), fmt.Sprint("s", i))
+				clients[i].rooms["lobby"] = &roomState{}
+				e.hub.rooms["lobby"] = &hubRoom{members: clients}
+			}
+			payload := proto.Encode(proto.Message{Type: "message", Room: "lobby", From: "alice",
+				Text: strings.Repeat("hello ", 20), ID: "0123456789", TS: time.Now().UnixMilli()})
+			msg := &nats.Msg{Subject: subject.RoomMsg("lobby"), Data: payload, Header: nats.Header{}}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				msg.Header.Set("Nats-Sequence", strconv.Itoa(i+1))
+				e.hub.dispatch(msg)
+				if i%256 == 255 {
+					for _, c := range clients {
+						c.mu.Lock()
+						clear(c.queue)
+						c.queue = c.queue[:0]
+						c.mu.Unlock()
+					}
+				}
+			}
+			b.ReportMetric(float64(b.N*members)/b.Elapsed().Seconds(), "deliveries/s")
+		})
+	}
+}

@@ -1,0 +1,208 @@
+package proto
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+func TestParseRequest(t *testing.T) {
+	tests := []struct {
+		line  string
+		code  string // "" when accepted
+		rawID string
+	}{
+		{`{"type":"join","room":"lobby"}`, "", ""},
+		{`{"type":"join","room":"lobby","since":0}`, "", ""},
+		{`{"type":"join","room":"lobby","extra":[1,{"x":2}]}`, "", ""},
+		{`{"type":"message","room":"lobby","text":"hi","id":"1"}`, "", `"1"`},
+		{`{"type":"history","dm":"bob","after":3,"limit":500}`, "", ""},
+		{`{"type":"dms"}`, "", ""},
+		{`{"type":"who","room":"r"}`, "", ""},
+		{`{"type":"typing","room":"r"}`, "", ""},
+		{`{"type":"dm","to":"bob","text":"x"}`, "", ""},
+		{`nope`, CodeBadRequest, ""},
+		{`"join"`, CodeBadRequest, ""},
+		{`null`, CodeBadRequest, ""},
+		{`{"id":"x"}`, CodeBadRequest, `"x"`},
+		{`{"type":null}`, CodeBadRequest, ""},
+		{`{"type":["join"],"id":3}`, CodeBadRequest, "3"},
+		{`{"type":"join","room":null}`, CodeBadRequest, ""},
+		{`{"type":"join","room":"lobby","since":1e2}`, CodeBadRequest, ""},
+		{`{"type":"join","room":"lobby","since":18446744073709551616}`, CodeBadRequest, ""},
+		{`{"type":"history","room":"r","limit":-5}`, CodeBadRequest, ""},
+		{`{"type":"history"}`, CodeBadRequest, ""},
+		{`{"type":"dm","text":"x"}`, CodeBadRequest, ""},
+		{`{"type":"dm","to":"bob","text":""}`, CodeBadRequest, ""},
+		{`{"type":"message","room":"r","text":"\u00a0\u2003"}`, CodeBadRequest, ""},
+		{`{"type":"bogus","room":5}`, CodeBadRequest, ""}, // mistyped fields come first
+		{`{"type":"bogus"}`, CodeUnknownType, ""},
+		{`{"type":"JOIN","room":"r"}`, CodeUnknownType, ""},
+		{`{"type":"join","room":""}`, CodeInvalidRoom, ""},
+		{`{"type":"history","dm":"a b"}`, CodeInvalidUser, ""},
+		{`{"type":"dm","to":"bob.x","text":"x"}`, CodeInvalidUser, ""},
+		{`{"type":"message","room":"R","text":""}`, CodeBadRequest, ""}, // blank before invalid_room
+	}
+	for _, tt := range tests {
+		t.Run(tt.line, func(t *testing.T) {
+			req, err := ParseRequest([]byte(tt.line))
+			code := ""
+			if err != nil {
+				code = err.Code
+				if err.Message == "" {
+					t.Error("error without a message")
+				}
+			}
+			if code != tt.code {
+				t.Fatalf("code %q (%v), want %q", code, err, tt.code)
+			}
+			if string(req.RawID) != tt.rawID {
+				t.Fatalf("raw id %s, want %s", req.RawID, tt.rawID)
+			}
+		})
+	}
+}
+
+func TestCheckPost(t *testing.T) {
+	if e := CheckPost(strings.Repeat("😀", 4000), "", 4000); e != nil {
+		t.Fatalf("4000 code points refused: %v", e)
+	}
+	if e := CheckPost(strings.Repeat("a", 4001), "", 4000); e == nil || e.Code != CodeTooLong {
+		t.Fatalf("4001 characters: %v", e)
+	}
+	if e := CheckPost("x", strings.Repeat("i", 65), 4000); e == nil || e.Code != CodeTooLong {
+		t.Fatalf("65-byte id: %v", e)
+	}
+	if e := CheckPost(" \t", "", 4000); e == nil || e.Code != CodeBadRequest {
+		t.Fatalf("blank: %v", e)
+	}
+}
+
+func TestLines(t *testing.T) {
+	var got []string
+	Lines([]byte("a\n\n  \nb\r\n c \n"), func(l []byte) bool {
+		got = append(got, string(l))
+		return true
+	})
+	if strings.Join(got, "|") != "a|b\r| c " {
+		t.Fatalf("lines %q", got)
+	}
+	n := 0
+	Lines([]byte("a\nb\nc"), func([]byte) bool { n++; return n < 2 })
+	if n != 2 {
+		t.Fatalf("did not stop early: %d", n)
+	}
+}
+
+func TestFrames(t *testing.T) {
+	ev := func(n int) []byte { return []byte(strings.Repeat("x", n)) }
+	var frames []string
+	emit := func(f []byte) error { frames = append(frames, string(f)); return nil }
+	if _, err := Frames([][]byte{ev(4), ev(4), ev(4), ev(20), ev(3)}, 10, nil, emit); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"xxxx\nxxxx", "xxxx", strings.Repeat("x", 20), "xxx"}
+	if strings.Join(frames, "|") != strings.Join(want, "|") {
+		t.Fatalf("frames %q, want %q", frames, want)
+	}
+}
+
+func TestWithSeq(t *testing.T) {
+	payload := Encode(Message{Type: "message", Room: "r", From: "a", Text: "t", TS: 5})
+	var m Message
+	if err := json.Unmarshal(WithSeq(payload, 42), &m); err != nil || m.Seq != 42 || m.Text != "t" || m.TS != 5 {
+		t.Fatalf("%s -> %+v %v", WithSeq(payload, 42), m, err)
+	}
+	if got := string(WithSeq([]byte("{}"), 7)); got != `{"seq":7}` {
+		t.Fatalf("empty object: %s", got)
+	}
+}
+
+// FuzzFrame runs arbitrary frames through the decoder: it must never
+// panic, every object gets a verdict, and an accepted request is one the
+// server can act on.
+func FuzzFrame(f *testing.F) {
+	for _, s := range []string{
+		`{"type":"join","room":"lobby","since":0}`,
+		"{\"type\":\"message\",\"room\":\"r\",\"text\":\"hi\",\"id\":\"1\"}\n{\"type\":\"leave\",\"room\":\"r\"}\n",
+		`{"type":"history","room":"r","before":10,"limit":2}`,
+		`{"type":"dm","to":"bob","text":"😀"}`,
+		`{"type":5,"id":{"x":[1]}}`,
+		"\n\n",
+		`{"type":"join","room":"lobby","since":-1.5e3}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		Lines(frame, func(line []byte) bool {
+			req, err := ParseRequest(line)
+			if err != nil {
+				if err.Code == "" || err.Message == "" {
+					t.Fatalf("error without code or message for %q", line)
+				}
+				if req.RawID != nil && !json.Valid(req.RawID) {
+					t.Fatalf("raw id %q is not JSON", req.RawID)
+				}
+				return true
+			}
+			switch req.Type {
+			case TypeJoin, TypeLeave, TypeTyping, TypeWho:
+				if req.Room == nil {
+					t.Fatalf("%s accepted without room: %q", req.Type, line)
+				}
+			case TypeMessage, TypeDM:
+				if req.Text == nil || Blank(*req.Text) {
+					t.Fatalf("%s accepted without text: %q", req.Type, line)
+				}
+			case TypeHistory, TypeDMs:
+			default:
+				t.Fatalf("unknown type %q accepted", req.Type)
+			}
+			for _, n := range []*int64{req.Since, req.Before, req.After, req.Limit} {
+				if n != nil && *n < 0 {
+					t.Fatalf("negative number accepted: %q", line)
+				}
+			}
+			return true
+		})
+	})
+}
+
+func BenchmarkParseRequest(b *testing.B) {
+	line := []byte(`{"type":"message","room":"lobby","text":"hello there, how are you doing today?","id":"c0ffee-42"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParseRequest(line); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkEncodeMessage(b *testing.B) {
+	m := Message{Type: TypeMessage, Room: "lobby", From: "alice", Text: "hello there, how are you doing today?", ID: "c0ffee-42", TS: 1764000000000}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = Encode(m)
+	}
+}
+
+func BenchmarkWithSeq(b *testing.B) {
+	payload := Encode(Message{Type: TypeMessage, Room: "lobby", From: "alice", Text: "hello there, how are you doing today?", ID: "c0ffee-42", TS: 1764000000000})
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = WithSeq(payload, 123456789)
+	}
+}
+
+func BenchmarkFrames(b *testing.B) {
+	line := Encode(Message{Type: TypeMessage, Room: "lobby", From: "alice", Text: "hello there, how are you doing today?", ID: "c0ffee-42", Seq: 42, TS: 1764000000000})
+	events := make([][]byte, 64)
+	for i := range events {
+		events[i] = line
+	}
+	var buf []byte
+	b.ReportAllocs()
+	for b.Loop() {
+		buf, _ = Frames(events, MaxFrameBytes, buf, func([]byte) error { return nil })
+	}
+}
