@@ -8,6 +8,7 @@ require (
 	github.com/natter-chat/natter/shared v0.0.0
 	github.com/natter-chat/natter/web v0.0.0
 	github.com/prometheus/client_golang v1.25.0
+	go.uber.org/goleak v1.3.0
 )
 
 require (
