@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
+)
+
+// chromium finds the browser for end-to-end tests. Without one the tests
+// skip, except under CI=true, where .ci/run has installed it and its
+// absence is a failure.
+func chromium(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	const how = "no Chromium found; install it with: apt-get install chromium (Debian)"
+	if os.Getenv("CI") == "true" {
+		t.Fatal(how)
+	}
+	t.Skip(how)
+	return ""
+}
+
+// browser starts a headless Chromium with a fresh profile; each call of
+// the returned function opens a new tab in a browser context of its own.
+func browser(t *testing.T) func() context.Context {
+	t.Helper()
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(chromium(t)),
+		chromedp.Headless,
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1000, 700),
+	}
+	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	root, cancelRoot := chromedp.NewContext(alloc)
+	if err := chromedp.Do(root); err != nil { // starts the browser
+		cancelRoot()
+		cancelAlloc()
+		t.Fatalf("starting chromium: %v", err)
+	}
+	t.Cleanup(func() {
+		cancelRoot()
+		cancelAlloc()
+	})
+	return func() context.Context {
+		// Each tab gets its own browser context: its own storage, like a
+		// separate person.
+		tab, cancel := chromedp.NewContext(root, chromedp.WithNewBrowserContext())
+		t.Cleanup(cancel)
+		// The first run opens the tab, which lives as long as the context
+		// of that run: it must not be one with a timeout.
+		if err := chromedp.Do(tab); err != nil {
+			t.Fatalf("opening a tab: %v", err)
+		}
+		return tab
+	}
+}
+
+func run1(t *testing.T, ctx context.Context, what string, actions ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	tctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := chromedp.Do(tctx, actions...); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// textShown is the XPath of a message text in the list.
+func textShown(text string) string {
+	return `//ol[@id="messages"]//span[@class="text" and text()=` + xpathString(text) + `]`
+}
+
+func xpathString(s string) string { return `"` + s + `"` }
+
+// Two tabs on the single binary's page chat both ways, and what users
+// type is shown as text, never run as HTML.
+func TestBrowserTabsChat(t *testing.T) {
+	newTab := browser(t)
+	m, _ := startMain(t, t.TempDir())
+	base := "http://" + m.Addr()
+
+	alice, bob := newTab(), newTab()
+	run1(t, alice, "open alice's page",
+		chromedp.Navigate(base+"/?user=alice&room=lobby"),
+		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`))
+	run1(t, bob, "open bob's page",
+		chromedp.Navigate(base+"/"),
+		chromedp.WaitVisible(chromedp.ID("login")),
+		chromedp.SendKeys(chromedp.ID("name"), "bob"),
+		chromedp.Click(chromedp.ID("connect")),
+		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`))
+
+	run1(t, alice, "alice sends",
+		chromedp.SendKeys(chromedp.ID("text"), "hello bob 👋"+kb.Enter),
+		chromedp.WaitVisible(textShown("hello bob 👋")))
+	run1(t, bob, "bob sees alice's message", chromedp.WaitVisible(textShown("hello bob 👋")))
+
+	const xss = `<img src=x onerror=alert(1)>`
+	run1(t, bob, "bob answers",
+		chromedp.SendKeys(chromedp.ID("text"), xss+kb.Enter),
+		chromedp.WaitVisible(textShown(xss)))
+	run1(t, alice, "alice sees bob's message, from bob",
+		chromedp.WaitVisible(textShown(xss)),
+		chromedp.WaitVisible(`//ol[@id="messages"]/li[span[@class="from" and text()="bob"] and span[@class="text"]]`))
+
+	imgs, err := chromedp.Run(alice, chromedp.Evaluate[int](`document.querySelectorAll("#messages img").length`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	png, err := chromedp.Run(alice, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if imgs != 0 {
+		t.Fatalf("a message became %d img elements", imgs)
+	}
+	shot := filepath.Join(t.TempDir(), "two-tabs.png")
+	if err := os.WriteFile(shot, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s", shot)
+	// NATTER_SCREENSHOTS=dir keeps a copy, for the README's picture.
+	if dir := os.Getenv("NATTER_SCREENSHOTS"); dir != "" {
+		if err := os.WriteFile(filepath.Join(dir, "two-tabs.png"), png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
