@@ -29,6 +29,8 @@ type Embedded struct {
 // Web is what the edge's HTTP side accepts.
 type Web struct {
 	AllowedOrigins []string `envconfig:"ALLOWED_ORIGINS" default:"" desc:"extra allowed Origin values, comma separated; same-origin is always allowed"`
+	AuthSecret     string   `envconfig:"AUTH_SECRET" default:"" desc:"HS256 secret of WebSocket tokens; token checks are not implemented yet, so a set value stops the edge from starting"`
+	MaxConnsPerIP  int      `envconfig:"MAX_CONNS_PER_IP" default:"0" desc:"open WebSockets per client address (0: no limit); limits are not implemented yet, so a value above 0 stops the edge from starting"`
 }
 
 // Limits are the per-connection limits of PROTOCOL.md section 3.

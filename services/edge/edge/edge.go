@@ -69,6 +69,13 @@ func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus
 	if lim.WriteTimeout <= 0 || lim.PostTimeout <= 0 {
 		return nil, errors.New("edge: timeouts must be positive")
 	}
+	// Refuse what would look protected but is not (yet).
+	if cfg.Web.AuthSecret != "" {
+		return nil, errors.New("edge: CHAT_AUTH_SECRET is set, but token authentication is not implemented yet; refusing to start unprotected")
+	}
+	if cfg.Web.MaxConnsPerIP != 0 {
+		return nil, errors.New("edge: CHAT_MAX_CONNS_PER_IP is set, but per-address limits are not implemented yet; refusing to start unlimited")
+	}
 	id := cfg.ID
 	if id == "" {
 		id = "edge-" + randomID()

@@ -53,6 +53,9 @@ func TestNewRejectsBadLimits(t *testing.T) {
 	if _, err := New(Config{Limits: limits(0)}, nil, fstest.MapFS{}, slog.Default(), prometheus.NewRegistry()); err == nil {
 		t.Fatal("a send queue of 0 was accepted")
 	}
+	if _, err := New(Config{Limits: limits(1), Web: config.Web{AuthSecret: "s"}}, nil, fstest.MapFS{}, slog.Default(), prometheus.NewRegistry()); err == nil {
+		t.Fatal("an auth secret was accepted although tokens are not checked yet")
+	}
 	if _, err := New(Config{ID: "a.b", Limits: limits(1)}, nil, fstest.MapFS{}, slog.Default(), prometheus.NewRegistry()); err == nil {
 		t.Fatal("an edge id with a dot was accepted")
 	}
