@@ -28,6 +28,10 @@ func Connect(url, name string, drainTimeout time.Duration, log *slog.Logger, ext
 			log.Info("nats connected", "url", nc.ConnectedUrlRedacted())
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err == nil {
+				log.Info("nats connection closed")
+				return
+			}
 			log.Warn("nats disconnected", "err", err)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {

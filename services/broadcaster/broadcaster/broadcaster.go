@@ -96,8 +96,9 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer)
 // Run makes sure the stream exists, serves posts until ctx ends, then
 // drains. It returns after every goroutine it started has ended.
 func (b *Broadcaster) Run(ctx context.Context) error {
-	if err := b.ensureStream(ctx); err != nil {
-		return err
+	b.ensureStream(ctx)
+	if ctx.Err() != nil {
+		return nil // stopped before it started serving
 	}
 	sub, err := b.nc.QueueSubscribe(subject.InRoomAll, subject.BroadcasterQueue, b.handle)
 	if err != nil {
@@ -131,20 +132,20 @@ func (b *Broadcaster) Run(ctx context.Context) error {
 	return nil
 }
 
-// ensureStream retries until the stream is there: NATS may come up after
-// the broadcaster.
-func (b *Broadcaster) ensureStream(ctx context.Context) error {
+// ensureStream retries until the stream is there or ctx ends: NATS may
+// come up after the broadcaster.
+func (b *Broadcaster) ensureStream(ctx context.Context) {
 	for {
 		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err := store.EnsureStream(sctx, b.js, b.cfg.Retention)
 		cancel()
-		if err == nil {
-			return nil
+		if err == nil || ctx.Err() != nil {
+			return
 		}
 		b.log.Warn("broadcaster: stream not ready, retrying", "err", err)
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("broadcaster: %w", err)
+			return
 		case <-time.After(time.Second):
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,9 +26,14 @@ import (
 	"github.com/natter-chat/natter/shared/proto"
 )
 
-// shutdownWait bounds how long Run waits for connection handlers after
-// closing them; it fits the 10-second shutdown promise with the drain.
-const shutdownWait = 4 * time.Second
+// Shutdown budget, inside the 10-second promise together with the NATS
+// drain (CHAT_NATS_DRAIN_TIMEOUT, 3 s by default): httpShutdownWait for
+// plain HTTP requests to finish, shutdownWait for connection handlers after
+// they were told to close.
+const (
+	httpShutdownWait = 2 * time.Second
+	shutdownWait     = 3 * time.Second
+)
 
 // Config is what an edge needs.
 type Config struct {
@@ -49,6 +55,11 @@ type Edge struct {
 	hub      *hub
 	metrics  *metrics
 	upgrader websocket.Upgrader
+
+	// ctx ends when the edge starts closing its clients, so that posts
+	// and store reads in flight give up at once.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu       sync.Mutex
 	clients  map[*client]struct{} // guarded by mu
@@ -106,6 +117,7 @@ func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
 	}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.hub = newHub(nc, e.log, m)
 	return e, nil
 }
@@ -135,7 +147,7 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 		defer close(dispatchDone)
 		e.hub.run(dctx)
 	}()
-	err := ops.Serve(ctx, ln, e.Handler(), shutdownWait)
+	err := ops.Serve(ctx, ln, e.Handler(), httpShutdownWait)
 	e.closeClients()
 	e.hub.close()
 	stopDispatch()
@@ -148,6 +160,7 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 func (e *Edge) closeClients() {
 	e.mu.Lock()
 	e.stopping = true
+	e.cancel()
 	for c := range e.clients {
 		c.close(websocket.CloseGoingAway, "server shutting down")
 	}
@@ -230,10 +243,10 @@ func (e *Edge) originAllowed(r *http.Request) bool {
 		return true
 	}
 	u, err := url.Parse(origin)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Path != "" || u.RawQuery != "" {
 		return false
 	}
-	return u.Host == r.Host
+	return strings.EqualFold(u.Host, r.Host)
 }
 
 // Subscriptions is the number of room subscriptions the edge holds.

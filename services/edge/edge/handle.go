@@ -90,7 +90,7 @@ func (c *client) join(req proto.Request) {
 		undo(err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.Limits.PostTimeout)
+	ctx, cancel := context.WithTimeout(c.e.ctx, c.e.cfg.Limits.PostTimeout)
 	last, err := store.LastSeq(ctx, c.e.nc, room)
 	cancel()
 	if err != nil {
@@ -159,7 +159,7 @@ func (c *client) post(req proto.Request) {
 		return
 	}
 	data := proto.Encode(proto.InRoomPost{Room: room, From: c.user, Text: text, ID: id, Edge: c.e.id, Session: c.session})
-	ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.Limits.PostTimeout)
+	ctx, cancel := context.WithTimeout(c.e.ctx, c.e.cfg.Limits.PostTimeout)
 	msg, err := c.e.nc.RequestWithContext(ctx, subject.InRoom(room), data)
 	cancel()
 	if err != nil {

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -154,7 +155,17 @@ func (h *hub) dispatch(m *nats.Msg) {
 		h.log.Warn("dropping a room event that is not a stored message", "room", room)
 		return
 	}
-	line := proto.WithSeq(m.Data, seq)
+	data := m.Data
+	if bytes.ContainsAny(data, "\r\n") {
+		// A line break would split the event in the frame; the
+		// broadcaster never writes one, anyone else may.
+		var buf bytes.Buffer
+		if json.Compact(&buf, data) != nil {
+			return
+		}
+		data = buf.Bytes()
+	}
+	line := proto.WithSeq(data, seq)
 	for _, c := range h.members(room) {
 		c.deliver(room, seq, line)
 	}
