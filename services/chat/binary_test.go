@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,6 +16,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats.go"
 
+	"github.com/natter-chat/natter/shared/logwatch"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
@@ -57,7 +57,7 @@ func TestRunLogsAddressesAndNATSSeesTraffic(t *testing.T) {
 	t.Setenv("CHAT_NATS_ADDR", "127.0.0.1:0")
 	t.Setenv("CHAT_DATA_DIR", t.TempDir())
 	ctx, cancel := context.WithCancel(context.Background())
-	logs := newLogWatch()
+	logs := logwatch.New()
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, nil, io.Discard, logs) }()
 	defer func() {
@@ -66,8 +66,8 @@ func TestRunLogsAddressesAndNATSSeesTraffic(t *testing.T) {
 			t.Errorf("run: %v", err)
 		}
 	}()
-	httpAddr := logs.await(t, "http")
-	natsAddr := logs.await(t, "nats")
+	httpAddr := logs.Await(t, "http", wait)
+	natsAddr := logs.Await(t, "nats", wait)
 
 	nc, err := nats.Connect("nats://" + natsAddr)
 	if err != nil {
@@ -155,7 +155,7 @@ func TestSIGTERMShutsDownCleanly(t *testing.T) {
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(),
 		"CHAT_HTTP_ADDR=127.0.0.1:0", "CHAT_NATS_ADDR=127.0.0.1:0", "CHAT_DATA_DIR="+t.TempDir())
-	logs := newLogWatch()
+	logs := logwatch.New()
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -168,8 +168,8 @@ func TestSIGTERMShutsDownCleanly(t *testing.T) {
 			<-exited
 		}
 	}()
-	httpAddr := logs.await(t, "http")
-	logs.await(t, "nats")
+	httpAddr := logs.Await(t, "http", wait)
+	logs.Await(t, "nats", wait)
 
 	c := dial(t, "http://"+httpAddr, "alice")
 	c.join("lobby")
@@ -194,55 +194,5 @@ func TestSIGTERMShutsDownCleanly(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatalf("still running 15s after SIGTERM\n%s", logs.String())
-	}
-}
-
-// logWatch collects log output, for finding the "listening" lines.
-type logWatch struct {
-	mu      sync.Mutex
-	buf     strings.Builder // guarded by mu
-	changed chan struct{}   // a buffer of one: something was written
-}
-
-func newLogWatch() *logWatch { return &logWatch{changed: make(chan struct{}, 1)} }
-
-func (l *logWatch) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	l.buf.Write(p)
-	l.mu.Unlock()
-	select {
-	case l.changed <- struct{}{}:
-	default:
-	}
-	return len(p), nil
-}
-
-func (l *logWatch) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-var listenRE = regexp.MustCompile(`listening (http|nats) (\S+:\d+)`)
-
-// await returns the address of the listening line of kind.
-func (l *logWatch) await(t *testing.T, kind string) string {
-	t.Helper()
-	deadline := time.After(wait)
-	for {
-		for _, m := range listenRE.FindAllStringSubmatch(l.String(), -1) {
-			if m[1] != kind {
-				continue
-			}
-			if strings.HasSuffix(m[2], ":0") {
-				t.Fatalf("logged port 0: %s", m[0])
-			}
-			return m[2]
-		}
-		select {
-		case <-l.changed:
-		case <-deadline:
-			t.Fatalf("no 'listening %s' line in:\n%s", kind, l.String())
-		}
 	}
 }

@@ -203,9 +203,18 @@ func dial(t *testing.T, base, user string) *wsClient {
 
 func dialWith(t *testing.T, d *websocket.Dialer, base, user string) *wsClient {
 	t.Helper()
+	return dialSetup(t, d, base, user, nil)
+}
+
+// dialSetup lets setup change the connection before its reader starts.
+func dialSetup(t *testing.T, d *websocket.Dialer, base, user string, setup func(*websocket.Conn)) *wsClient {
+	t.Helper()
 	conn, resp, err := d.Dial(wsURL(base, user), nil)
 	if err != nil {
 		t.Fatalf("dial as %s: %v (%v)", user, err, resp)
+	}
+	if setup != nil {
+		setup(conn)
 	}
 	c := &wsClient{t: t, name: user, conn: conn, events: make(chan event, 100000), done: make(chan struct{})}
 	go c.read()
@@ -431,4 +440,13 @@ func httpStatus(t *testing.T, req *http.Request) int {
 	}
 	_ = resp.Body.Close()
 	return resp.StatusCode
+}
+
+func mustURL(t *testing.T, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+
+	"github.com/natter-chat/natter/shared/config"
+	"github.com/natter-chat/natter/shared/logwatch"
+	"github.com/natter-chat/natter/shared/natstest"
+	"github.com/natter-chat/natter/shared/store"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// The edge runs as its own process against CHAT_NATS_URL: it serves its
+// endpoints, takes WebSockets, answers unavailable while no broadcaster
+// runs, and stops on its context.
+func TestRunAlone(t *testing.T) {
+	ns := natstest.Start(t)
+	js, err := jetstream.New(natstest.Connect(t, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.EnsureStream(context.Background(), js, config.Retention{MaxMsgs: 10, MaxAge: time.Hour, MaxBytes: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CHAT_NATS_URL", ns.ClientURL())
+	t.Setenv("CHAT_HTTP_ADDR", "127.0.0.1:0")
+	logs := logwatch.New()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, logs) }()
+	addr := logs.Await(t, "http", 10*time.Second)
+
+	for _, path := range []string{"/healthz", "/readyz", "/metrics", "/"} {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s: %d", path, resp.StatusCode)
+		}
+	}
+	conn, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/ws?user=alice", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, want := range []string{`"welcome"`, `"joined"`, `"unavailable"`} {
+		switch want {
+		case `"joined"`:
+			_ = conn.WriteMessage(websocket.TextMessage, []byte(`{"type":"join","room":"lobby"}`))
+		case `"unavailable"`:
+			_ = conn.WriteMessage(websocket.TextMessage, []byte(`{"type":"message","room":"lobby","text":"hi","id":"1"}`))
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, data, err := conn.ReadMessage()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(data), want) {
+			t.Fatalf("got %s, want %s", data, want)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, _, err = conn.ReadMessage()
+	if ce, ok := err.(*websocket.CloseError); !ok || ce.Code != websocket.CloseGoingAway {
+		t.Fatalf("after stop: %v, want close 1001", err)
+	}
+}
+
+func TestRunNeedsNATSURL(t *testing.T) {
+	t.Setenv("CHAT_NATS_URL", "")
+	if err := run(context.Background(), io.Discard); err == nil {
+		t.Fatal("ran without CHAT_NATS_URL")
+	}
+}
