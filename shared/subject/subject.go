@@ -7,6 +7,10 @@ package subject
 import "strings"
 
 const (
+	// All is every natter subject: what an operator watches with
+	// `nats sub 'chat.>'`.
+	All = "chat.>"
+
 	// InRoomAll is what the broadcasters subscribe to, as one queue group.
 	InRoomAll = "chat.in.room.>"
 
