@@ -7,12 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
-
-	"golang.org/x/sync/errgroup"
 
 	"github.com/natter-chat/natter/services/broadcaster/broadcaster"
 	"github.com/natter-chat/natter/shared/config"
@@ -56,14 +53,5 @@ func run(ctx context.Context, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	mux := http.NewServeMux()
-	ops.Handle(mux, nc.IsConnected, reg)
-	ln, err := ops.Listen(cfg.HTTPAddr, log)
-	if err != nil {
-		return err
-	}
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return b.Run(ctx) })
-	g.Go(func() error { return ops.Serve(ctx, ln, mux, cfg.DrainTimeout) })
-	return g.Wait()
+	return ops.RunService(ctx, cfg.HTTPAddr, nc.IsConnected, reg, log, b.Run)
 }

@@ -7,12 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
-
-	"golang.org/x/sync/errgroup"
 
 	"github.com/natter-chat/natter/services/presence/presence"
 	"github.com/natter-chat/natter/shared/config"
@@ -50,15 +47,5 @@ func run(ctx context.Context, stderr io.Writer) error {
 	}
 	defer natsconn.Drain(nc)
 	p := presence.New(nc, log)
-	reg := ops.NewRegistry()
-	mux := http.NewServeMux()
-	ops.Handle(mux, p.Ready, reg)
-	ln, err := ops.Listen(cfg.HTTPAddr, log)
-	if err != nil {
-		return err
-	}
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return p.Run(ctx) })
-	g.Go(func() error { return ops.Serve(ctx, ln, mux, cfg.DrainTimeout) })
-	return g.Wait()
+	return ops.RunService(ctx, cfg.HTTPAddr, p.Ready, ops.NewRegistry(), log, p.Run)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
 )
 
 // NewRegistry returns a registry with the Go and process collectors, so
@@ -74,4 +75,21 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler, timeout time.Du
 		return fmt.Errorf("http shutdown %s: %w", ln.Addr(), err)
 	}
 	return nil
+}
+
+// RunService runs a service that has no HTTP of its own: it serves
+// /healthz, /readyz and /metrics on addr next to run, until ctx ends or
+// either fails, and returns after both have stopped.
+func RunService(ctx context.Context, addr string, ready func() bool, reg *prometheus.Registry, log *slog.Logger,
+	run func(context.Context) error) error {
+	mux := http.NewServeMux()
+	Handle(mux, ready, reg)
+	ln, err := Listen(addr, log)
+	if err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return run(gctx) })
+	g.Go(func() error { return Serve(gctx, ln, mux, 2*time.Second) })
+	return g.Wait()
 }
