@@ -80,6 +80,15 @@ func TestBadInputGetsItsError(t *testing.T) {
 			t.Fatalf("got %s", ev.raw)
 		}
 	}
+	// A flood of bad objects gets every error and no disconnect: answers
+	// wait for the client to read them, they never count as a slow client.
+	const flood = 20000
+	c.sendRaw(strings.Repeat("{}\n", flood))
+	for i := range flood {
+		if ev := c.next(); ev.Type != "error" || ev.Code != "bad_request" {
+			t.Fatalf("answer %d: %s", i, ev.raw)
+		}
+	}
 	// The longest text is accepted: 4,000 code points of 4 bytes each.
 	c.post("lobby", strings.Repeat("😀", 4000), "longest")
 	if n := streamMsgs(t, nc); n != 2 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -175,6 +176,14 @@ func TestSIGTERMShutsDownCleanly(t *testing.T) {
 	c.join("lobby")
 	c.post("lobby", "bye", "b")
 	c.expect("message")
+
+	// An idle HTTP connection must not hold the shutdown up or spoil the
+	// exit code.
+	idle, err := net.Dial("tcp", httpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
 
 	start := time.Now()
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {

@@ -140,9 +140,15 @@ func (m *Main) NATSAddr() string {
 func (m *Main) Run(ctx context.Context) error {
 	defer m.close()
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return m.edge.Run(gctx, m.ln) })
 	g.Go(func() error { return m.broadcaster.Run(gctx) })
 	g.Go(func() error { return m.presence.Run(gctx) })
+	// Posts need a broadcaster: the edge serves once one takes them (the
+	// listener is open already, so early clients wait in its backlog).
+	select {
+	case <-m.broadcaster.Serving():
+		g.Go(func() error { return m.edge.Run(gctx, m.ln) })
+	case <-gctx.Done():
+	}
 	err := g.Wait()
 	m.log.Info("shutting down")
 	return err

@@ -87,22 +87,12 @@ func startBroadcaster(t *testing.T, ns *server.Server) *prometheus.Registry {
 			t.Errorf("broadcaster: %v", err)
 		}
 	})
-	// Run has subscribed once the stream exists and a post is answered.
-	waitFor(t, "broadcaster serving", func() bool {
-		return nc.NumSubscriptions() > 0 && streamExists(nc)
-	})
-	return reg
-}
-
-func streamExists(nc *nats.Conn) bool {
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return false
+	select {
+	case <-b.Serving():
+	case <-time.After(wait):
+		t.Fatal("broadcaster not serving")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	_, err = js.Stream(ctx, subject.Stream)
-	return err == nil
+	return reg
 }
 
 type testEdge struct {

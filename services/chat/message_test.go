@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -127,11 +128,18 @@ func TestSeqsIncreaseWithTwoBroadcasters(t *testing.T) {
 	for i, c := range clients {
 		wg.Go(func() {
 			for j := range each {
-				c.send(map[string]any{"type": "message", "room": "race", "text": fmt.Sprintf("%d-%d", i, j), "id": fmt.Sprintf("%d-%d", i, j)})
+				msg := fmt.Sprintf(`{"type":"message","room":"race","text":"%d-%d","id":"%d-%d"}`, i, j, i, j)
+				if err := c.conn.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
+					t.Errorf("poster %d: %v", i, err) // not Fatal: this is not the test's goroutine
+					return
+				}
 			}
 		})
 	}
 	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
 
 	var last uint64
 	next := map[string]int{} // per poster, the next j expected: a session's posts keep their order
@@ -197,11 +205,25 @@ func TestEdgeWithoutMembersReceivesNothing(t *testing.T) {
 	if got := e2.nc.Stats().InMsgs - before; got != 0 {
 		t.Fatalf("edge 2 received %d messages of a room it has no member in", got)
 	}
-	// The last leave drops the subscription; the first join takes it.
+	// The last leave drops the subscription: the room's traffic stops
+	// reaching the edge. The first join takes it again.
 	b.send(map[string]any{"type": "leave", "room": "quiet"})
 	b.expect("left")
 	if n := e2.Subscriptions(); n != 0 {
 		t.Fatalf("edge 2 holds %d subscriptions after its last member left", n)
+	}
+	if err := e2.nc.Flush(); err != nil { // the UNSUB has reached the server
+		t.Fatal(err)
+	}
+	a.join("quiet")
+	before = e2.nc.Stats().InMsgs
+	a.post("quiet", "nobody on edge 2 is here", "q")
+	a.expect("message")
+	if err := e2.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := e2.nc.Stats().InMsgs - before; got != 0 {
+		t.Fatalf("edge 2 received %d messages of a room its last member left", got)
 	}
 	b.join("busy")
 	if n := e2.Subscriptions(); n != 1 {

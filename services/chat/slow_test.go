@@ -69,10 +69,8 @@ func TestSlowClientIsCutOff(t *testing.T) {
 	if code := slow.closeCode(); code != websocket.ClosePolicyViolation && code != websocket.CloseAbnormalClosure && code != -1 {
 		t.Fatalf("slow client closed with %d, want 1008 or a dropped connection", code)
 	}
+	// Every message, in order (drainUntil checks the ids), to the end.
 	fast.drainUntil(t, sent)
-	if fast.received != sent {
-		t.Fatalf("fast client received %d of %d", fast.received, sent)
-	}
 }
 
 // pause stops the test reader from reading the socket (after at most one

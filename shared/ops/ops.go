@@ -5,7 +5,6 @@ package ops
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -53,9 +52,11 @@ func Listen(addr string, log *slog.Logger) (net.Listener, error) {
 	return ln, nil
 }
 
-// Serve serves h on ln until ctx ends, then shuts down within timeout.
+// Serve serves h on ln until ctx ends, then shuts down: it waits up to
+// timeout for requests in progress, then closes what is left (an idle or
+// half-sent connection must not turn a clean stop into a failure).
 // Hijacked connections (WebSockets) are not its business: their owner
-// closes them.
+// closes them. It returns an error only when serving failed.
 func Serve(ctx context.Context, ln net.Listener, h http.Handler, timeout time.Duration) error {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
@@ -67,13 +68,10 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler, timeout time.Du
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	err := srv.Shutdown(sctx)
-	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) && err == nil {
-		err = serr
+	if err := srv.Shutdown(sctx); err != nil {
+		_ = srv.Close()
 	}
-	if err != nil {
-		return fmt.Errorf("http shutdown %s: %w", ln.Addr(), err)
-	}
+	<-errc // http.ErrServerClosed
 	return nil
 }
 

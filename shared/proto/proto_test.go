@@ -35,7 +35,14 @@ func TestParseRequest(t *testing.T) {
 		{`{"type":"dm","text":"x"}`, CodeBadRequest, ""},
 		{`{"type":"dm","to":"bob","text":""}`, CodeBadRequest, ""},
 		{`{"type":"message","room":"r","text":"\u00a0\u2003"}`, CodeBadRequest, ""},
-		{`{"type":"bogus","room":5}`, CodeBadRequest, ""}, // mistyped fields come first
+		{`{"type":"bogus","room":5}`, CodeUnknownType, ""},     // the fields of an unknown type are unknown
+		{`{"TYPE":"join","ROOM":"lobby"}`, CodeBadRequest, ""}, // keys are case-sensitive
+		{`{"type":"join","Room":"lobby","room":"r"}`, "", ""},
+		{`{"type":"message","room":"r","text":"x","ID":"1"}`, "", ""},
+		{`{"type":"join","room":"lobby","id":7}`, "", "7"},   // id is not a field of join
+		{`{"type":"join","room":"lobby","id":""}`, "", `""`}, // nor is an empty one
+		{`{"type":"join","room":"lobby","text":5,"limit":-1}`, "", ""},
+		{`{"type":"leave","id":null}`, CodeBadRequest, "null"}, // a null id is still echoed
 		{`{"type":"bogus"}`, CodeUnknownType, ""},
 		{`{"type":"JOIN","room":"r"}`, CodeUnknownType, ""},
 		{`{"type":"join","room":""}`, CodeInvalidRoom, ""},

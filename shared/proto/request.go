@@ -59,21 +59,6 @@ type Request struct {
 	RawID json.RawMessage
 }
 
-// rawRequest lets each field be checked on its own: a mistyped field is a
-// bad_request, but the id must still be echoed.
-type rawRequest struct {
-	Type   json.RawMessage `json:"type"`
-	Room   json.RawMessage `json:"room"`
-	Text   json.RawMessage `json:"text"`
-	To     json.RawMessage `json:"to"`
-	DM     json.RawMessage `json:"dm"`
-	ID     json.RawMessage `json:"id"`
-	Since  json.RawMessage `json:"since"`
-	Before json.RawMessage `json:"before"`
-	After  json.RawMessage `json:"after"`
-	Limit  json.RawMessage `json:"limit"`
-}
-
 // Error is a refusal to send back as an error event.
 type Error struct {
 	Code    string
@@ -84,45 +69,85 @@ func (e *Error) Error() string { return e.Code + ": " + e.Message }
 
 func errorf(code, msg string) *Error { return &Error{Code: code, Message: msg} }
 
+// fields returns the fields that belong to a request type, and false for
+// an unknown type. Fields of other types are ignored, like unknown ones.
+func fields(typ string) ([]string, bool) {
+	switch typ {
+	case TypeJoin:
+		return []string{"room", "since"}, true
+	case TypeLeave, TypeTyping, TypeWho:
+		return []string{"room"}, true
+	case TypeMessage:
+		return []string{"room", "text", "id"}, true
+	case TypeDM:
+		return []string{"to", "text", "id"}, true
+	case TypeHistory:
+		return []string{"room", "dm", "before", "after", "limit"}, true
+	case TypeDMs:
+		return nil, true
+	}
+	return nil, false
+}
+
 // ParseRequest decodes one JSON object. It checks everything that needs no
-// state: JSON, field types, the type, required fields, blank text, fields
-// that exclude each other, and name rules. The returned Request carries
-// RawID even when err is not nil, when the object had an id.
+// state, in the contract's order: JSON, the type, the types of the fields
+// that belong to it, required fields, blank text, fields that exclude each
+// other, then the name rules. Keys match exactly (encoding/json alone would
+// match them regardless of case). The returned Request carries RawID
+// whenever the object had an id key, even when err is not nil.
 func ParseRequest(line []byte) (Request, *Error) {
 	var req Request
-	var raw rawRequest
-	if err := json.Unmarshal(line, &raw); err != nil {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(line, &obj); err != nil || obj == nil {
 		return req, errorf(CodeBadRequest, "not a JSON object")
 	}
-	if present(raw.ID) {
-		req.RawID = raw.ID
+	if id, ok := obj["id"]; ok {
+		req.RawID = id
 	}
-	if !present(raw.Type) {
-		return req, errorf(CodeBadRequest, "missing field type")
-	}
-	var e *Error
-	var typ *string
-	typ, e = str(raw.Type, "type", e)
-	req.Room, e = str(raw.Room, "room", e)
-	req.Text, e = str(raw.Text, "text", e)
-	req.To, e = str(raw.To, "to", e)
-	req.DM, e = str(raw.DM, "dm", e)
-	req.ID, e = str(raw.ID, "id", e)
-	req.Since, e = count(raw.Since, "since", e)
-	req.Before, e = count(raw.Before, "before", e)
-	req.After, e = count(raw.After, "after", e)
-	req.Limit, e = count(raw.Limit, "limit", e)
+	typ, e := str(obj, "type", nil)
 	if e != nil {
 		return req, e
 	}
+	if typ == nil {
+		return req, errorf(CodeBadRequest, "missing field type")
+	}
 	req.Type = *typ
+	names, known := fields(req.Type)
+	if !known {
+		return req, errorf(CodeUnknownType, "unknown type "+quote(req.Type))
+	}
+	for _, f := range names {
+		switch f {
+		case "room":
+			req.Room, e = str(obj, f, e)
+		case "text":
+			req.Text, e = str(obj, f, e)
+		case "to":
+			req.To, e = str(obj, f, e)
+		case "dm":
+			req.DM, e = str(obj, f, e)
+		case "id":
+			req.ID, e = str(obj, f, e)
+		case "since":
+			req.Since, e = count(obj, f, e)
+		case "before":
+			req.Before, e = count(obj, f, e)
+		case "after":
+			req.After, e = count(obj, f, e)
+		case "limit":
+			req.Limit, e = count(obj, f, e)
+		}
+	}
+	if e != nil {
+		return req, e
+	}
 	if e := req.checkFields(); e != nil {
 		return req, e
 	}
 	return req, req.checkNames()
 }
 
-// checkFields applies the bad_request and unknown_type rules of each type.
+// checkFields applies the bad_request rules of each known type.
 func (r *Request) checkFields() *Error {
 	need := func(ok bool, field string) *Error {
 		if !ok {
@@ -156,11 +181,8 @@ func (r *Request) checkFields() *Error {
 		if r.Before != nil && r.After != nil {
 			return errorf(CodeBadRequest, "before and after together")
 		}
-		return nil
-	case TypeDMs:
-		return nil
 	}
-	return errorf(CodeUnknownType, "unknown type "+quote(r.Type))
+	return nil
 }
 
 func (r *Request) checkText() *Error {
@@ -191,13 +213,15 @@ func Blank(s string) bool {
 	return strings.TrimFunc(s, unicode.IsSpace) == ""
 }
 
+// present reports whether a field has a value; null counts as absent.
 func present(raw json.RawMessage) bool {
 	return len(raw) > 0 && !bytes.Equal(raw, []byte("null"))
 }
 
 // str decodes a string field; a field of another type is a bad_request.
 // It keeps the first error it was given.
-func str(raw json.RawMessage, field string, prev *Error) (*string, *Error) {
+func str(obj map[string]json.RawMessage, field string, prev *Error) (*string, *Error) {
+	raw := obj[field]
 	if !present(raw) {
 		return nil, prev
 	}
@@ -209,7 +233,8 @@ func str(raw json.RawMessage, field string, prev *Error) (*string, *Error) {
 }
 
 // count decodes a non-negative JSON integer field.
-func count(raw json.RawMessage, field string, prev *Error) (*int64, *Error) {
+func count(obj map[string]json.RawMessage, field string, prev *Error) (*int64, *Error) {
+	raw := obj[field]
 	if !present(raw) {
 		return nil, prev
 	}

@@ -27,6 +27,11 @@ const maxPending = 4096
 // unavailable.
 const storeTimeout = 5 * time.Second
 
+// finalWait bounds how long Run, once the subscription is drained, waits
+// for the stores still in flight; with the drain it fits the 10-second
+// shutdown promise.
+const finalWait = 2 * time.Second
+
 // Config is what a broadcaster needs.
 type Config struct {
 	Retention    config.Retention
@@ -42,14 +47,21 @@ type Broadcaster struct {
 	metrics metrics
 
 	// pending carries accepted stores, in the order published, from the
-	// subscription callback to the acker.
+	// subscription callback to the acker. It is never closed: a callback
+	// may still run after a drain that timed out.
 	pending chan pendingStore
+	// serving is closed once the subscription is in place.
+	serving chan struct{}
+	// stopAcker is closed when the acker is to answer what is left and
+	// end; a callback that finds it closed answers unavailable itself.
+	stopAcker chan struct{}
 }
 
 type pendingStore struct {
-	future jetstream.PubAckFuture
-	reply  string
-	room   string
+	future   jetstream.PubAckFuture
+	reply    string
+	room     string
+	deadline time.Time
 }
 
 type metrics struct {
@@ -64,16 +76,19 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer)
 	if cfg.MaxTextChars <= 0 {
 		cfg.MaxTextChars = proto.MaxTextChars
 	}
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(maxPending))
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(maxPending),
+		jetstream.WithPublishAsyncTimeout(storeTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("broadcaster: jetstream: %w", err)
 	}
 	b := &Broadcaster{
-		cfg:     cfg,
-		nc:      nc,
-		js:      js,
-		log:     log,
-		pending: make(chan pendingStore, maxPending),
+		cfg:       cfg,
+		nc:        nc,
+		js:        js,
+		log:       log,
+		pending:   make(chan pendingStore, maxPending),
+		stopAcker: make(chan struct{}),
+		serving:   make(chan struct{}),
 		metrics: metrics{
 			stored: prometheus.NewCounter(prometheus.CounterOpts{
 				Name: "natter_broadcaster_messages_stored_total", Help: "Posts stored in the stream."}),
@@ -110,6 +125,7 @@ func (b *Broadcaster) Run(ctx context.Context) error {
 		b.log.Warn("broadcaster: flush after subscribe", "err", err)
 	}
 	b.log.Info("broadcaster serving", "subject", subject.InRoomAll, "queue", subject.BroadcasterQueue)
+	close(b.serving)
 
 	ackerDone := make(chan struct{})
 	go func() {
@@ -123,14 +139,17 @@ func (b *Broadcaster) Run(ctx context.Context) error {
 		select {
 		case <-closed:
 		case <-time.After(b.nc.Opts.DrainTimeout):
+			b.log.Warn("broadcaster: drain timed out; unsubscribing")
 			_ = sub.Unsubscribe()
 		}
 	}
-	// The callback no longer runs: nothing else sends on pending.
-	close(b.pending)
+	close(b.stopAcker)
 	<-ackerDone
 	return nil
 }
+
+// Serving is closed once the broadcaster takes posts.
+func (b *Broadcaster) Serving() <-chan struct{} { return b.serving }
 
 // ensureStream retries until the stream is there or ctx ends: NATS may
 // come up after the broadcaster.
@@ -179,7 +198,14 @@ func (b *Broadcaster) handle(m *nats.Msg) {
 		b.respond(m.Reply, proto.PostReply{Code: proto.CodeUnavailable, Message: "message store unavailable"})
 		return
 	}
-	b.pending <- pendingStore{future: future, reply: m.Reply, room: post.Room}
+	p := pendingStore{future: future, reply: m.Reply, room: post.Room, deadline: time.Now().Add(storeTimeout)}
+	select {
+	case b.pending <- p:
+	case <-b.stopAcker:
+		// Shutting down and the acker is gone: the store may still
+		// succeed, and a retry with the same id is then acknowledged.
+		b.respond(m.Reply, proto.PostReply{Code: proto.CodeUnavailable, Message: "broadcaster shutting down, try again"})
+	}
 }
 
 // validate checks a post as if it came from anyone: room from the subject,
@@ -207,9 +233,48 @@ func (b *Broadcaster) validate(m *nats.Msg) (proto.InRoomPost, *proto.Error) {
 }
 
 // ack answers each store in publish order once JetStream acknowledged it.
+// Once told to stop, it answers what is queued, waiting at most finalWait
+// in all.
 func (b *Broadcaster) ack() {
-	for p := range b.pending {
-		var reply proto.PostReply
+	timer := time.NewTimer(storeTimeout)
+	defer timer.Stop()
+	var limit time.Time // zero until stopping; then when to give up on all
+	for {
+		select {
+		case p := <-b.pending:
+			b.answer(p, timer, &limit)
+			continue
+		case <-b.stopAcker:
+		}
+		if limit.IsZero() {
+			limit = time.Now().Add(finalWait)
+		}
+		for {
+			select {
+			case p := <-b.pending:
+				b.answer(p, timer, &limit)
+			default:
+				return
+			}
+		}
+	}
+}
+
+// answer waits until the store of p is acknowledged, fails, or times out,
+// and answers the post. A stop that comes meanwhile sets *limit.
+func (b *Broadcaster) answer(p pendingStore, timer *time.Timer, limit *time.Time) {
+	stop := b.stopAcker
+	if !limit.IsZero() {
+		stop = nil
+	}
+	var reply proto.PostReply
+	for done := false; !done; {
+		deadline := p.deadline
+		if !limit.IsZero() && limit.Before(deadline) {
+			deadline = *limit
+		}
+		timer.Reset(max(time.Until(deadline), 0))
+		done = true
 		select {
 		case ack := <-p.future.Ok():
 			reply.Seq, reply.Duplicate = ack.Sequence, ack.Duplicate
@@ -222,12 +287,17 @@ func (b *Broadcaster) ack() {
 			b.metrics.failed.Inc()
 			b.log.Warn("broadcaster: store failed", "room", p.room, "err", err)
 			reply = proto.PostReply{Code: proto.CodeUnavailable, Message: "message store unavailable"}
-		case <-time.After(storeTimeout):
+		case <-timer.C:
 			b.metrics.failed.Inc()
 			reply = proto.PostReply{Code: proto.CodeUnavailable, Message: "message store timed out"}
+		case <-stop:
+			*limit = time.Now().Add(finalWait)
+			stop = nil
+			done = false
 		}
-		b.respond(p.reply, reply)
+		timer.Stop()
 	}
+	b.respond(p.reply, reply)
 }
 
 // respond answers a post that came as a request; bots publish without a

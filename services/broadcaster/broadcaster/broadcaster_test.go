@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
@@ -16,6 +19,7 @@ import (
 	"github.com/natter-chat/natter/shared/natsconn"
 	"github.com/natter-chat/natter/shared/natstest"
 	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/store"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
@@ -92,5 +96,97 @@ func TestValidatesAndAnswers(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A store that never answers neither hangs shutdown nor crashes it: Run
+// returns within the drain timeout plus finalWait, and each waiting post
+// is answered unavailable.
+func TestShutdownWithStoresInFlight(t *testing.T) {
+	ns := natstest.Start(t)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	nc, err := natsconn.Connect(ns.ClientURL(), "broadcaster", time.Second, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer natsconn.Drain(nc)
+	b, err := New(Config{Retention: config.Retention{MaxMsgs: 100, MaxAge: time.Hour, MaxBytes: 1 << 20}}, nc, log, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+
+	client := natstest.Connect(t, ns)
+	// Wait until posts are stored, then take the room subjects away from
+	// the stream: stores now reach nobody who answers.
+	for {
+		m, err := client.Request(subject.InRoom("lobby"), []byte(`{"from":"bot","text":"x"}`), time.Second)
+		if err == nil && strings.Contains(string(m.Data), `"seq"`) {
+			break
+		}
+	}
+	js, err := jetstream.New(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := store.StreamConfig(config.Retention{MaxMsgs: 100, MaxAge: time.Hour, MaxBytes: 1 << 20})
+	cfg.Subjects, cfg.RePublish = []string{"elsewhere.>"}, nil
+	if _, err := js.UpdateStream(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	silent, err := client.Subscribe(subject.StoreRoomAll, func(*nats.Msg) {}) // swallows stores, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Unsubscribe()
+	if err := client.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	const posts = 20
+	replies := make(chan *nats.Msg, posts)
+	inbox := nats.NewInbox()
+	rsub, err := client.ChanSubscribe(inbox, replies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rsub.Unsubscribe()
+	for i := range posts {
+		if err := client.PublishRequest(subject.InRoom("lobby"), inbox, []byte(`{"from":"bot","text":"stuck `+strconv.Itoa(i)+`"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := client.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	waitPending := time.Now().Add(10 * time.Second)
+	// The acker holds the first post; the others wait in its queue.
+	for len(b.pending) < posts-1 {
+		if time.Now().After(waitPending) {
+			t.Fatalf("only %d posts queued", len(b.pending))
+		}
+		time.Sleep(5 * time.Millisecond) // polling: the posts are accepted asynchronously
+	}
+
+	start := time.Now()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > nc.Opts.DrainTimeout+finalWait+time.Second {
+		t.Fatalf("Run took %v to stop", took)
+	}
+	for range posts {
+		select {
+		case m := <-replies:
+			var r proto.PostReply
+			if err := json.Unmarshal(m.Data, &r); err != nil || r.Code != proto.CodeUnavailable {
+				t.Fatalf("stuck post answered %s", m.Data)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a stuck post got no answer")
+		}
 	}
 }

@@ -10,6 +10,8 @@
 // Goroutines: nats.go runs the subscription callback (one goroutine, owned
 // by the connection); Run owns the acker goroutine, which waits for each
 // store acknowledgement in order and answers the posting edge. Run drains
-// the subscription when its context ends, then lets the acker finish what
-// was accepted, and returns after it has ended.
+// the subscription when its context ends (at most the connection's drain
+// timeout), then lets the acker answer what was accepted (at most two more
+// seconds), and returns after it has ended. A callback still running after
+// a drain that timed out answers its post unavailable itself.
 package broadcaster

@@ -30,9 +30,14 @@ type client struct {
 	readerDone chan struct{}
 
 	mu sync.Mutex
-	// queue holds encoded events for the write pump, at most
-	// e.cfg.Limits.SendQueue of them; guarded by mu.
+	// queue holds encoded events for the write pump; guarded by mu.
+	// Live events (room messages) count against the slow-client limit:
+	// live is how many of them are queued. Answers to the client's own
+	// requests never cut it off: the read pump waits on space instead, so
+	// a client that floods requests is slowed down by its own reading.
 	queue [][]byte
+	live  int
+	space *sync.Cond // on mu; signalled when the writer empties the queue or closing begins
 	// rooms is the state of each joined (or joining) room; guarded by mu.
 	rooms map[string]*roomState
 	// closeCode is the close code to send once closing has begun, -1
@@ -60,7 +65,7 @@ type pendingEvent struct {
 }
 
 func newClient(e *Edge, conn *websocket.Conn, user, session string) *client {
-	return &client{
+	c := &client{
 		e:          e,
 		conn:       conn,
 		user:       user,
@@ -69,27 +74,45 @@ func newClient(e *Edge, conn *websocket.Conn, user, session string) *client {
 		readerDone: make(chan struct{}),
 		rooms:      make(map[string]*roomState),
 	}
+	c.space = sync.NewCond(&c.mu)
+	return c
 }
 
-// send queues an event for the write pump.
-func (c *client) send(line []byte) {
+// reply queues an answer to the client's own request. It waits while the
+// queue is full; only the read pump (or the handler before it) calls it.
+func (c *client) reply(line []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.enqueueLocked(line)
+	c.replyLocked(line)
 }
 
-// enqueueLocked queues line, or cuts the client off when its queue is full.
-func (c *client) enqueueLocked(line []byte) {
+// replyLocked is reply with mu held; it may release mu while it waits.
+func (c *client) replyLocked(line []byte) {
+	for !c.closing && len(c.queue) >= c.e.cfg.Limits.SendQueue {
+		c.space.Wait()
+	}
 	if c.closing {
 		return
 	}
-	if len(c.queue) >= c.e.cfg.Limits.SendQueue {
+	c.queue = append(c.queue, line)
+	c.signal()
+}
+
+// enqueueLiveLocked queues a live event, or cuts the client off when it
+// already has the limit of live events queued.
+func (c *client) enqueueLiveLocked(line []byte) {
+	if c.closing {
+		return
+	}
+	if c.live >= c.e.cfg.Limits.SendQueue {
 		c.e.metrics.slowClients.Inc()
 		c.e.log.Info("cutting off slow client", "user", c.user, "session", c.session, "queued", len(c.queue))
 		c.closeLocked(websocket.ClosePolicyViolation, "slow client: send queue full")
 		return
 	}
 	c.queue = append(c.queue, line)
+	c.live++
+	c.e.metrics.delivered.Inc()
 	c.signal()
 }
 
@@ -114,8 +137,7 @@ func (c *client) deliver(room string, seq uint64, line []byte) {
 		return
 	}
 	st.lastSeq = seq
-	c.e.metrics.delivered.Inc()
-	c.enqueueLocked(line)
+	c.enqueueLiveLocked(line)
 }
 
 // close begins closing with code (-1: send no close frame).
@@ -130,7 +152,8 @@ func (c *client) closeLocked(code int, text string) {
 		return
 	}
 	c.closing, c.closeCode, c.closeText = true, code, text
-	c.queue = nil
+	c.queue, c.live = nil, 0
+	c.space.Broadcast()
 	c.signal()
 }
 
@@ -205,6 +228,8 @@ func (c *client) writePump() {
 			c.mu.Lock()
 			closing := c.closing
 			batch, c.queue = c.queue, batch[:0]
+			c.live = 0
+			c.space.Broadcast()
 			c.mu.Unlock()
 			if closing {
 				c.finish()

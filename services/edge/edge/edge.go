@@ -222,7 +222,7 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 		defer close(writerDone)
 		c.writePump()
 	}()
-	c.send(proto.Encode(proto.Welcome{Type: proto.TypeWelcome, User: user, Session: c.session}))
+	c.reply(proto.Encode(proto.Welcome{Type: proto.TypeWelcome, User: user, Session: c.session}))
 	c.readPump()
 	<-writerDone
 	c.leaveAll()

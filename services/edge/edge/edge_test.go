@@ -74,9 +74,11 @@ func TestQueueOverflowClosesWith1008(t *testing.T) {
 			return
 		}
 		c := newClient(e, conn, "u", "s")
-		for i := range 5 { // one more than the queue holds
-			c.send([]byte(`{"type":"test","n":` + strconv.Itoa(i) + `}`))
+		c.mu.Lock()
+		for i := range 5 { // one more live event than the queue holds
+			c.enqueueLiveLocked([]byte(`{"type":"test","n":` + strconv.Itoa(i) + `}`))
 		}
+		c.mu.Unlock()
 		writerDone := make(chan struct{})
 		go func() {
 			defer close(writerDone)
@@ -115,7 +117,7 @@ func TestWriterCoalesces(t *testing.T) {
 		}
 		c = newClient(e, conn, "u", "s")
 		for i := range 3 {
-			c.send([]byte(`{"n":` + strconv.Itoa(i) + `}`))
+			c.reply([]byte(`{"n":` + strconv.Itoa(i) + `}`))
 		}
 		close(ready)
 		writerDone := make(chan struct{})

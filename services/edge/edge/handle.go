@@ -48,7 +48,7 @@ func notYet(typ string) *proto.Error {
 
 func (c *client) refuse(req proto.Request, perr *proto.Error) {
 	c.e.metrics.errors.WithLabelValues(perr.Code).Inc()
-	c.send(proto.Encode(proto.ErrorEvent{Type: proto.TypeError, Code: perr.Code, Message: perr.Message, ID: req.RawID}))
+	c.reply(proto.Encode(proto.ErrorEvent{Type: proto.TypeError, Code: perr.Code, Message: perr.Message, ID: req.RawID}))
 }
 
 func (c *client) joined(room string) bool {
@@ -65,7 +65,7 @@ func (c *client) join(req proto.Request) {
 	room := *req.Room
 	c.mu.Lock()
 	if st := c.rooms[room]; st != nil {
-		c.enqueueLocked(proto.Encode(proto.Joined{Type: proto.TypeJoined, Room: room, Seq: st.lastSeq}))
+		c.replyLocked(proto.Encode(proto.Joined{Type: proto.TypeJoined, Room: room, Seq: st.lastSeq}))
 		c.mu.Unlock()
 		return
 	}
@@ -100,14 +100,15 @@ func (c *client) join(req proto.Request) {
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// replyLocked may wait and release mu: live events meanwhile still
+	// go to pending, since joining is still set.
+	c.replyLocked(proto.Encode(proto.Joined{Type: proto.TypeJoined, Room: room, Seq: last}))
 	st.joining = false
 	st.lastSeq = last
-	c.enqueueLocked(proto.Encode(proto.Joined{Type: proto.TypeJoined, Room: room, Seq: last}))
 	for _, p := range st.pending {
 		if p.seq > st.lastSeq {
 			st.lastSeq = p.seq
-			c.e.metrics.delivered.Inc()
-			c.enqueueLocked(p.line)
+			c.enqueueLiveLocked(p.line)
 		}
 	}
 	st.pending = nil
@@ -122,7 +123,7 @@ func (c *client) leave(req proto.Request) {
 	c.e.hub.leave(room, c)
 	c.mu.Lock()
 	delete(c.rooms, room)
-	c.enqueueLocked(proto.Encode(proto.Left{Type: proto.TypeLeft, Room: room}))
+	c.replyLocked(proto.Encode(proto.Left{Type: proto.TypeLeft, Room: room}))
 	c.mu.Unlock()
 }
 
@@ -183,6 +184,6 @@ func (c *client) post(req proto.Request) {
 	}
 	c.e.metrics.posted.Inc()
 	if id != "" {
-		c.send(proto.Encode(proto.Ack{Type: proto.TypeAck, ID: id, Seq: reply.Seq}))
+		c.reply(proto.Encode(proto.Ack{Type: proto.TypeAck, ID: id, Seq: reply.Seq}))
 	}
 }

@@ -32,15 +32,21 @@ type hub struct {
 	// reads it.
 	msgs chan *nats.Msg
 
+	// mu guards rooms and each room's member list. It is never held
+	// across a NATS call.
 	mu    sync.Mutex
 	rooms map[string]*hubRoom // guarded by mu
 }
 
 // hubRoom is one room with local members.
 type hubRoom struct {
-	sub *nats.Subscription
+	// ready is closed once the subscription is made (or has failed);
+	// sub and err are set before and never change after.
+	ready chan struct{}
+	sub   *nats.Subscription
+	err   error
 	// members is replaced, never changed in place, so the dispatcher can
-	// use a snapshot without holding the lock.
+	// use a snapshot without holding the lock. Guarded by hub.mu.
 	members []*client
 }
 
@@ -55,46 +61,69 @@ func newHub(nc *nats.Conn, log *slog.Logger, m *metrics) *hub {
 }
 
 // join adds c to room, subscribing to the room's messages on its first
-// local member. nats.go's Subscribe only queues the SUB line for the
-// connection's writer, so holding mu across it does not wait on the
-// network.
+// local member. The subscription is made outside mu: nats.go may write to
+// its socket while subscribing, and the dispatcher must never wait on
+// that.
 func (h *hub) join(room string, c *client) error {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	r := h.rooms[room]
-	if r == nil {
-		sub, err := h.nc.ChanSubscribe(subject.RoomMsg(room), h.msgs)
-		if err != nil {
-			return fmt.Errorf("subscribe room %s: %w", room, err)
-		}
-		r = &hubRoom{sub: sub}
+	first := r == nil
+	if first {
+		r = &hubRoom{ready: make(chan struct{})}
 		h.rooms[room] = r
-		h.metrics.roomSubs.Inc()
 	}
 	if !slices.Contains(r.members, c) {
 		r.members = append(slices.Clip(r.members), c)
+	}
+	h.mu.Unlock()
+
+	if first {
+		r.sub, r.err = h.nc.ChanSubscribe(subject.RoomMsg(room), h.msgs)
+		if r.err == nil {
+			h.metrics.roomSubs.Inc()
+		}
+		close(r.ready)
+	}
+	<-r.ready
+	if r.err != nil {
+		h.leave(room, c)
+		return fmt.Errorf("subscribe room %s: %w", room, r.err)
 	}
 	return nil
 }
 
 // leave removes c from room and drops the subscription after the last
-// local member.
+// local member. A join that comes meanwhile makes a new entry and a new
+// subscription; events the two both receive are dropped by seq.
 func (h *hub) leave(room string, c *client) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	r := h.rooms[room]
 	if r == nil {
+		h.mu.Unlock()
 		return
 	}
 	i := slices.Index(r.members, c)
 	if i < 0 {
+		h.mu.Unlock()
 		return
 	}
 	r.members = slices.Delete(slices.Clone(r.members), i, i+1)
-	if len(r.members) > 0 {
+	last := len(r.members) == 0
+	if last {
+		delete(h.rooms, room)
+	}
+	h.mu.Unlock()
+	if last {
+		h.unsubscribe(room, r)
+	}
+}
+
+// unsubscribe drops a room's subscription once it is made.
+func (h *hub) unsubscribe(room string, r *hubRoom) {
+	<-r.ready
+	if r.sub == nil {
 		return
 	}
-	delete(h.rooms, room)
 	h.metrics.roomSubs.Dec()
 	if err := r.sub.Unsubscribe(); err != nil {
 		h.log.Warn("unsubscribe room", "room", room, "err", err)
@@ -122,11 +151,11 @@ func (h *hub) subscriptions() int {
 // close drops every subscription; the clients are gone by then.
 func (h *hub) close() {
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	for room, r := range h.rooms {
-		_ = r.sub.Unsubscribe()
-		delete(h.rooms, room)
-		h.metrics.roomSubs.Dec()
+	rooms := h.rooms
+	h.rooms = make(map[string]*hubRoom)
+	h.mu.Unlock()
+	for room, r := range rooms {
+		h.unsubscribe(room, r)
 	}
 }
 
