@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -53,8 +54,12 @@ type Broadcaster struct {
 	// serving is closed once the subscription is in place.
 	serving chan struct{}
 	// stopAcker is closed when the acker is to answer what is left and
-	// end; a callback that finds it closed answers unavailable itself.
+	// end. stopMu orders it against the callbacks: a callback sends on
+	// pending only under the read lock with stopped false, so nothing is
+	// queued after the acker's last look.
 	stopAcker chan struct{}
+	stopMu    sync.RWMutex
+	stopped   bool // guarded by stopMu
 }
 
 type pendingStore struct {
@@ -143,6 +148,9 @@ func (b *Broadcaster) Run(ctx context.Context) error {
 			_ = sub.Unsubscribe()
 		}
 	}
+	b.stopMu.Lock()
+	b.stopped = true
+	b.stopMu.Unlock()
 	close(b.stopAcker)
 	<-ackerDone
 	return nil
@@ -199,13 +207,17 @@ func (b *Broadcaster) handle(m *nats.Msg) {
 		return
 	}
 	p := pendingStore{future: future, reply: m.Reply, room: post.Room, deadline: time.Now().Add(storeTimeout)}
-	select {
-	case b.pending <- p:
-	case <-b.stopAcker:
-		// Shutting down and the acker is gone: the store may still
-		// succeed, and a retry with the same id is then acknowledged.
+	// The acker reads pending until it is stopped, so this send cannot
+	// block Run's write lock for longer than the acker takes per store.
+	b.stopMu.RLock()
+	defer b.stopMu.RUnlock()
+	if b.stopped {
+		// Only after a drain that timed out. The store may still succeed;
+		// a retry with the same id is then acknowledged with its seq.
 		b.respond(m.Reply, proto.PostReply{Code: proto.CodeUnavailable, Message: "broadcaster shutting down, try again"})
+		return
 	}
+	b.pending <- p
 }
 
 // validate checks a post as if it came from anyone: room from the subject,
@@ -267,37 +279,56 @@ func (b *Broadcaster) answer(p pendingStore, timer *time.Timer, limit *time.Time
 	if !limit.IsZero() {
 		stop = nil
 	}
-	var reply proto.PostReply
-	for done := false; !done; {
+	for {
 		deadline := p.deadline
 		if !limit.IsZero() && limit.Before(deadline) {
 			deadline = *limit
 		}
 		timer.Reset(max(time.Until(deadline), 0))
-		done = true
 		select {
 		case ack := <-p.future.Ok():
-			reply.Seq, reply.Duplicate = ack.Sequence, ack.Duplicate
-			if ack.Duplicate {
-				b.metrics.duplicates.Inc()
-			} else {
-				b.metrics.stored.Inc()
-			}
+			timer.Stop()
+			b.respond(p.reply, b.stored(ack))
+			return
 		case err := <-p.future.Err():
-			b.metrics.failed.Inc()
-			b.log.Warn("broadcaster: store failed", "room", p.room, "err", err)
-			reply = proto.PostReply{Code: proto.CodeUnavailable, Message: "message store unavailable"}
-		case <-timer.C:
-			b.metrics.failed.Inc()
-			reply = proto.PostReply{Code: proto.CodeUnavailable, Message: "message store timed out"}
+			timer.Stop()
+			b.respond(p.reply, b.storeFailed(p.room, err))
+			return
 		case <-stop:
+			timer.Stop()
 			*limit = time.Now().Add(finalWait)
 			stop = nil
-			done = false
+			continue
+		case <-timer.C:
 		}
-		timer.Stop()
+		// Out of time; but a store that finished meanwhile is not a
+		// failure (select picks at random among ready cases).
+		select {
+		case ack := <-p.future.Ok():
+			b.respond(p.reply, b.stored(ack))
+		case err := <-p.future.Err():
+			b.respond(p.reply, b.storeFailed(p.room, err))
+		default:
+			b.metrics.failed.Inc()
+			b.respond(p.reply, proto.PostReply{Code: proto.CodeUnavailable, Message: "message store timed out"})
+		}
+		return
 	}
-	b.respond(p.reply, reply)
+}
+
+func (b *Broadcaster) stored(ack *jetstream.PubAck) proto.PostReply {
+	if ack.Duplicate {
+		b.metrics.duplicates.Inc()
+	} else {
+		b.metrics.stored.Inc()
+	}
+	return proto.PostReply{Seq: ack.Sequence, Duplicate: ack.Duplicate}
+}
+
+func (b *Broadcaster) storeFailed(room string, err error) proto.PostReply {
+	b.metrics.failed.Inc()
+	b.log.Warn("broadcaster: store failed", "room", room, "err", err)
+	return proto.PostReply{Code: proto.CodeUnavailable, Message: "message store unavailable"}
 }
 
 // respond answers a post that came as a request; bots publish without a

@@ -190,3 +190,39 @@ func TestShutdownWithStoresInFlight(t *testing.T) {
 		}
 	}
 }
+
+type doneFuture struct {
+	ok  chan *jetstream.PubAck
+	err chan error
+}
+
+func (f doneFuture) Ok() <-chan *jetstream.PubAck { return f.ok }
+func (f doneFuture) Err() <-chan error            { return f.err }
+func (f doneFuture) Msg() *nats.Msg               { return nil }
+
+// A store acknowledged by the time its deadline passes counts as stored,
+// never as timed out.
+func TestAnswerPrefersAFinishedStore(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	b := &Broadcaster{stopAcker: make(chan struct{}), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	b.metrics.stored = prometheus.NewCounter(prometheus.CounterOpts{Name: "stored"})
+	b.metrics.duplicates = prometheus.NewCounter(prometheus.CounterOpts{Name: "duplicates"})
+	b.metrics.failed = prometheus.NewCounter(prometheus.CounterOpts{Name: "failed"})
+	reg.MustRegister(b.metrics.stored, b.metrics.failed)
+	timer := time.NewTimer(time.Hour)
+	limit := time.Now().Add(-time.Millisecond) // stopping, and out of time
+	for range 200 {
+		f := doneFuture{ok: make(chan *jetstream.PubAck, 1), err: make(chan error)}
+		f.ok <- &jetstream.PubAck{Sequence: 1}
+		b.answer(pendingStore{future: f, deadline: time.Now().Add(time.Second)}, timer, &limit)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if v := mf.GetMetric()[0].GetCounter().GetValue(); (mf.GetName() == "stored") != (v == 200) {
+			t.Errorf("%s = %v", mf.GetName(), v)
+		}
+	}
+}

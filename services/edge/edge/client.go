@@ -35,9 +35,10 @@ type client struct {
 	// live is how many of them are queued. Answers to the client's own
 	// requests never cut it off: the read pump waits on space instead, so
 	// a client that floods requests is slowed down by its own reading.
-	queue [][]byte
-	live  int
-	space *sync.Cond // on mu; signalled when the writer empties the queue or closing begins
+	queue   [][]byte
+	live    int
+	space   *sync.Cond // on mu; signalled when the writer empties the queue or closing begins
+	waiting bool       // guarded by mu: the read pump waits on space
 	// rooms is the state of each joined (or joining) room; guarded by mu.
 	rooms map[string]*roomState
 	// closeCode is the close code to send once closing has begun, -1
@@ -88,14 +89,23 @@ func (c *client) reply(line []byte) {
 
 // replyLocked is reply with mu held; it may release mu while it waits.
 func (c *client) replyLocked(line []byte) {
-	for !c.closing && len(c.queue) >= c.e.cfg.Limits.SendQueue {
-		c.space.Wait()
-	}
-	if c.closing {
+	if !c.waitSpaceLocked() {
 		return
 	}
 	c.queue = append(c.queue, line)
 	c.signal()
+}
+
+// waitSpaceLocked waits, releasing mu meanwhile, until the queue has room
+// or the client is closing; it reports whether there is room. State read
+// before it may be stale after it.
+func (c *client) waitSpaceLocked() bool {
+	for !c.closing && len(c.queue) >= c.e.cfg.Limits.SendQueue {
+		c.waiting = true
+		c.space.Wait()
+		c.waiting = false
+	}
+	return !c.closing
 }
 
 // enqueueLiveLocked queues a live event, or cuts the client off when it
@@ -105,9 +115,7 @@ func (c *client) enqueueLiveLocked(line []byte) {
 		return
 	}
 	if c.live >= c.e.cfg.Limits.SendQueue {
-		c.e.metrics.slowClients.Inc()
-		c.e.log.Info("cutting off slow client", "user", c.user, "session", c.session, "queued", len(c.queue))
-		c.closeLocked(websocket.ClosePolicyViolation, "slow client: send queue full")
+		c.cutOffLocked()
 		return
 	}
 	c.queue = append(c.queue, line)
@@ -127,7 +135,7 @@ func (c *client) deliver(room string, seq uint64, line []byte) {
 	}
 	if st.joining {
 		if len(st.pending) >= c.e.cfg.Limits.SendQueue {
-			c.closeLocked(websocket.ClosePolicyViolation, "slow client: send queue full")
+			c.cutOffLocked()
 			return
 		}
 		st.pending = append(st.pending, pendingEvent{seq: seq, line: line})
@@ -138,6 +146,13 @@ func (c *client) deliver(room string, seq uint64, line []byte) {
 	}
 	st.lastSeq = seq
 	c.enqueueLiveLocked(line)
+}
+
+// cutOffLocked closes a client that has fallen too far behind.
+func (c *client) cutOffLocked() {
+	c.e.metrics.slowClients.Inc()
+	c.e.log.Info("cutting off slow client", "user", c.user, "session", c.session, "queued", len(c.queue))
+	c.closeLocked(websocket.ClosePolicyViolation, "slow client: send queue full")
 }
 
 // close begins closing with code (-1: send no close frame).

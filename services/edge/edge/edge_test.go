@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -210,5 +211,39 @@ func BenchmarkDispatch(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.N*members)/b.Elapsed().Seconds(), "deliveries/s")
 		})
+	}
+}
+
+// A repeated join that must wait for room in the queue answers with the
+// newest seq sent before its joined, not the one it saw before waiting.
+func TestRejoinWhileQueueFullCarriesNewestSeq(t *testing.T) {
+	e := newTestEdge(t, 2)
+	c := newClient(e, nil, "u", "s")
+	c.rooms["r"] = &roomState{lastSeq: 10}
+	c.reply([]byte(`{"n":1}`))
+	c.reply([]byte(`{"n":2}`)) // the queue is full of replies
+	room := "r"
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.join(proto.Request{Type: proto.TypeJoin, Room: &room}) // waits for room
+	}()
+	for waiting := false; !waiting; {
+		c.mu.Lock()
+		waiting = c.waiting
+		c.mu.Unlock()
+		runtime.Gosched() // polling: the join is on its way to waiting
+	}
+	c.deliver("r", 11, []byte(`{"type":"message","seq":11}`))
+	c.mu.Lock() // the writer takes the queue
+	batch := c.queue
+	c.queue, c.live = nil, 0
+	c.space.Broadcast()
+	c.mu.Unlock()
+	<-done
+	sent := append(batch, c.queue...)
+	last := sent[len(sent)-1]
+	if string(last) != `{"type":"joined","room":"r","seq":11}` {
+		t.Fatalf("sent %q; want joined with seq 11 last", sent)
 	}
 }

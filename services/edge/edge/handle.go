@@ -65,7 +65,11 @@ func (c *client) join(req proto.Request) {
 	room := *req.Room
 	c.mu.Lock()
 	if st := c.rooms[room]; st != nil {
-		c.replyLocked(proto.Encode(proto.Joined{Type: proto.TypeJoined, Room: room, Seq: st.lastSeq}))
+		// Wait for room first: lastSeq may move while waiting, and joined
+		// must carry the newest seq sent before it.
+		if c.waitSpaceLocked() {
+			c.replyLocked(proto.Encode(proto.Joined{Type: proto.TypeJoined, Room: room, Seq: st.lastSeq}))
+		}
 		c.mu.Unlock()
 		return
 	}

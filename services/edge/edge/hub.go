@@ -141,11 +141,21 @@ func (h *hub) members(room string) []*client {
 	return nil
 }
 
-// subscriptions is the number of room subscriptions held.
+// subscriptions is the number of room subscriptions made and held.
 func (h *hub) subscriptions() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return len(h.rooms)
+	n := 0
+	for _, r := range h.rooms {
+		select {
+		case <-r.ready:
+			if r.sub != nil {
+				n++
+			}
+		default: // still subscribing
+		}
+	}
+	return n
 }
 
 // close drops every subscription; the clients are gone by then.
