@@ -24,11 +24,17 @@ import (
 // dir; the returned stop cancels it and waits for Run to return.
 func startMain(t *testing.T, dir string) (*Main, func()) {
 	t.Helper()
+	return startMainAt(t, dir, "127.0.0.1:0")
+}
+
+// startMainAt is startMain with its HTTP listener on httpAddr.
+func startMainAt(t *testing.T, dir, httpAddr string) (*Main, func()) {
+	t.Helper()
 	var cfg Config
 	if err := loadConfig(&cfg); err != nil {
 		t.Fatal(err)
 	}
-	cfg.HTTPAddr, cfg.NATSAddr, cfg.DataDir = "127.0.0.1:0", "127.0.0.1:0", dir
+	cfg.HTTPAddr, cfg.NATSAddr, cfg.DataDir = httpAddr, "127.0.0.1:0", dir
 	ctx, cancel := context.WithCancel(context.Background())
 	m, err := Open(ctx, cfg, io.Discard)
 	if err != nil {

@@ -9,7 +9,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
-	"github.com/chromedp/chromedp/kb"
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/input"
 )
 
 // chromium finds the browser for end-to-end tests. Without one the tests
@@ -82,6 +83,23 @@ func run1(t *testing.T, ctx context.Context, what string, actions ...chromedp.Ac
 	}
 }
 
+// enter presses Enter as a person does. chromedp's SendKeys adds a char
+// event that Chrome applies even when the keydown handler cancelled it,
+// which would leave a newline in the cleared composer.
+func enter() chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		for _, typ := range []input.DispatchKeyEventType{input.DispatchKeyEventTypeRawKeyDown, input.DispatchKeyEventTypeKeyUp} {
+			_, err := cdp.Call(ctx, t, input.DispatchKeyEvent, input.DispatchKeyEventParams{
+				Type: typ, Key: "Enter", Code: "Enter", WindowsVirtualKeyCode: 13, NativeVirtualKeyCode: 13,
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 // textShown is the XPath of a message text in the list.
 func textShown(text string) string {
 	return `//ol[@id="messages"]//span[@class="text" and text()=` + xpathString(text) + `]`
@@ -108,13 +126,13 @@ func TestBrowserTabsChat(t *testing.T) {
 		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`))
 
 	run1(t, alice, "alice sends",
-		chromedp.SendKeys(chromedp.ID("text"), "hello bob 👋"+kb.Enter),
+		chromedp.SendKeys(chromedp.ID("text"), "hello bob 👋"), enter(),
 		chromedp.WaitVisible(textShown("hello bob 👋")))
 	run1(t, bob, "bob sees alice's message", chromedp.WaitVisible(textShown("hello bob 👋")))
 
 	const xss = `<img src=x onerror=alert(1)>`
 	run1(t, bob, "bob answers",
-		chromedp.SendKeys(chromedp.ID("text"), xss+kb.Enter),
+		chromedp.SendKeys(chromedp.ID("text"), xss), enter(),
 		chromedp.WaitVisible(textShown(xss)))
 	run1(t, alice, "alice sees bob's message, from bob",
 		chromedp.WaitVisible(textShown(xss)),
@@ -141,5 +159,39 @@ func TestBrowserTabsChat(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, "two-tabs.png"), png, 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// The page reconnects on its own after the server goes away and comes
+// back on the same address, and what was typed while offline is sent
+// then, once.
+func TestBrowserReconnects(t *testing.T) {
+	newTab := browser(t)
+	dir := t.TempDir()
+	m, stop := startMain(t, dir)
+	addr := m.Addr()
+	page := newTab()
+	run1(t, page, "open the page",
+		chromedp.Navigate("http://"+addr+"/?user=alice&room=lobby"),
+		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
+		chromedp.SendKeys(chromedp.ID("text"), "before"), enter(),
+		chromedp.WaitVisible(textShown("before")))
+
+	stop()
+	run1(t, page, "the page notices",
+		chromedp.WaitNotPresent(`//span[@id="status" and text()="online"]`),
+		chromedp.SendKeys(chromedp.ID("text"), "typed while offline"), enter())
+
+	startMainAt(t, dir, addr)
+	run1(t, page, "the page is back and sends what was typed",
+		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
+		chromedp.WaitVisible(textShown("typed while offline")))
+	shown, err := chromedp.Run(page, chromedp.Evaluate[int](
+		`[...document.querySelectorAll("#messages .text")].filter(e => e.textContent === "typed while offline").length`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shown != 1 {
+		t.Fatalf("the offline message is shown %d times", shown)
 	}
 }

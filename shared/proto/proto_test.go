@@ -85,6 +85,30 @@ func TestCheckPost(t *testing.T) {
 	}
 }
 
+func TestParsePost(t *testing.T) {
+	tests := []struct{ data, code string }{
+		{`{"from":"bot","text":"hi"}`, ""},
+		{`{"room":"r","from":"a","text":"hi","id":"1","edge":"e","session":"s","extra":1}`, ""},
+		{`{"FROM":"bot","text":"hi"}`, CodeBadRequest},
+		{`{"from":"bot"}`, CodeBadRequest},
+		{`{"from":"bot","text":5}`, CodeBadRequest},
+		{`{"from":"bot","text":"x","id":7}`, CodeBadRequest},
+		{`{"from":"bot","text":"x","id":""}`, CodeBadRequest},
+		{`[1]`, CodeBadRequest},
+		{`null`, CodeBadRequest},
+	}
+	for _, tt := range tests {
+		_, err := ParsePost([]byte(tt.data))
+		code := ""
+		if err != nil {
+			code = err.Code
+		}
+		if code != tt.code {
+			t.Errorf("%s: code %q, want %q", tt.data, code, tt.code)
+		}
+	}
+}
+
 func TestLines(t *testing.T) {
 	var got []string
 	Lines([]byte("a\n\n  \nb\r\n c \n"), func(l []byte) bool {

@@ -13,9 +13,11 @@ const state = {
   ws: null,
   attempts: 0,
   lastSeq: 0,          // newest seq shown in the room
+  joinedOnce: false,   // a rejoin resumes with since; the first join does not
   seen: new Set(),     // seqs shown, so nothing appears twice
   outbox: new Map(),   // id -> text, posts not yet acknowledged
   timer: null,
+  retry: null,         // timer that resends the outbox after "unavailable"
 };
 
 function setStatus(text, cls) {
@@ -78,9 +80,14 @@ function onEvent(ev) {
     case "welcome":
       state.attempts = 0;
       setStatus("online", "online");
-      send({ type: "join", room: state.room, since: state.lastSeq });
+      // The first join asks for no replay; a rejoin asks for what was
+      // missed since the newest message shown.
+      send(state.joinedOnce
+        ? { type: "join", room: state.room, since: state.lastSeq }
+        : { type: "join", room: state.room });
       break;
     case "joined":
+      state.joinedOnce = true;
       flushOutbox();
       break;
     case "message":
@@ -90,7 +97,15 @@ function onEvent(ev) {
       state.outbox.delete(ev.id);
       break;
     case "error":
-      if (ev.id !== undefined && ev.code !== "unavailable") state.outbox.delete(ev.id);
+      if (ev.code === "unavailable" && state.outbox.has(ev.id)) {
+        // The server could not store it now; the id makes a resend safe.
+        showSystem(`not sent yet (${ev.message}); retrying`);
+        if (!state.retry) {
+          state.retry = setTimeout(() => { state.retry = null; flushOutbox(); }, 1000 + Math.random() * 2000);
+        }
+        break;
+      }
+      if (ev.id !== undefined) state.outbox.delete(ev.id);
       showSystem(`error: ${ev.code}: ${ev.message}`);
       break;
     default:

@@ -210,26 +210,29 @@ func (b *Broadcaster) handle(m *nats.Msg) {
 	// The acker reads pending until it is stopped, so this send cannot
 	// block Run's write lock for longer than the acker takes per store.
 	b.stopMu.RLock()
-	defer b.stopMu.RUnlock()
-	if b.stopped {
+	stopped := b.stopped
+	if !stopped {
+		b.pending <- p
+	}
+	b.stopMu.RUnlock()
+	if stopped {
 		// Only after a drain that timed out. The store may still succeed;
 		// a retry with the same id is then acknowledged with its seq.
+		// Answered outside the lock: no lock is held across a publish.
 		b.respond(m.Reply, proto.PostReply{Code: proto.CodeUnavailable, Message: "broadcaster shutting down, try again"})
-		return
 	}
-	b.pending <- p
 }
 
 // validate checks a post as if it came from anyone: room from the subject,
 // names, text and id.
 func (b *Broadcaster) validate(m *nats.Msg) (proto.InRoomPost, *proto.Error) {
-	var post proto.InRoomPost
 	room, ok := subject.RoomOfInRoom(m.Subject)
 	if !ok || !names.ValidRoom(room) {
-		return post, &proto.Error{Code: proto.CodeInvalidRoom, Message: "invalid room in subject " + m.Subject}
+		return proto.InRoomPost{}, &proto.Error{Code: proto.CodeInvalidRoom, Message: "invalid room in subject " + m.Subject}
 	}
-	if err := json.Unmarshal(m.Data, &post); err != nil {
-		return post, &proto.Error{Code: proto.CodeBadRequest, Message: "payload is not a post: " + err.Error()}
+	post, perr := proto.ParsePost(m.Data)
+	if perr != nil {
+		return post, perr
 	}
 	if post.Room != "" && post.Room != room {
 		return post, &proto.Error{Code: proto.CodeBadRequest, Message: "room in payload differs from subject"}

@@ -73,7 +73,9 @@ func TestValidatesAndAnswers(t *testing.T) {
 		{subject.InRoom("lobby"), `not json`, proto.CodeBadRequest},
 		{subject.InRoom("lobby"), `{"room":"other","from":"alice","text":"hi"}`, proto.CodeBadRequest},
 		{subject.InRoom("lobby"), `{"from":"al ice","text":"hi"}`, proto.CodeInvalidUser},
-		{subject.InRoom("lobby"), `{"text":"hi"}`, proto.CodeInvalidUser},
+		{subject.InRoom("lobby"), `{"text":"hi"}`, proto.CodeBadRequest},
+		{subject.InRoom("lobby"), `{"From":"alice","text":"hi"}`, proto.CodeBadRequest},
+		{subject.InRoom("lobby"), `{"from":"","text":"hi"}`, proto.CodeInvalidUser},
 		{subject.InRoom("lobby"), `{"from":"alice","text":"  "}`, proto.CodeBadRequest},
 		{subject.InRoom("lobby"), `{"from":"alice","text":"` + strings.Repeat("x", 4001) + `"}`, proto.CodeTooLong},
 		{subject.InRoom("lobby"), `{"from":"alice","text":"x","id":"` + strings.Repeat("i", 65) + `"}`, proto.CodeTooLong},
@@ -220,9 +222,13 @@ func TestAnswerPrefersAFinishedStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	want := map[string]float64{"stored": 200, "failed": 0}
 	for _, mf := range mfs {
-		if v := mf.GetMetric()[0].GetCounter().GetValue(); (mf.GetName() == "stored") != (v == 200) {
-			t.Errorf("%s = %v", mf.GetName(), v)
+		if v := mf.GetMetric()[0].GetCounter().GetValue(); v != want[mf.GetName()] {
+			t.Errorf("%s = %v, want %v", mf.GetName(), v, want[mf.GetName()])
 		}
+	}
+	if len(mfs) != 2 {
+		t.Errorf("gathered %d metrics, want stored and failed", len(mfs))
 	}
 }
