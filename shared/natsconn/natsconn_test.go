@@ -1,0 +1,68 @@
+package natsconn
+
+import (
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/natter-chat/natter/shared/embedded"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// A service may start before NATS: Connect returns at once and the
+// connection comes up when the server does, and again after it restarts.
+// Drain closes it and leaves no goroutine behind.
+func TestConnectsLateReconnectsAndDrains(t *testing.T) {
+	dir := t.TempDir()
+	ns, err := embedded.Start(embedded.Options{Addr: "127.0.0.1:0", DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := embedded.Addr(ns)
+	url := ns.ClientURL()
+	embedded.Stop(ns) // nothing listens now
+
+	nc, err := Connect(url, "test", time.Second, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatalf("Connect with no server: %v", err)
+	}
+	if nc.IsConnected() {
+		t.Fatal("connected to nothing")
+	}
+	waitConnected := func() {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !nc.IsConnected() {
+			if time.Now().After(deadline) {
+				t.Fatal("not connected")
+			}
+			time.Sleep(10 * time.Millisecond) // polling the connection state
+		}
+	}
+	for range 2 { // the first start, then a restart
+		ns, err = embedded.Start(embedded.Options{Addr: addr, DataDir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitConnected()
+		if err := nc.Publish("x", nil); err != nil {
+			t.Fatal(err)
+		}
+		embedded.Stop(ns)
+	}
+	ns, err = embedded.Start(embedded.Options{Addr: addr, DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer embedded.Stop(ns)
+	waitConnected()
+	Drain(nc)
+	if !nc.IsClosed() {
+		t.Fatal("not closed after Drain")
+	}
+	Drain(nc) // safe on a closed connection
+}
