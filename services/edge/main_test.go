@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"io"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -13,8 +12,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/natter-chat/natter/shared/config"
-	"github.com/natter-chat/natter/shared/logwatch"
 	"github.com/natter-chat/natter/shared/natstest"
+	"github.com/natter-chat/natter/shared/servicetest"
 	"github.com/natter-chat/natter/shared/store"
 )
 
@@ -34,23 +33,8 @@ func TestRunAlone(t *testing.T) {
 	}
 	t.Setenv("CHAT_NATS_URL", ns.ClientURL())
 	t.Setenv("CHAT_HTTP_ADDR", "127.0.0.1:0")
-	logs := logwatch.New()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, logs) }()
-	addr := logs.Await(t, "http", 10*time.Second)
-
-	for _, path := range []string{"/healthz", "/readyz", "/metrics", "/"} {
-		resp, err := http.Get("http://" + addr + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Errorf("GET %s: %d", path, resp.StatusCode)
-		}
-	}
+	addr, stop := servicetest.Run(t, run)
+	servicetest.GetOK(t, addr, "/healthz", "/readyz", "/metrics", "/")
 	conn, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/ws?user=alice", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -72,10 +56,7 @@ func TestRunAlone(t *testing.T) {
 			t.Fatalf("got %s, want %s", data, want)
 		}
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	_, _, err = conn.ReadMessage()
 	if ce, ok := err.(*websocket.CloseError); !ok || ce.Code != websocket.CloseGoingAway {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,23 +26,44 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// The broadcaster validates every post itself, answers requests with the
-// stored seq or the error code, and stops cleanly.
-func TestValidatesAndAnswers(t *testing.T) {
-	ns := natstest.Start(t)
-	nc, err := natsconn.Connect(ns.ClientURL(), "broadcaster", time.Second, slog.New(slog.NewTextHandler(io.Discard, nil)))
+var testRetention = config.Retention{MaxMsgs: 100, MaxAge: time.Hour, MaxBytes: 1 << 20}
+
+// start runs a broadcaster on its own connection to ns. stop ends Run
+// and returns its error; the connection is drained when the test ends.
+func start(t *testing.T, ns *server.Server) (b *Broadcaster, nc *nats.Conn, stop func() error) {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	nc, err := natsconn.Connect(ns.ClientURL(), "broadcaster", time.Second, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer natsconn.Drain(nc)
-	b, err := New(Config{Retention: config.Retention{MaxMsgs: 100, MaxAge: time.Hour, MaxBytes: 1 << 20}}, nc,
-		slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	t.Cleanup(func() { natsconn.Drain(nc) })
+	b, err = New(Config{Retention: testRetention}, nc, log, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- b.Run(ctx) }()
+	stopped := false
+	var runErr error
+	stop = func() error {
+		if !stopped {
+			stopped = true
+			cancel()
+			runErr = <-done
+		}
+		return runErr
+	}
+	t.Cleanup(func() { _ = stop() })
+	return b, nc, stop
+}
+
+// The broadcaster validates every post itself, answers requests with the
+// stored seq or the error code, and stops cleanly.
+func TestValidatesAndAnswers(t *testing.T) {
+	ns := natstest.Start(t)
+	_, _, stop := start(t, ns)
 
 	client := natstest.Connect(t, ns)
 	ask := func(subj, body string) proto.PostReply {
@@ -95,8 +117,7 @@ func TestValidatesAndAnswers(t *testing.T) {
 			}
 		}
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -106,19 +127,7 @@ func TestValidatesAndAnswers(t *testing.T) {
 // is answered unavailable.
 func TestShutdownWithStoresInFlight(t *testing.T) {
 	ns := natstest.Start(t)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	nc, err := natsconn.Connect(ns.ClientURL(), "broadcaster", time.Second, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer natsconn.Drain(nc)
-	b, err := New(Config{Retention: config.Retention{MaxMsgs: 100, MaxAge: time.Hour, MaxBytes: 1 << 20}}, nc, log, prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
+	b, nc, stop := start(t, ns)
 
 	client := natstest.Connect(t, ns)
 	// Wait until posts are stored, then take the room subjects away from
@@ -133,7 +142,7 @@ func TestShutdownWithStoresInFlight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := store.StreamConfig(config.Retention{MaxMsgs: 100, MaxAge: time.Hour, MaxBytes: 1 << 20})
+	cfg := store.StreamConfig(testRetention)
 	cfg.Subjects, cfg.RePublish = []string{"elsewhere.>"}, nil
 	if _, err := js.UpdateStream(context.Background(), cfg); err != nil {
 		t.Fatal(err)
@@ -172,12 +181,11 @@ func TestShutdownWithStoresInFlight(t *testing.T) {
 		time.Sleep(5 * time.Millisecond) // polling: the posts are accepted asynchronously
 	}
 
-	start := time.Now()
-	cancel()
-	if err := <-done; err != nil {
+	began := time.Now()
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	if took := time.Since(start); took > nc.Opts.DrainTimeout+finalWait+time.Second {
+	if took := time.Since(began); took > nc.Opts.DrainTimeout+finalWait+time.Second {
 		t.Fatalf("Run took %v to stop", took)
 	}
 	for range posts {

@@ -179,6 +179,18 @@ func (c *client) signal() {
 	}
 }
 
+// serve runs the connection: the write pump on a goroutine of its own,
+// the read pump on the caller's, and returns once both have ended.
+func (c *client) serve() {
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.writePump()
+	}()
+	c.readPump()
+	<-writerDone
+}
+
 // readPump is the only reader of the socket. It returns when the client
 // goes away, breaks the protocol or is closed.
 func (c *client) readPump() {

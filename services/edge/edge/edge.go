@@ -217,14 +217,8 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	e.metrics.connections.Inc()
 	defer e.metrics.connections.Dec()
 
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		c.writePump()
-	}()
 	c.reply(proto.Encode(proto.Welcome{Type: proto.TypeWelcome, User: user, Session: c.session}))
-	c.readPump()
-	<-writerDone
+	c.serve()
 	c.leaveAll()
 
 	e.mu.Lock()

@@ -62,10 +62,11 @@ func TestNewRejectsBadLimits(t *testing.T) {
 	}
 }
 
-// A client whose queue overflows while its socket still takes data gets
-// close 1008, and what was queued is not written after it.
-func TestQueueOverflowClosesWith1008(t *testing.T) {
-	e := newTestEdge(t, 4)
+// serveOne serves one WebSocket connection with a client that prepare
+// sets up before its pumps start, and dials it. wait returns once the
+// server's side has ended.
+func serveOne(t *testing.T, e *Edge, prepare func(*client)) (conn *websocket.Conn, wait func()) {
+	t.Helper()
 	handlerDone := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer close(handlerDone)
@@ -75,66 +76,45 @@ func TestQueueOverflowClosesWith1008(t *testing.T) {
 			return
 		}
 		c := newClient(e, conn, "u", "s")
-		c.mu.Lock()
-		for i := range 5 { // one more live event than the queue holds
-			c.enqueueLiveLocked([]byte(`{"type":"test","n":` + strconv.Itoa(i) + `}`))
-		}
-		c.mu.Unlock()
-		writerDone := make(chan struct{})
-		go func() {
-			defer close(writerDone)
-			c.writePump()
-		}()
-		c.readPump()
-		<-writerDone
+		prepare(c)
+		c.serve()
 	}))
-	defer srv.Close()
+	t.Cleanup(srv.Close)
 	conn, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
+	return conn, func() { <-handlerDone }
+}
+
+// A client whose queue overflows while its socket still takes data gets
+// close 1008, and what was queued is not written after it.
+func TestQueueOverflowClosesWith1008(t *testing.T) {
+	e := newTestEdge(t, 4)
+	conn, wait := serveOne(t, e, func(c *client) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for i := range 5 { // one more live event than the queue holds
+			c.enqueueLiveLocked([]byte(`{"type":"test","n":` + strconv.Itoa(i) + `}`))
+		}
+	})
 	_, data, err := conn.ReadMessage()
 	ce, ok := err.(*websocket.CloseError)
 	if !ok || ce.Code != websocket.ClosePolicyViolation {
 		t.Fatalf("read %q, %v; want close 1008", data, err)
 	}
-	<-handlerDone
+	wait()
 }
 
-// Events queued together leave in one frame, split only at the frame
-// limit.
+// Events queued together leave in one frame.
 func TestWriterCoalesces(t *testing.T) {
 	e := newTestEdge(t, 512)
-	var c *client
-	ready := make(chan struct{})
-	handlerDone := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		defer close(handlerDone)
-		conn, err := e.upgrader.Upgrade(w, r, nil)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		c = newClient(e, conn, "u", "s")
+	conn, wait := serveOne(t, e, func(c *client) {
 		for i := range 3 {
 			c.reply([]byte(`{"n":` + strconv.Itoa(i) + `}`))
 		}
-		close(ready)
-		writerDone := make(chan struct{})
-		go func() {
-			defer close(writerDone)
-			c.writePump()
-		}()
-		c.readPump()
-		<-writerDone
-	}))
-	defer srv.Close()
-	conn, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-ready
+	})
 	_, data, err := conn.ReadMessage()
 	if err != nil {
 		t.Fatal(err)
@@ -148,7 +128,7 @@ func TestWriterCoalesces(t *testing.T) {
 		t.Fatalf("after closing: %v", err)
 	}
 	conn.Close()
-	<-handlerDone
+	wait()
 }
 
 func TestOriginAllowed(t *testing.T) {
