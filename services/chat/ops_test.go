@@ -73,6 +73,14 @@ func TestNATSOutageAndReturn(t *testing.T) {
 	if code, _ := get(t, e.url+"/healthz"); code != http.StatusOK {
 		t.Fatalf("healthz %d during the outage", code)
 	}
+	b.send(map[string]any{"type": "join", "room": "other"})
+	if ev := b.next(); ev.Type == "message" {
+		if ev = b.next(); ev.Type != "error" || ev.Code != "unavailable" {
+			t.Fatalf("join during the outage: %s", ev.raw)
+		}
+	} else if ev.Type != "error" || ev.Code != "unavailable" {
+		t.Fatalf("join during the outage: %s", ev.raw)
+	}
 
 	ns, err = embedded.Start(embedded.Options{Addr: addr, DataDir: dir})
 	if err != nil {

@@ -78,6 +78,11 @@ func (c *client) join(req proto.Request) {
 		c.refuse(req, &proto.Error{Code: proto.CodeTooManyRooms, Message: "joined to too many rooms"})
 		return
 	}
+	if !c.e.nc.IsConnected() {
+		c.mu.Unlock()
+		c.refuse(req, &proto.Error{Code: proto.CodeUnavailable, Message: "NATS unavailable, try again"})
+		return
+	}
 	st := &roomState{joining: true}
 	c.rooms[room] = st
 	c.mu.Unlock()
