@@ -45,6 +45,11 @@ type Limits struct {
 	WriteTimeout  time.Duration `envconfig:"WRITE_TIMEOUT" default:"5s" desc:"how long one write to a client may block before the client is dropped"`
 }
 
+// Presence configures the presence service.
+type Presence struct {
+	MaxMembers int `envconfig:"PRESENCE_MAX_MEMBERS" default:"500" desc:"rooms with more present users get no per-user join and leave events (who still answers)"`
+}
+
 // Retention is how much history the stream keeps.
 type Retention struct {
 	MaxMsgs  int64         `envconfig:"HISTORY_MAX_MSGS" default:"10000" desc:"messages kept per room"`

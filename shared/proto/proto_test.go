@@ -2,6 +2,8 @@ package proto
 
 import (
 	"encoding/json"
+	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -235,5 +237,92 @@ func BenchmarkFrames(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		buf, _ = Frames(events, MaxFrameBytes, buf, func([]byte) error { return nil })
+	}
+}
+
+func TestDigestIsASetHash(t *testing.T) {
+	var a, b Digest
+	a.Toggle("s1", "lobby")
+	a.Toggle("s2", "lobby")
+	a.Toggle("s1", "dev")
+	b.Toggle("s1", "dev")
+	b.Toggle("s2", "lobby")
+	b.Toggle("s1", "lobby")
+	if a != b || a.String() != b.String() || len(a.String()) != 32 {
+		t.Fatalf("same set, different digests: %s %s", a, b)
+	}
+	// The separator keeps ("s1x", "y") and ("s1", "xy") apart.
+	var c, d Digest
+	c.Toggle("s1x", "y")
+	d.Toggle("s1", "xy")
+	if c == d {
+		t.Fatal("different pairs, same digest")
+	}
+	a.Toggle("s1", "dev")
+	if a == b {
+		t.Fatal("removing a pair left the digest unchanged")
+	}
+	a.Toggle("s1", "dev")
+	if a != b {
+		t.Fatal("adding the pair back did not restore the digest")
+	}
+	if (Digest{}).String() != strings.Repeat("0", 32) {
+		t.Fatal("the empty set's digest is not zero")
+	}
+}
+
+func TestSyncPages(t *testing.T) {
+	rooms := func(prefix string, n int) []string {
+		out := make([]string, n)
+		for i := range out {
+			out[i] = fmt.Sprintf("%s-%060d", prefix, i)
+		}
+		return out
+	}
+	cases := []struct {
+		name     string
+		sessions []SyncSession
+	}{
+		{"none", nil},
+		{"one", []SyncSession{{Session: "a", User: "ann", Rooms: []string{"lobby"}}}},
+		{"many small", func() []SyncSession {
+			var out []SyncSession
+			for i := range 20000 {
+				out = append(out, SyncSession{Session: fmt.Sprintf("s%06d", i), User: "u", Rooms: rooms("r", 3)})
+			}
+			return out
+		}()},
+		{"one huge session", []SyncSession{{Session: "big", User: "bob", Rooms: rooms("r", 20000)}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			pages := SyncPages("e1", "snap", tc.sessions)
+			if len(pages) == 0 {
+				t.Fatal("no page")
+			}
+			got := map[string][]string{}
+			for i, b := range pages {
+				if len(b) >= 512<<10 {
+					t.Fatalf("page %d is %d bytes", i, len(b))
+				}
+				var p SyncPage
+				if err := json.Unmarshal(b, &p); err != nil {
+					t.Fatal(err)
+				}
+				if p.Edge != "e1" || p.Page != i || p.Pages != len(pages) || p.Snapshot != "snap" || p.Sessions == nil {
+					t.Fatalf("page %d header: %+v", i, p)
+				}
+				for _, s := range p.Sessions {
+					got[s.Session] = append(got[s.Session], s.Rooms...)
+				}
+			}
+			want := map[string][]string{}
+			for _, s := range tc.sessions {
+				want[s.Session] = s.Rooms
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("pages hold %d sessions, want %d (or rooms differ)", len(got), len(want))
+			}
+		})
 	}
 }

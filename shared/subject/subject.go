@@ -55,21 +55,119 @@ func StoreRoom(room string) string { return storeRoomPrefix + room }
 // with their seq; the edges with members in room subscribe.
 func RoomMsg(room string) string { return "chat.room." + room + ".msg" }
 
-// RoomOfRoomMsg returns the room of a RoomMsg subject.
-func RoomOfRoomMsg(subj string) (string, bool) {
-	rest, ok := strings.CutPrefix(subj, "chat.room.")
-	if !ok {
-		return "", false
-	}
-	room, ok := strings.CutSuffix(rest, ".msg")
-	if !ok || room == "" || strings.Contains(room, ".") {
-		return "", false
-	}
-	return room, true
-}
-
 // DirectGetLast is the JetStream direct-get request for the newest message
 // stored on subj in stream; edges send it to learn a room's newest seq.
 func DirectGetLast(stream, subj string) string {
 	return "$JS.API.DIRECT.GET." + stream + "." + subj
+}
+
+// RoomAll is every subject of room that edges deliver to its members
+// (RoomMsg, RoomPresence): an edge holds this one subscription per room
+// with local members. Its last token says what the event is.
+func RoomAll(room string) string { return "chat.room." + room + ".*" }
+
+// Kinds of room event, the last token of a chat.room.<room>.<kind> subject.
+const (
+	KindMsg      = "msg"
+	KindPresence = "presence"
+)
+
+// RoomOf returns the room and kind of a chat.room.<room>.<kind> subject.
+func RoomOf(subj string) (room, kind string, ok bool) {
+	rest, ok := strings.CutPrefix(subj, "chat.room.")
+	if !ok {
+		return "", "", false
+	}
+	room, kind, ok = strings.Cut(rest, ".")
+	if !ok || room == "" || kind == "" || strings.Contains(kind, ".") {
+		return "", "", false
+	}
+	return room, kind, true
+}
+
+// RoomPresence carries the presence service's join and leave events of
+// room; the edges with members in room receive them (RoomAll).
+func RoomPresence(room string) string { return "chat.room." + room + "." + KindPresence }
+
+const (
+	presenceSessionPrefix = "chat.presence.session."
+	presenceWhoPrefix     = "chat.presence.who."
+	edgePrefix            = "chat.edge."
+)
+
+// PresenceSession is where an edge reports a session joining or leaving
+// room; the presence service subscribes to PresenceSessionAll.
+func PresenceSession(room string) string { return presenceSessionPrefix + room }
+
+// PresenceSessionAll is what the presence service subscribes to for
+// session reports.
+const PresenceSessionAll = presenceSessionPrefix + "*"
+
+// PresenceWho is the request an edge (or anyone) sends to the active
+// presence service for the users present in room.
+func PresenceWho(room string) string { return presenceWhoPrefix + room }
+
+// PresenceWhoAll is what the active presence service answers, in the
+// queue group PresenceQueue.
+const PresenceWhoAll = presenceWhoPrefix + "*"
+
+// PresenceQueue is the presence replicas' queue group for who, so that a
+// moment with two active replicas still gives one answer.
+const PresenceQueue = "presence"
+
+// RoomOfPresence returns the room token of a PresenceSession or
+// PresenceWho subject.
+func RoomOfPresence(subj string) (string, bool) {
+	for _, prefix := range []string{presenceSessionPrefix, presenceWhoPrefix} {
+		if room, ok := strings.CutPrefix(subj, prefix); ok {
+			return room, room != "" && !strings.Contains(room, ".")
+		}
+	}
+	return "", false
+}
+
+// EdgeHeartbeat is where edge publishes its heartbeat every 5 s; the
+// presence service subscribes to EdgeHeartbeatAll.
+func EdgeHeartbeat(edge string) string { return edgePrefix + edge + ".heartbeat" }
+
+// EdgeHeartbeatAll is what the presence service subscribes to for
+// heartbeats.
+const EdgeHeartbeatAll = edgePrefix + "*.heartbeat"
+
+// EdgeOfHeartbeat returns the edge of an EdgeHeartbeat subject.
+func EdgeOfHeartbeat(subj string) (string, bool) {
+	rest, ok := strings.CutPrefix(subj, edgePrefix)
+	if !ok {
+		return "", false
+	}
+	edge, ok := strings.CutSuffix(rest, ".heartbeat")
+	return edge, ok && edge != "" && !strings.Contains(edge, ".")
+}
+
+// EdgeSync is the request the presence service sends to edge for its full
+// session state, one page per request; the edge subscribes.
+func EdgeSync(edge string) string { return edgePrefix + edge + ".sync" }
+
+// PresenceBucket is the JetStream key-value bucket of the presence
+// service: which replica is active (key PresenceLeaderKey), and what it
+// last announced per room (keys PresenceRoomKey), so that a restarted or
+// standby replica announces only the net change.
+const (
+	PresenceBucket    = "CHAT_PRESENCE"
+	PresenceLeaderKey = "leader"
+	// PresenceBaselineKey is written once the room keys hold a complete
+	// view; without it a new active replica has no baseline.
+	PresenceBaselineKey = "baseline"
+	presenceRoomKey     = "room."
+	// PresenceRoomKeys matches every room key.
+	PresenceRoomKeys = presenceRoomKey + "*"
+)
+
+// PresenceRoomKey is the key of room's announced users.
+func PresenceRoomKey(room string) string { return presenceRoomKey + room }
+
+// RoomOfPresenceKey returns the room of a PresenceRoomKey.
+func RoomOfPresenceKey(key string) (string, bool) {
+	room, ok := strings.CutPrefix(key, presenceRoomKey)
+	return room, ok && room != ""
 }

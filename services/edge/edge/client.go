@@ -61,7 +61,7 @@ type roomState struct {
 }
 
 type pendingEvent struct {
-	seq  uint64
+	seq  uint64 // 0 for an event that is not a stored message
 	line []byte
 }
 
@@ -124,8 +124,9 @@ func (c *client) enqueueLiveLocked(line []byte) {
 	c.signal()
 }
 
-// deliver hands a stored room event to the client: held back while the
-// client is joining the room, dropped when already sent.
+// deliver hands a room event to the client: held back while the client is
+// joining the room. seq is a stored message's seq, and one already sent is
+// dropped; other events (presence) have seq 0.
 func (c *client) deliver(room string, seq uint64, line []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -141,10 +142,12 @@ func (c *client) deliver(room string, seq uint64, line []byte) {
 		st.pending = append(st.pending, pendingEvent{seq: seq, line: line})
 		return
 	}
-	if seq <= st.lastSeq {
-		return
+	if seq != 0 {
+		if seq <= st.lastSeq {
+			return
+		}
+		st.lastSeq = seq
 	}
-	st.lastSeq = seq
 	c.enqueueLiveLocked(line)
 }
 

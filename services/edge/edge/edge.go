@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -14,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -24,6 +26,7 @@ import (
 	"github.com/natter-chat/natter/shared/names"
 	"github.com/natter-chat/natter/shared/ops"
 	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/subject"
 )
 
 // Shutdown budget, inside the 10-second promise together with the NATS
@@ -34,6 +37,10 @@ const (
 	httpShutdownWait = 2 * time.Second
 	shutdownWait     = 3 * time.Second
 )
+
+// whoTimeout bounds a who request to presence. A presence that is down
+// answers at once (no responders); this is for one that is overloaded.
+const whoTimeout = 2 * time.Second
 
 // Config is what an edge needs.
 type Config struct {
@@ -53,6 +60,7 @@ type Edge struct {
 	reg      *prometheus.Registry
 	web      fs.FS
 	hub      *hub
+	reporter *reporter
 	metrics  *metrics
 	upgrader websocket.Upgrader
 
@@ -63,6 +71,7 @@ type Edge struct {
 
 	mu       sync.Mutex
 	clients  map[*client]struct{} // guarded by mu
+	open     atomic.Int64         // len(clients), for heartbeats
 	stopping bool                 // guarded by mu: no new clients once set
 	handlers sync.WaitGroup       // connection handlers; Add under mu
 }
@@ -119,6 +128,7 @@ func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.hub = newHub(nc, e.log, m)
+	e.reporter = newReporter(nc, e.log, id, func() int { return int(e.open.Load()) }, m.reports)
 	return e, nil
 }
 
@@ -138,8 +148,8 @@ func (e *Edge) Handler() http.Handler {
 func (e *Edge) Ready() bool { return e.nc.IsConnected() }
 
 // Run serves HTTP on ln until ctx ends, then stops accepting, closes every
-// client with 1001 and drops its subscriptions. It returns after every
-// goroutine it started has ended.
+// client with 1001, reports their sessions as gone and drops its
+// subscriptions. It returns after every goroutine it started has ended.
 func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 	dctx, stopDispatch := context.WithCancel(context.Background())
 	dispatchDone := make(chan struct{})
@@ -147,8 +157,12 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 		defer close(dispatchDone)
 		e.hub.run(dctx)
 	}()
+	rctx, stopReporter := context.WithCancel(context.Background())
+	go e.reporter.run(rctx)
 	err := ops.Serve(ctx, ln, e.Handler(), httpShutdownWait)
 	e.closeClients()
+	stopReporter()
+	<-e.reporter.done
 	e.hub.close()
 	stopDispatch()
 	<-dispatchDone
@@ -211,6 +225,7 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e.clients[c] = struct{}{}
+	e.open.Add(1)
 	e.handlers.Add(1)
 	e.mu.Unlock()
 	defer e.handlers.Done()
@@ -223,7 +238,30 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 
 	e.mu.Lock()
 	delete(e.clients, c)
+	e.open.Add(-1)
 	e.mu.Unlock()
+}
+
+// who asks presence for the users present in room. It fails at once when
+// NATS or presence is away.
+func (e *Edge) who(room string) ([]string, error) {
+	if !e.nc.IsConnected() {
+		return nil, nats.ErrConnectionClosed
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, whoTimeout)
+	defer cancel()
+	msg, err := e.nc.RequestWithContext(ctx, subject.PresenceWho(room), nil)
+	if err != nil {
+		return nil, fmt.Errorf("who %s: %w", room, err)
+	}
+	var reply proto.WhoReply
+	if err := json.Unmarshal(msg.Data, &reply); err != nil {
+		return nil, fmt.Errorf("who %s: bad reply: %w", room, err)
+	}
+	if reply.Users == nil {
+		reply.Users = []string{}
+	}
+	return reply.Users, nil
 }
 
 // originAllowed applies PROTOCOL.md section 3: no Origin (not a browser),

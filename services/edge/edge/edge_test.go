@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/natter-chat/natter/shared/config"
+	"github.com/natter-chat/natter/shared/natstest"
 	"github.com/natter-chat/natter/shared/proto"
 	"github.com/natter-chat/natter/shared/subject"
 )
@@ -198,6 +199,7 @@ func BenchmarkDispatch(b *testing.B) {
 // newest seq sent before its joined, not the one it saw before waiting.
 func TestRejoinWhileQueueFullCarriesNewestSeq(t *testing.T) {
 	e := newTestEdge(t, 2)
+	e.nc = natstest.Connect(t, natstest.Start(t)) // who finds no presence
 	c := newClient(e, nil, "u", "s")
 	c.rooms["r"] = &roomState{lastSeq: 10}
 	c.reply([]byte(`{"n":1}`))

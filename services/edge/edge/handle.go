@@ -28,6 +28,8 @@ func (c *client) handle(line []byte) {
 		c.leave(req)
 	case proto.TypeMessage:
 		c.post(req)
+	case proto.TypeWho:
+		c.who(req)
 	case proto.TypeTyping:
 		if !c.joined(*req.Room) {
 			c.refuse(req, &proto.Error{Code: proto.CodeNotJoined, Message: "not joined to room " + *req.Room})
@@ -40,7 +42,7 @@ func (c *client) handle(line []byte) {
 }
 
 // notYet answers the operations of the contract that this server does not
-// provide yet (who, history, dm, dms, typing): a clear, retryable refusal
+// provide yet (history, dm, dms, typing): a clear, retryable refusal
 // rather than silence.
 func notYet(typ string) *proto.Error {
 	return &proto.Error{Code: proto.CodeUnavailable, Message: typ + " is not available on this server yet"}
@@ -65,10 +67,14 @@ func (c *client) join(req proto.Request) {
 	room := *req.Room
 	c.mu.Lock()
 	if st := c.rooms[room]; st != nil {
+		// Only the read pump joins, so st is joined, not joining.
+		c.mu.Unlock()
+		users := c.presentUsers(room)
+		c.mu.Lock()
 		// Wait for room first: lastSeq may move while waiting, and joined
 		// must carry the newest seq sent before it.
-		if c.waitSpaceLocked() {
-			c.replyLocked(proto.Encode(proto.Joined{Type: proto.TypeJoined, Room: room, Seq: st.lastSeq}))
+		if c.waitSpaceLocked() && c.rooms[room] == st {
+			c.replyLocked(proto.Encode(proto.Joined{Type: proto.TypeJoined, Room: room, Users: users, Seq: st.lastSeq}))
 		}
 		c.mu.Unlock()
 		return
@@ -106,12 +112,16 @@ func (c *client) join(req proto.Request) {
 		undo(err)
 		return
 	}
+	// The report is published before who is asked, on the same
+	// connection, so presence counts this session in its answer.
+	c.e.reporter.join(c.session, c.user, room)
+	users := c.presentUsers(room)
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// replyLocked may wait and release mu: live events meanwhile still
 	// go to pending, since joining is still set.
-	c.replyLocked(proto.Encode(proto.Joined{Type: proto.TypeJoined, Room: room, Seq: last}))
+	c.replyLocked(proto.Encode(proto.Joined{Type: proto.TypeJoined, Room: room, Users: users, Seq: last}))
 	st.joining = false
 	st.lastSeq = last
 	for _, p := range st.pending {
@@ -130,10 +140,33 @@ func (c *client) leave(req proto.Request) {
 		return
 	}
 	c.e.hub.leave(room, c)
+	c.e.reporter.leave(c.session, c.user, room)
 	c.mu.Lock()
 	delete(c.rooms, room)
 	c.replyLocked(proto.Encode(proto.Left{Type: proto.TypeLeft, Room: room}))
 	c.mu.Unlock()
+}
+
+// presentUsers is the users list of joined: nil, so left out, while
+// presence is unavailable.
+func (c *client) presentUsers(room string) *[]string {
+	users, err := c.e.who(room)
+	if err != nil {
+		c.e.log.Debug("joined without users", "room", room, "err", err)
+		return nil
+	}
+	return &users
+}
+
+// who answers who from presence; joining the room is not needed.
+func (c *client) who(req proto.Request) {
+	room := *req.Room
+	users, err := c.e.who(room)
+	if err != nil {
+		c.refuse(req, &proto.Error{Code: proto.CodeUnavailable, Message: "presence unavailable, try again"})
+		return
+	}
+	c.reply(proto.Encode(proto.Who{Type: proto.TypeWho, Room: room, Users: users}))
 }
 
 // leaveAll drops the client from every room when it is gone.
@@ -146,6 +179,7 @@ func (c *client) leaveAll() {
 	c.mu.Unlock()
 	for _, room := range rooms {
 		c.e.hub.leave(room, c)
+		c.e.reporter.leave(c.session, c.user, room)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/natter-chat/natter/shared/names"
 	"github.com/natter-chat/natter/shared/proto"
 	"github.com/natter-chat/natter/shared/subject"
 )
@@ -78,7 +79,7 @@ func (h *hub) join(room string, c *client) error {
 	h.mu.Unlock()
 
 	if first {
-		r.sub, r.err = h.nc.ChanSubscribe(subject.RoomMsg(room), h.msgs)
+		r.sub, r.err = h.nc.ChanSubscribe(subject.RoomAll(room), h.msgs)
 		if r.err == nil {
 			h.metrics.roomSubs.Inc()
 		}
@@ -169,8 +170,9 @@ func (h *hub) close() {
 	}
 }
 
-// run is the dispatch goroutine: it turns each stored room message into
-// one encoded event and hands it to the room's local members.
+// run is the dispatch goroutine: it turns each room event (a stored
+// message, a presence change) into one encoded line and hands it to the
+// room's local members.
 func (h *hub) run(ctx context.Context) {
 	for {
 		select {
@@ -183,10 +185,35 @@ func (h *hub) run(ctx context.Context) {
 }
 
 func (h *hub) dispatch(m *nats.Msg) {
-	room, ok := subject.RoomOfRoomMsg(m.Subject)
+	room, kind, ok := subject.RoomOf(m.Subject)
 	if !ok {
 		return
 	}
+	switch kind {
+	case subject.KindMsg:
+		h.dispatchMsg(room, m)
+	case subject.KindPresence:
+		h.dispatchPresence(room, m)
+	}
+}
+
+// dispatchPresence passes on a presence event of the presence service. It
+// is decoded and encoded again: anyone allowed to publish there must not
+// be able to put something else in front of the room's members.
+func (h *hub) dispatchPresence(room string, m *nats.Msg) {
+	var ev proto.Presence
+	if err := json.Unmarshal(m.Data, &ev); err != nil || ev.Type != proto.TypePresence || ev.Room != room ||
+		(ev.Event != proto.EventJoin && ev.Event != proto.EventLeave) || !names.ValidUser(ev.User) {
+		h.log.Warn("dropping a presence event that is not one", "room", room)
+		return
+	}
+	line := proto.Encode(ev)
+	for _, c := range h.members(room) {
+		c.deliver(room, 0, line)
+	}
+}
+
+func (h *hub) dispatchMsg(room string, m *nats.Msg) {
 	seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
 	if err != nil || seq == 0 || !validObject(m.Data) {
 		// Only the stream's RePublish may publish here; anything else is

@@ -13,6 +13,7 @@ type metrics struct {
 	delivered   prometheus.Counter
 	slowClients prometheus.Counter
 	errors      *prometheus.CounterVec
+	reports     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -30,14 +31,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		posted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "natter_edge_messages_posted_total", Help: "Messages from clients stored by the broadcasters."}),
 		delivered: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "natter_edge_messages_delivered_total", Help: "Room messages queued to clients."}),
+			Name: "natter_edge_messages_delivered_total", Help: "Live room events (messages, presence changes) queued to clients."}),
 		slowClients: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "natter_edge_slow_clients_total", Help: "Clients cut off because their send queue was full."}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "natter_edge_errors_total", Help: "Error events sent to clients, by code."}, []string{"code"}),
+		reports: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "natter_edge_presence_reports_failed_total", Help: "Presence reports, heartbeats and sync pages that could not be published (presence recovers them by a sync)."}),
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.roomSubs, m.refused, m.framesIn, m.framesOut,
-		m.posted, m.delivered, m.slowClients, m.errors} {
+		m.posted, m.delivered, m.slowClients, m.errors, m.reports} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
