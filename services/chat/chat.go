@@ -35,6 +35,7 @@ type Config struct {
 	config.Limits
 	config.Web
 	config.Retention
+	config.Presence
 }
 
 func loadConfig(cfg *Config) error { return config.Load(cfg) }
@@ -115,7 +116,10 @@ func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error
 	if err != nil {
 		return nil, err
 	}
-	m.presence = presence.New(pNC, m.log.With("service", "presence"))
+	m.presence, err = presence.New(presence.Config{MaxMembers: cfg.MaxMembers, Fresh: m.ns != nil}, pNC, m.log.With("service", "presence"), reg)
+	if err != nil {
+		return nil, err
+	}
 	m.ln, err = ops.Listen(cfg.HTTPAddr, m.log)
 	if err != nil {
 		return nil, err

@@ -145,6 +145,7 @@ type event struct {
 	Code      string          `json:"code"`
 	Message   string          `json:"message"`
 	Users     []string        `json:"users"`
+	Event     string          `json:"event"`
 	Recovered *bool           `json:"recovered"`
 	raw       string
 }
@@ -179,6 +180,9 @@ type wsClient struct {
 	// backlog holds events read ahead (post reads past message echoes
 	// while it waits for the ack); next returns them first.
 	backlog []event
+	// presence receives the presence events, which next skips: only the
+	// tests about presence look at them.
+	presence chan event
 }
 
 func wsURL(base, user string) string {
@@ -206,7 +210,8 @@ func dialSetup(t *testing.T, d *websocket.Dialer, base, user string, setup func(
 	if setup != nil {
 		setup(conn)
 	}
-	c := &wsClient{t: t, name: user, conn: conn, events: make(chan event, 100000), done: make(chan struct{})}
+	c := &wsClient{t: t, name: user, conn: conn, events: make(chan event, 100000), presence: make(chan event, 100000),
+		done: make(chan struct{})}
 	go c.read()
 	t.Cleanup(c.close)
 	w := c.next()
@@ -240,6 +245,10 @@ func (c *wsClient) read() {
 				continue
 			}
 			ev.raw = line
+			if ev.Type == "presence" {
+				c.presence <- ev
+				continue
+			}
 			c.events <- ev
 		}
 	}

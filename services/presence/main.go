@@ -20,7 +20,9 @@ import (
 // Config is the presence service's configuration.
 type Config struct {
 	HTTPAddr string `envconfig:"HTTP_ADDR" default:":8081" desc:"HTTP listen address of /healthz, /readyz and /metrics"`
+	ID       string `envconfig:"PRESENCE_ID" default:"" desc:"the replica's name in logs and in the leader key; empty picks a random one"`
 	config.NATS
+	config.Presence
 }
 
 func main() {
@@ -46,6 +48,10 @@ func run(ctx context.Context, stderr io.Writer) error {
 		return err
 	}
 	defer natsconn.Drain(nc)
-	p := presence.New(nc, log)
-	return ops.RunService(ctx, cfg.HTTPAddr, p.Ready, ops.NewRegistry(), log, p.Run)
+	reg := ops.NewRegistry()
+	p, err := presence.New(presence.Config{ID: cfg.ID, MaxMembers: cfg.MaxMembers}, nc, log, reg)
+	if err != nil {
+		return err
+	}
+	return ops.RunService(ctx, cfg.HTTPAddr, p.Ready, reg, log, p.Run)
 }

@@ -1,33 +1,466 @@
-// Package presence will turn session joins and leaves into per-user room
-// presence (issue 3). Until then it is a service that connects and stops
-// like the others, and edges run as if presence were unavailable: joined
-// leaves users out and who answers unavailable.
 package presence
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/natter-chat/natter/shared/names"
+	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/subject"
 )
 
-// Presence is the presence service.
-type Presence struct {
-	nc  *nats.Conn
-	log *slog.Logger
+// Timing defaults, from PROTOCOL.md section 4: edges send a heartbeat
+// every 5 s; an edge silent for three of them has vanished, which keeps
+// the promise of announcing its leaves within 20 s (15 s and at most one
+// tick). After a start, presence listens for a heartbeat interval and a
+// margin before it trusts its view, which keeps the promise of a right
+// who within 10 s.
+const (
+	DefaultEdgeTimeout = 15 * time.Second
+	DefaultWarmup      = 6 * time.Second
+	DefaultLease       = 5 * time.Second
+
+	// tick is how often the loop expires edges, times out syncs and writes
+	// what it announced.
+	tick = 250 * time.Millisecond
+	// msgBuffer is the capacity of the channel every subscription delivers
+	// into. When it is full nats.go drops messages (a slow consumer); the
+	// next heartbeat's digest shows the loss and a sync repairs it.
+	msgBuffer = 1 << 16
+	// opTimeout bounds one key-value operation.
+	opTimeout = 2 * time.Second
+	// stopWait bounds the last write of the announced state on shutdown.
+	stopWait = 2 * time.Second
+)
+
+// Config is what a presence replica needs; zero durations take the
+// defaults above.
+type Config struct {
+	// ID names the replica in its logs and in the leader key; empty picks
+	// a random one.
+	ID string
+	// MaxMembers: rooms with more present users get no per-user events.
+	MaxMembers  int
+	EdgeTimeout time.Duration
+	Warmup      time.Duration
+	// Lease is how long the leader key may stay unchanged before a
+	// standby takes over.
+	Lease time.Duration
+	// Fresh says that the NATS server started with this process (the
+	// single binary's embedded one): no edge can hold sessions yet, so
+	// there is nothing to wait for before going live.
+	Fresh bool
 }
 
-// New returns a presence service on nc.
-func New(nc *nats.Conn, log *slog.Logger) *Presence {
-	return &Presence{nc: nc, log: log}
+// Presence is one presence replica; see the package documentation.
+type Presence struct {
+	cfg     Config
+	id      string
+	nc      *nats.Conn
+	log     *slog.Logger
+	metrics *metrics
+	// inbox prefixes the reply subjects of sync requests.
+	inbox string
+
+	msgs      chan *nats.Msg     // every subscription delivers here; read by the loop
+	roles     chan role          // from the elector
+	batches   chan []write       // to the writer
+	persisted chan persistResult // from the writer
+
+	// Owned by the loop goroutine (Run), which is the only one to touch
+	// them.
+	st          *state
+	started     time.Time
+	offline     bool // NATS was away at the last tick
+	leader      bool
+	live        bool // leader, warm, and announcing
+	baseline    map[string]roomRecord
+	hasBaseline bool
+	whoSub      *nats.Subscription
+	dirty       map[string]struct{} // rooms whose announced users are not written yet
+	dirtyBase   bool                // the baseline marker is not written yet
+	persisting  bool                // a batch is with the writer
+	sessionSub  *nats.Subscription
+	beatSub     *nats.Subscription
+	replySub    *nats.Subscription
+}
+
+// roomRecord is what the key-value bucket holds per room: the users
+// announced as present, or Over when the room has more than MaxMembers
+// (and so no per-user announcements).
+type roomRecord struct {
+	Users []string `json:"users,omitempty"`
+	Over  bool     `json:"over,omitempty"`
+}
+
+// New returns a presence replica on nc; its metrics go to reg.
+func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer) (*Presence, error) {
+	if cfg.MaxMembers <= 0 {
+		return nil, errors.New("presence: the member limit must be positive")
+	}
+	if cfg.EdgeTimeout <= 0 {
+		cfg.EdgeTimeout = DefaultEdgeTimeout
+	}
+	if cfg.Warmup <= 0 {
+		cfg.Warmup = DefaultWarmup
+	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = DefaultLease
+	}
+	id := cfg.ID
+	if id == "" {
+		id = "presence-" + randomID()
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("presence: %w", err)
+	}
+	return &Presence{
+		cfg:       cfg,
+		id:        id,
+		nc:        nc,
+		log:       log.With("replica", id),
+		metrics:   m,
+		inbox:     nats.NewInbox(),
+		msgs:      make(chan *nats.Msg, msgBuffer),
+		roles:     make(chan role),
+		batches:   make(chan []write, 1),
+		persisted: make(chan persistResult),
+		st:        newState(),
+		dirty:     make(map[string]struct{}),
+	}, nil
 }
 
 // Ready reports whether presence is connected to NATS.
 func (p *Presence) Ready() bool { return p.nc.IsConnected() }
 
-// Run serves until ctx ends. It starts no goroutine yet.
+// Run tracks presence until ctx ends. It returns after every goroutine it
+// started has ended; as the active replica it first writes what it
+// announced and hands the lead over.
 func (p *Presence) Run(ctx context.Context) error {
-	p.log.Info("presence running (who/join/leave tracking is not implemented yet)")
-	<-ctx.Done()
+	var err error
+	if p.sessionSub, err = p.nc.ChanSubscribe(subject.PresenceSessionAll, p.msgs); err != nil {
+		return fmt.Errorf("presence: subscribe %s: %w", subject.PresenceSessionAll, err)
+	}
+	defer func() { _ = p.sessionSub.Unsubscribe() }()
+	if p.beatSub, err = p.nc.ChanSubscribe(subject.EdgeHeartbeatAll, p.msgs); err != nil {
+		return fmt.Errorf("presence: subscribe %s: %w", subject.EdgeHeartbeatAll, err)
+	}
+	defer func() { _ = p.beatSub.Unsubscribe() }()
+	if p.replySub, err = p.nc.ChanSubscribe(p.inbox+".>", p.msgs); err != nil {
+		return fmt.Errorf("presence: subscribe %s: %w", p.inbox, err)
+	}
+	defer func() { _ = p.replySub.Unsubscribe() }()
+	for _, sub := range []*nats.Subscription{p.sessionSub, p.beatSub, p.replySub} {
+		// The channel bounds the queue; nats.go's own byte limit must not
+		// drop sync pages first.
+		_ = sub.SetPendingLimits(msgBuffer, 256<<20)
+	}
+
+	js, err := jetstream.New(p.nc)
+	if err != nil {
+		return fmt.Errorf("presence: jetstream: %w", err)
+	}
+	kv := &bucket{js: js, log: p.log}
+	ectx, stopElector := context.WithCancel(context.Background())
+	wctx, stopWriter := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { p.elect(ectx, kv) })
+	wg.Go(func() { p.write(wctx, kv) })
+
+	p.log.Info("presence running", "max_members", p.cfg.MaxMembers)
+	p.loop(ctx)
+
+	if p.whoSub != nil {
+		_ = p.whoSub.Unsubscribe()
+	}
+	if p.leader {
+		p.lastWrite()
+	}
+	stopWriter()
+	stopElector()
+	wg.Wait()
 	return nil
+}
+
+// loop is the one goroutine that owns the state.
+func (p *Presence) loop(ctx context.Context) {
+	p.started = time.Now()
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-p.msgs:
+			p.handle(m, time.Now())
+		case r := <-p.roles:
+			p.setRole(r, time.Now())
+		case res := <-p.persisted:
+			p.written(res)
+		case now := <-t.C:
+			p.tick(now)
+		}
+	}
+}
+
+func (p *Presence) handle(m *nats.Msg, now time.Time) {
+	switch m.Sub {
+	case p.sessionSub:
+		p.report(m, now)
+	case p.beatSub:
+		p.heartbeat(m, now)
+	case p.replySub:
+		p.syncReply(m, now)
+	default:
+		if m.Sub != nil && m.Sub == p.whoSub {
+			p.who(m)
+		}
+	}
+}
+
+// report applies an edge's session report.
+func (p *Presence) report(m *nats.Msg, now time.Time) {
+	room, ok := subject.RoomOfPresence(m.Subject)
+	var r proto.SessionReport
+	if !ok || json.Unmarshal(m.Data, &r) != nil || r.Room != room || !names.ValidRoom(room) ||
+		!names.ValidUser(r.User) || !names.ValidUser(r.Edge) || !validSession(r.Session) ||
+		(r.Event != proto.EventJoin && r.Event != proto.EventLeave) {
+		p.metrics.bad.Inc()
+		p.log.Warn("ignoring a malformed session report", "subject", m.Subject)
+		return
+	}
+	e := p.st.edge(r.Edge, now)
+	if s := e.sync; s != nil && s.buffering {
+		if len(s.buffer) < maxBuffered {
+			s.buffer = append(s.buffer, r)
+			return
+		}
+		p.abortSync(e, "too many reports during the sync")
+	}
+	p.apply(e, r)
+}
+
+func (p *Presence) apply(e *edgeState, r proto.SessionReport) {
+	if r.Event == proto.EventJoin {
+		p.announce(p.st.add(e, r.Session, r.User, r.Room, nil))
+	} else {
+		p.announce(p.st.remove(e, r.Session, r.Room, nil))
+	}
+}
+
+func validSession(s string) bool { return s != "" && len(s) <= 128 }
+
+// heartbeat notes that an edge is alive and asks for its state when its
+// digest differs from presence's view of it.
+func (p *Presence) heartbeat(m *nats.Msg, now time.Time) {
+	id, ok := subject.EdgeOfHeartbeat(m.Subject)
+	var hb proto.Heartbeat
+	if !ok || !names.ValidUser(id) || json.Unmarshal(m.Data, &hb) != nil || (hb.Edge != "" && hb.Edge != id) {
+		p.metrics.bad.Inc()
+		p.log.Warn("ignoring a malformed heartbeat", "subject", m.Subject)
+		return
+	}
+	e := p.st.edge(id, now)
+	e.lastSeen = now
+	if e.sync == nil && hb.Digest != e.digest.String() {
+		p.startSync(e, now)
+	}
+}
+
+// who answers a who request; only the live replica subscribes.
+func (p *Presence) who(m *nats.Msg) {
+	p.metrics.who.Inc()
+	users := []string{}
+	if room, ok := subject.RoomOfPresence(m.Subject); ok && names.ValidRoom(room) {
+		users = p.st.users(room)
+	}
+	_ = m.Respond(proto.Encode(proto.WhoReply{Users: users}))
+}
+
+// announce publishes changes when this replica is live, and marks their
+// rooms for writing while it leads.
+func (p *Presence) announce(changes []change) {
+	if !p.leader || len(changes) == 0 {
+		return
+	}
+	for _, c := range changes {
+		p.dirty[c.room] = struct{}{}
+	}
+	if !p.live {
+		return
+	}
+	ts := time.Now().UnixMilli()
+	for _, c := range changes {
+		// The room is counted after the whole change (one report, or an
+		// edge's sessions at once).
+		if len(p.st.rooms[c.room]) > p.cfg.MaxMembers {
+			p.metrics.suppressed.Inc()
+			continue
+		}
+		p.publish(c, ts)
+	}
+}
+
+func (p *Presence) publish(c change, ts int64) {
+	event := proto.EventLeave
+	if c.join {
+		event = proto.EventJoin
+	}
+	p.metrics.events.WithLabelValues(event).Inc()
+	data := proto.Encode(proto.Presence{Type: proto.TypePresence, Room: c.room, Event: event, User: c.user, TS: ts})
+	if err := p.nc.Publish(subject.RoomPresence(c.room), data); err != nil {
+		p.log.Warn("presence event not sent", "room", c.room, "user", c.user, "err", err)
+	}
+}
+
+// tick expires vanished edges, times out syncs, goes live when it can and
+// writes what was announced.
+func (p *Presence) tick(now time.Time) {
+	if !p.nc.IsConnected() {
+		// Heartbeats cannot reach us: silence now says nothing about the
+		// edges.
+		p.offline = true
+		return
+	}
+	if p.offline {
+		p.offline = false
+		for _, e := range p.st.edges {
+			e.lastSeen = now
+		}
+	}
+	var out []change
+	for _, id := range slices.Sorted(maps.Keys(p.st.edges)) {
+		e := p.st.edges[id]
+		switch {
+		case now.Sub(e.lastSeen) > p.cfg.EdgeTimeout:
+			if len(e.sessions) > 0 {
+				p.metrics.expired.Inc()
+				p.log.Info("edge vanished: its sessions leave", "edge", id, "sessions", len(e.sessions), "silent", now.Sub(e.lastSeen).Round(time.Millisecond))
+			}
+			e.sync = nil
+			out = p.st.drop(e, out)
+		case e.sync != nil && now.Sub(e.sync.started) > syncTimeout:
+			p.abortSync(e, "timed out")
+		}
+	}
+	p.announce(out)
+	p.tryGoLive(now)
+	p.flush()
+	p.metrics.edges.Set(float64(len(p.st.edges)))
+	p.metrics.pairs.Set(float64(p.st.pairs))
+	p.metrics.rooms.Set(float64(len(p.st.rooms)))
+}
+
+// setRole follows the elector.
+func (p *Presence) setRole(r role, now time.Time) {
+	switch {
+	case r.leader && !p.leader:
+		p.leader = true
+		p.baseline, p.hasBaseline = r.baseline, r.hasBaseline
+		p.log.Info("leading: this replica will announce presence once its view is complete")
+		p.tryGoLive(now)
+	case !r.leader && p.leader:
+		p.log.Warn("no longer leading: another replica announces presence")
+		p.leader, p.live = false, false
+		p.metrics.active.Set(0)
+		if p.whoSub != nil {
+			_ = p.whoSub.Unsubscribe()
+			p.whoSub = nil
+		}
+		clear(p.dirty)
+		p.dirtyBase = false
+	}
+}
+
+// warm reports whether the view is complete enough to announce from:
+// every edge alive has had a heartbeat interval to be heard and a sync to
+// answer.
+func (p *Presence) warm(now time.Time) bool {
+	if p.cfg.Fresh {
+		return true
+	}
+	since := now.Sub(p.started)
+	if since < p.cfg.Warmup {
+		return false
+	}
+	if since >= p.cfg.Warmup+3*time.Second {
+		return true // an edge whose sync drags on is not waited for
+	}
+	for _, e := range p.st.edges {
+		if e.sync != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// tryGoLive makes the leader live once it is warm: it announces the net
+// change between what the previous leader announced (the baseline) and
+// its own view, then answers who and announces every change.
+func (p *Presence) tryGoLive(now time.Time) {
+	if !p.leader || p.live || !p.warm(now) {
+		return
+	}
+	rooms := maps.Clone(p.st.rooms)
+	ts := now.UnixMilli()
+	announced := 0
+	for room := range p.baseline {
+		if _, ok := rooms[room]; !ok {
+			rooms[room] = nil
+		}
+	}
+	for _, room := range slices.Sorted(maps.Keys(rooms)) {
+		p.dirty[room] = struct{}{}
+		if !p.hasBaseline {
+			continue // nothing to compare with: adopt the view silently
+		}
+		old := p.baseline[room]
+		users := p.st.users(room)
+		if old.Over || len(users) > p.cfg.MaxMembers {
+			continue
+		}
+		for _, u := range old.Users {
+			if _, ok := slices.BinarySearch(users, u); !ok {
+				p.publish(change{room: room, user: u}, ts)
+				announced++
+			}
+		}
+		for _, u := range users {
+			if !slices.Contains(old.Users, u) {
+				p.publish(change{room: room, user: u, join: true}, ts)
+				announced++
+			}
+		}
+	}
+	p.baseline = nil
+	p.dirtyBase = true
+	sub, err := p.nc.ChanQueueSubscribe(subject.PresenceWhoAll, subject.PresenceQueue, p.msgs)
+	if err != nil {
+		p.log.Error("subscribe to who", "subject", subject.PresenceWhoAll, "err", err)
+	}
+	p.whoSub = sub
+	p.live = true
+	p.metrics.active.Set(1)
+	p.log.Info("live: announcing presence and answering who", "edges", len(p.st.edges),
+		"rooms", len(p.st.rooms), "baseline", p.hasBaseline, "net_changes_announced", announced)
+}
+
+func randomID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }

@@ -1,0 +1,26 @@
+// Package presence turns the edges' session reports into per-user room
+// presence: a user's first session in a room announces a join on
+// chat.room.<room>.presence, the last one to go a leave. It answers who,
+// expires the sessions of an edge whose heartbeats stop, and repairs its
+// view by asking an edge for its full state (a paged sync) whenever the
+// edge's heartbeat digest differs from it.
+//
+// Ownership and stopping:
+//
+//   - Run's goroutine is the loop: the only one that reads or changes the
+//     view (state), and the only reader of the channel every subscription
+//     delivers into (reports, heartbeats, sync pages, who). One channel
+//     keeps NATS's order: an edge's reports, heartbeats and sync pages are
+//     applied in the order the edge published them, which is what makes a
+//     digest comparison exact.
+//   - The elector goroutine holds or watches the leader key in the
+//     CHAT_PRESENCE bucket (leader.go) and tells the loop when this replica
+//     leads or stops leading. It makes every blocking bucket call of the
+//     election, so the loop never waits on the network.
+//   - The writer goroutine stores, for the leader, what it announced per
+//     room, one batch at a time, and tells the loop what failed.
+//   - When Run's context ends, the loop stops, the leader's last batch is
+//     written (at most 2 s), the writer stops, and the elector gives the
+//     leader key up so that a standby takes over at once. Run returns after
+//     both goroutines have ended.
+package presence
