@@ -125,6 +125,11 @@ func TestBrowserTabsChat(t *testing.T) {
 		chromedp.Click(chromedp.ID("connect")),
 		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`))
 
+	run1(t, alice, "alice sees bob join",
+		chromedp.WaitVisible(`//ol[@id="messages"]/li[@class="system" and text()="bob joined"]`),
+		chromedp.WaitVisible(`//span[@id="members" and text()="Here: alice, bob"]`))
+	run1(t, bob, "bob sees who is here", chromedp.WaitVisible(`//span[@id="members" and text()="Here: alice, bob"]`))
+
 	run1(t, alice, "alice sends",
 		chromedp.SendKeys(chromedp.ID("text"), "hello bob 👋"), enter(),
 		chromedp.WaitVisible(textShown("hello bob 👋")))

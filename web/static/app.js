@@ -18,6 +18,7 @@ const state = {
   outbox: new Map(),   // id -> text, posts not yet acknowledged
   timer: null,
   retry: null,         // timer that resends the outbox after "unavailable"
+  members: null,       // users present in the room, or null while presence is unavailable
 };
 
 function setStatus(text, cls) {
@@ -54,6 +55,16 @@ function showMessage(ev) {
   addLine(li);
 }
 
+// The member list comes from joined and follows presence events; while
+// presence is unavailable joined has no users and the list is hidden.
+function showMembers() {
+  const el = $("members");
+  el.hidden = state.members === null;
+  if (state.members !== null) {
+    el.textContent = "Here: " + [...state.members].sort().join(", ");
+  }
+}
+
 function showSystem(text) {
   const li = document.createElement("li");
   li.className = "system";
@@ -88,7 +99,17 @@ function onEvent(ev) {
       break;
     case "joined":
       state.joinedOnce = true;
+      state.members = Array.isArray(ev.users) ? new Set(ev.users) : null;
+      showMembers();
       flushOutbox();
+      break;
+    case "presence":
+      if (ev.room !== state.room) break;
+      if (state.members !== null) {
+        if (ev.event === "join") state.members.add(ev.user); else state.members.delete(ev.user);
+        showMembers();
+      }
+      if (ev.user !== state.user) showSystem(`${ev.user} ${ev.event === "join" ? "joined" : "left"}`);
       break;
     case "message":
       if (ev.room === state.room) showMessage(ev);

@@ -125,7 +125,10 @@ func (c *client) join(req proto.Request) {
 	st.joining = false
 	st.lastSeq = last
 	for _, p := range st.pending {
-		if p.seq > st.lastSeq {
+		switch {
+		case p.seq == 0: // not a stored message: nothing to drop by seq
+			c.enqueueLiveLocked(p.line)
+		case p.seq > st.lastSeq:
 			st.lastSeq = p.seq
 			c.enqueueLiveLocked(p.line)
 		}

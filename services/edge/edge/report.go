@@ -89,10 +89,15 @@ func newReporter(nc *nats.Conn, log *slog.Logger, edge string, open func() int, 
 	}
 }
 
-// join reports that session of user joined room, and returns once the
+// join reports that session of user joined room. It returns once the
 // report is published, so that a who sent after it counts the session.
-func (r *reporter) join(session, user, room string) {
-	ch := sessionChange{join: true, session: session, user: user, room: room, published: make(chan struct{})}
+func (r *reporter) join(session, user, room string) { r.report(true, session, user, room) }
+
+// leave reports that session left room, and returns once it is published.
+func (r *reporter) leave(session, user, room string) { r.report(false, session, user, room) }
+
+func (r *reporter) report(join bool, session, user, room string) {
+	ch := sessionChange{join: join, session: session, user: user, room: room, published: make(chan struct{})}
 	select {
 	case r.changes <- ch:
 	case <-r.done:
@@ -100,14 +105,6 @@ func (r *reporter) join(session, user, room string) {
 	}
 	select {
 	case <-ch.published:
-	case <-r.done:
-	}
-}
-
-// leave reports that session left room; it does not wait.
-func (r *reporter) leave(session, user, room string) {
-	select {
-	case r.changes <- sessionChange{session: session, user: user, room: room}:
 	case <-r.done:
 	}
 }

@@ -1,0 +1,232 @@
+package presence
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
+
+	"github.com/natter-chat/natter/shared/natstest"
+	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/subject"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// run starts a replica that is live at once (Fresh) and stops with the
+// test.
+func run(t *testing.T, ns *server.Server) *Presence {
+	t.Helper()
+	p, err := New(Config{MaxMembers: 500, Fresh: true}, natstest.Connect(t, ns),
+		slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return p
+}
+
+// fakeEdge speaks the edge side of PROTOCOL.md section 4 by hand: it holds
+// a set of sessions, sends heartbeats on demand and answers syncs from a
+// snapshot, and can publish a report between two pages of a sync.
+type fakeEdge struct {
+	t  *testing.T
+	nc *nats.Conn
+	id string
+
+	mu       sync.Mutex
+	sessions map[string]*proto.SyncSession // guarded by mu
+	digest   proto.Digest                  // guarded by mu
+	pages    [][]byte                      // guarded by mu: the snapshot
+	// betweenPages, when set, runs once after page 0 is answered.
+	betweenPages func()
+	served       int // guarded by mu: pages answered
+}
+
+func newFakeEdge(t *testing.T, ns *server.Server, id string) *fakeEdge {
+	t.Helper()
+	e := &fakeEdge{t: t, nc: natstest.Connect(t, ns), id: id, sessions: make(map[string]*proto.SyncSession)}
+	_, err := e.nc.Subscribe(subject.EdgeSync(id), func(m *nats.Msg) {
+		var req proto.SyncRequest
+		_ = json.Unmarshal(m.Data, &req)
+		e.mu.Lock()
+		if req.Page == 0 {
+			var list []proto.SyncSession
+			for _, sid := range slices.Sorted(maps.Keys(e.sessions)) {
+				list = append(list, *e.sessions[sid])
+			}
+			e.pages = proto.SyncPages(id, "snap", list)
+		}
+		page := e.pages[req.Page]
+		e.served++
+		hook := e.betweenPages
+		if req.Page == 0 {
+			e.betweenPages = nil
+		}
+		e.mu.Unlock()
+		_ = m.Respond(page)
+		if req.Page == 0 && hook != nil {
+			hook()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// add puts a session in a room without reporting it.
+func (e *fakeEdge) add(sid, user, room string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s := e.sessions[sid]
+	if s == nil {
+		s = &proto.SyncSession{Session: sid, User: user}
+		e.sessions[sid] = s
+	}
+	s.Rooms = append(s.Rooms, room)
+	e.digest.Toggle(sid, room)
+}
+
+// join adds a session and reports it.
+func (e *fakeEdge) join(sid, user, room string) {
+	e.add(sid, user, room)
+	e.publish(subject.PresenceSession(room), proto.SessionReport{Event: proto.EventJoin, Room: room, User: user, Edge: e.id, Session: sid})
+}
+
+func (e *fakeEdge) heartbeat() {
+	e.mu.Lock()
+	hb := proto.Heartbeat{Edge: e.id, Sessions: len(e.sessions), Digest: e.digest.String()}
+	e.mu.Unlock()
+	e.publish(subject.EdgeHeartbeat(e.id), hb)
+}
+
+func (e *fakeEdge) publish(subj string, v any) {
+	if err := e.nc.Publish(subj, proto.Encode(v)); err != nil {
+		e.t.Error(err)
+	}
+}
+
+func whoOf(nc *nats.Conn, room string) ([]string, error) {
+	msg, err := nc.Request(subject.PresenceWho(room), nil, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	var r proto.WhoReply
+	err = json.Unmarshal(msg.Data, &r)
+	return r.Users, err
+}
+
+// awaitUsers waits until who answers n users for room; until the replica
+// leads, nobody answers.
+func awaitUsers(t *testing.T, nc *nats.Conn, room string, n int) []string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		users, err := whoOf(nc, room)
+		if err == nil && len(users) == n {
+			return users
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("who %s has %d users (%v), want %d", room, len(users), err, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A heartbeat whose digest differs starts a sync over many pages; a
+// report published after page 0 is applied on top of the snapshot, and
+// the next heartbeat agrees, so no second sync follows.
+func TestSyncManyPagesWithAReportBetween(t *testing.T) {
+	ns := natstest.Start(t)
+	p := run(t, ns)
+	nc := natstest.Connect(t, ns)
+	awaitUsers(t, nc, "lobby", 0)
+
+	e := newFakeEdge(t, ns, "edge-1")
+	const users = 3000
+	for i := range users {
+		for r := range 20 {
+			e.add(fmt.Sprintf("session-%05d", i), fmt.Sprintf("user-%05d", i), fmt.Sprintf("room-with-a-long-name-%02d", r))
+		}
+		e.add(fmt.Sprintf("session-%05d", i), fmt.Sprintf("user-%05d", i), "lobby")
+	}
+	e.betweenPages = func() { e.join("late", "zed", "lobby") }
+	e.heartbeat()
+
+	got := awaitUsers(t, nc, "lobby", users+1)
+	if got[users] != "zed" {
+		t.Fatalf("last user %q, want zed (the report between pages)", got[users])
+	}
+	e.mu.Lock()
+	pages, served := len(e.pages), e.served
+	e.mu.Unlock()
+	if pages < 3 || served != pages {
+		t.Fatalf("%d pages, %d answered; want several, all answered", pages, served)
+	}
+	if n := testutil.ToFloat64(p.metrics.syncs.WithLabelValues("done")); n != 1 {
+		t.Fatalf("%v syncs done, want 1", n)
+	}
+	e.heartbeat()
+	e.join("later", "amy", "lobby") // a plain report after it
+	awaitUsers(t, nc, "lobby", users+2)
+	e.mu.Lock()
+	served = e.served
+	e.mu.Unlock()
+	if served != pages {
+		t.Fatalf("a matching heartbeat started another sync (%d pages served)", served)
+	}
+}
+
+// Malformed reports and heartbeats are counted and change nothing.
+func TestMalformedInputIsIgnored(t *testing.T) {
+	ns := natstest.Start(t)
+	p := run(t, ns)
+	nc := natstest.Connect(t, ns)
+	awaitUsers(t, nc, "lobby", 0)
+	bad := []struct{ subj, data string }{
+		{subject.PresenceSession("lobby"), `not json`},
+		{subject.PresenceSession("lobby"), `{"event":"join","room":"other","user":"a","edge":"e","session":"s"}`},
+		{subject.PresenceSession("lobby"), `{"event":"sit","room":"lobby","user":"a","edge":"e","session":"s"}`},
+		{subject.PresenceSession("lobby"), `{"event":"join","room":"lobby","user":"a b","edge":"e","session":"s"}`},
+		{subject.PresenceSession("lobby"), `{"event":"join","room":"lobby","user":"a","edge":"e","session":""}`},
+		{subject.PresenceSession("Lobby"), `{"event":"join","room":"Lobby","user":"a","edge":"e","session":"s"}`},
+		{subject.EdgeHeartbeat("e"), `[]`},
+		{subject.EdgeHeartbeat("e"), `{"edge":"other","sessions":0,"digest":""}`},
+	}
+	for _, b := range bad {
+		if err := nc.Publish(b.subj, []byte(b.data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(p.metrics.bad) < float64(len(bad)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%v of %d malformed messages counted", testutil.ToFloat64(p.metrics.bad), len(bad))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if users, err := whoOf(nc, "lobby"); err != nil || len(users) != 0 {
+		t.Fatalf("who lobby = %q, %v after malformed input", users, err)
+	}
+}
