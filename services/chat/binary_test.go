@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -96,10 +97,14 @@ func TestRunLogsAddressesAndNATSSeesTraffic(t *testing.T) {
 	}
 
 	c := dial(t, "http://"+httpAddr, "alice")
-	c.join("lobby")
+	// The single binary's presence answers from the start.
+	if j := c.join("lobby"); !slices.Equal(j.Users, []string{"alice"}) {
+		t.Fatalf("joined %s, want users [alice]", j.raw)
+	}
 	c.post("lobby", "watched", "w")
-	want := map[string]bool{subject.InRoom("lobby"): false, subject.RoomMsg("lobby"): false}
-	for missing := 2; missing > 0; {
+	want := map[string]bool{subject.InRoom("lobby"): false, subject.RoomMsg("lobby"): false,
+		subject.PresenceSession("lobby"): false, subject.RoomPresence("lobby"): false}
+	for missing := len(want); missing > 0; {
 		select {
 		case s := <-seen:
 			if done, ok := want[s]; ok && !done {

@@ -25,6 +25,10 @@ import (
 	"github.com/natter-chat/natter/web"
 )
 
+// presenceStartWait bounds how long the edge waits for presence to go
+// live before it serves.
+const presenceStartWait = 5 * time.Second
+
 // Config is the single binary's configuration.
 type Config struct {
 	HTTPAddr string `envconfig:"HTTP_ADDR" default:":8080" desc:"HTTP listen address of the page, /ws and the operational endpoints"`
@@ -148,8 +152,19 @@ func (m *Main) Run(ctx context.Context) error {
 	g.Go(func() error { return m.presence.Run(gctx) })
 	// Posts need a broadcaster: the edge serves once one takes them (the
 	// listener is open already, so early clients wait in its backlog).
+	// On the embedded server presence goes live within moments (nothing
+	// to wait for on a fresh NATS server), so the first joins list their
+	// users; but a presence that cannot start must not keep the chat down.
 	select {
 	case <-m.broadcaster.Serving():
+		if m.ns != nil {
+			select {
+			case <-m.presence.Live():
+			case <-time.After(presenceStartWait):
+				m.log.Warn("presence not live yet; serving without it", "waited", presenceStartWait)
+			case <-gctx.Done():
+			}
+		}
 		g.Go(func() error { return m.edge.Run(gctx, m.ln) })
 	case <-gctx.Done():
 	}

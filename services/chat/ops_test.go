@@ -136,15 +136,17 @@ func TestDefaultConfigIsTheContract(t *testing.T) {
 	if cfg.HTTPAddr != ":8080" || cfg.NATSAddr != "127.0.0.1:4222" || cfg.DataDir != "chat-data" || cfg.URL != "" ||
 		cfg.MaxFrameBytes != 64<<10 || cfg.MaxTextChars != 4000 || cfg.MaxRooms != 100 || cfg.SendQueue != 512 ||
 		cfg.PingInterval != 25*time.Second || cfg.PongTimeout != 60*time.Second ||
-		cfg.MaxMsgs != 10000 || cfg.MaxAge != 720*time.Hour || cfg.MaxBytes != 10<<30 || len(cfg.AllowedOrigins) != 0 {
+		cfg.MaxMsgs != 10000 || cfg.MaxAge != 720*time.Hour || cfg.MaxBytes != 10<<30 || len(cfg.AllowedOrigins) != 0 ||
+		cfg.MaxMembers != 500 {
 		t.Fatalf("defaults %+v", cfg)
 	}
 	t.Setenv("CHAT_ALLOWED_ORIGINS", "https://a.example,https://b.example")
 	t.Setenv("CHAT_HISTORY_MAX_AGE", "24h")
+	t.Setenv("CHAT_PRESENCE_MAX_MEMBERS", "50")
 	if err := loadConfig(&cfg); err != nil {
 		t.Fatal(err)
 	}
-	if len(cfg.AllowedOrigins) != 2 || cfg.MaxAge != 24*time.Hour {
+	if len(cfg.AllowedOrigins) != 2 || cfg.MaxAge != 24*time.Hour || cfg.MaxMembers != 50 {
 		t.Fatalf("from the environment: %+v", cfg)
 	}
 	t.Setenv("CHAT_HISTORY_MAX_AGE", "forever")

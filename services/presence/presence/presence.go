@@ -79,6 +79,7 @@ type Presence struct {
 	roles     chan role          // from the elector
 	batches   chan []write       // to the writer
 	persisted chan persistResult // from the writer
+	liveOnce  chan struct{}      // closed when the replica first goes live
 
 	// Owned by the loop goroutine (Run), which is the only one to touch
 	// them.
@@ -139,10 +140,15 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer)
 		roles:     make(chan role),
 		batches:   make(chan []write, 1),
 		persisted: make(chan persistResult),
+		liveOnce:  make(chan struct{}),
 		st:        newState(),
 		dirty:     make(map[string]struct{}),
 	}, nil
 }
+
+// Live is closed once this replica first announces presence and answers
+// who.
+func (p *Presence) Live() <-chan struct{} { return p.liveOnce }
 
 // Ready reports whether presence is connected to NATS.
 func (p *Presence) Ready() bool { return p.nc.IsConnected() }
@@ -455,6 +461,11 @@ func (p *Presence) tryGoLive(now time.Time) {
 	p.whoSub = sub
 	p.live = true
 	p.metrics.active.Set(1)
+	select {
+	case <-p.liveOnce:
+	default:
+		close(p.liveOnce)
+	}
 	p.log.Info("live: announcing presence and answering who", "edges", len(p.st.edges),
 		"rooms", len(p.st.rooms), "baseline", p.hasBaseline, "net_changes_announced", announced)
 }
