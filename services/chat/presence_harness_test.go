@@ -13,7 +13,6 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/natter-chat/natter/services/presence/presence"
@@ -168,31 +167,6 @@ func awaitWho(t *testing.T, nc *nats.Conn, room string, want []string, d time.Du
 	}
 	t.Fatalf("who %s = %q (%v) after %v, want %q", room, got, err, d, want)
 	return 0
-}
-
-// awaitRecorded waits until the presence bucket records users for room:
-// what a replica announced is written within a moment, and a test that
-// kills it must not kill it within that moment.
-func awaitRecorded(t *testing.T, nc *nats.Conn, room string, users ...string) {
-	t.Helper()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := json.Marshal(struct {
-		Users []string `json:"users"`
-	}{users})
-	want := string(b)
-	waitFor(t, "presence record of "+room, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		kv, err := js.KeyValue(ctx, subject.PresenceBucket)
-		if err != nil {
-			return false
-		}
-		e, err := kv.Get(ctx, subject.PresenceRoomKey(room))
-		return err == nil && string(e.Value()) == want
-	})
 }
 
 // rawClient is a WebSocket client for goroutines other than the test's:

@@ -249,8 +249,9 @@ func TestPresenceRestart(t *testing.T) {
 			erin := dial(t, e2.url, "erin")
 			erin.join("lobby")
 			dial(t, e1.url, "carol").join("dev")
+			// Killed right after: what a replica announced is written
+			// before it is announced.
 			w.expect(t, soon(), "lobby join alice", "lobby join bob", "lobby join erin", "dev join carol")
-			awaitRecorded(t, nc, "lobby", "alice", "bob", "erin")
 
 			if kill {
 				p1.crash(t)
@@ -333,7 +334,6 @@ func TestTwoReplicasAnnounceOnce(t *testing.T) {
 	dial(t, e.url, "alice").join("lobby")
 	dial(t, e.url, "bob").join("lobby")
 	w.expect(t, soon(), "lobby join alice", "lobby join bob")
-	awaitRecorded(t, nc, "lobby", "alice", "bob")
 	if p1.active(t) == p2.active(t) {
 		t.Fatalf("active: %v and %v, want exactly one", p1.active(t), p2.active(t))
 	}

@@ -158,7 +158,10 @@ const (
 	// PresenceBaselineKey is written once the room keys hold a complete
 	// view; without it a new active replica has no baseline.
 	PresenceBaselineKey = "baseline"
-	presenceRoomKey     = "room."
+	// PresenceEdgesKey lists the edges the active replica knows, so that
+	// its successor waits to hear from each before it announces.
+	PresenceEdgesKey = "edges"
+	presenceRoomKey  = "room."
 	// PresenceRoomKeys matches every room key.
 	PresenceRoomKeys = presenceRoomKey + "*"
 )

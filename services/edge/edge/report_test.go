@@ -152,51 +152,51 @@ func TestReporterSyncErrors(t *testing.T) {
 }
 
 // When the edge stops, the reporter reports what is left as leaving and
-// sends an empty heartbeat, so presence need not wait for the expiry.
+// then sends an empty heartbeat, so presence need not wait for the expiry.
 func TestReporterStopLeavesEverything(t *testing.T) {
 	ns := natstest.Start(t)
 	nc := natstest.Connect(t, ns)
-	reports, err := nc.SubscribeSync(subject.PresenceSessionAll)
+	// One subscription sees reports and heartbeats in publishing order.
+	all, err := nc.SubscribeSync(subject.All)
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := newTestReporter(nc, 0)
-	beats, stop := startReporter(t, r)
+	_, stop := startReporter(t, r)
 	r.join("s1", "alice", "lobby")
 	r.join("s1", "alice", "dev")
 	r.join("s2", "bob", "lobby")
 	r.leave("s2", "bob", "lobby")
 	stop()
 	var got []string
-	for range 6 {
-		m, err := reports.NextMsg(5 * time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var rep proto.SessionReport
-		if err := json.Unmarshal(m.Data, &rep); err != nil || rep.Edge != "edge-1" || m.Subject != subject.PresenceSession(rep.Room) {
-			t.Fatalf("report %s on %s", m.Data, m.Subject)
-		}
-		got = append(got, rep.Event+" "+rep.Session+" "+rep.User+" "+rep.Room)
-	}
-	want := "join s1 alice lobby,join s1 alice dev,join s2 bob lobby,leave s2 bob lobby,leave s1 alice dev,leave s1 alice lobby"
-	if strings.Join(got, ",") != want {
-		t.Fatalf("reports:\n%s\nwant\n%s", strings.Join(got, ","), want)
-	}
-	var last proto.Heartbeat
 	for {
-		m, err := beats.NextMsg(5 * time.Second)
+		m, err := all.NextMsg(5 * time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := json.Unmarshal(m.Data, &last); err != nil {
-			t.Fatal(err)
+		if m.Subject == subject.EdgeHeartbeat("edge-1") {
+			var hb proto.Heartbeat
+			if err := json.Unmarshal(m.Data, &hb); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, fmt.Sprintf("heartbeat %d %s", hb.Sessions, hb.Digest))
+		} else {
+			var rep proto.SessionReport
+			if err := json.Unmarshal(m.Data, &rep); err != nil || rep.Edge != "edge-1" || m.Subject != subject.PresenceSession(rep.Room) {
+				t.Fatalf("report %s on %s", m.Data, m.Subject)
+			}
+			got = append(got, rep.Event+" "+rep.Session+" "+rep.User+" "+rep.Room)
 		}
-		if n, _, _ := beats.Pending(); n == 0 {
+		if n, _, _ := all.Pending(); n == 0 && len(got) >= 8 {
 			break
 		}
 	}
-	if last.Digest != (proto.Digest{}).String() || last.Sessions != 0 {
-		t.Fatalf("last heartbeat %+v, want empty", last)
+	empty := "heartbeat 0 " + (proto.Digest{}).String()
+	want := []string{empty, // at start
+		"join s1 alice lobby", "join s1 alice dev", "join s2 bob lobby", "leave s2 bob lobby",
+		"leave s1 alice dev", "leave s1 alice lobby", // at stop
+		empty}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("published:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

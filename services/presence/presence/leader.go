@@ -29,14 +29,17 @@ import (
 // role is what the elector tells the loop.
 type role struct {
 	leader bool
-	// baseline is what the previous leader announced, per room, when the
-	// bucket holds a complete record of it (hasBaseline).
+	// baseline is what the previous leader announced, per room, and edges
+	// the edges it knew, when the bucket holds a complete record of them
+	// (hasBaseline).
 	baseline    map[string]roomRecord
+	edges       []string
 	hasBaseline bool
 }
 
 // renew is how often the leader rewrites its key and a standby looks at
-// it.
+// it. A leader that has not renewed for Lease-renew steps down, a second
+// before a standby may take over, so two never announce at once.
 const renew = time.Second
 
 // bucket is the presence key-value bucket, opened (or created) on first
@@ -89,10 +92,11 @@ func (b *bucket) lost(err error) bool {
 func (p *Presence) elect(ctx context.Context, b *bucket) {
 	var (
 		leading  bool
-		rev      uint64    // the key's revision as we last wrote it
-		renewed  time.Time // when we last wrote it
-		seenRev  uint64    // as a standby: the revision last seen
-		seenAt   time.Time // and when it changed
+		held     jetstream.KeyValue // the bucket the key was won in
+		rev      uint64             // the key's revision as we last wrote it
+		renewed  time.Time          // when we last wrote it
+		seenRev  uint64             // as a standby: the revision last seen
+		seenAt   time.Time          // and when it changed
 		lastWarn time.Time
 	)
 	warn := func(msg string, err error) {
@@ -109,46 +113,40 @@ func (p *Presence) elect(ctx context.Context, b *bucket) {
 			return false
 		}
 	}
+	stepDown := func(why string, err error) bool {
+		p.log.Warn("giving up the lead", "why", why, "err", err)
+		leading = false
+		p.leading.Store(false)
+		seenRev, seenAt = 0, time.Now()
+		return tell(role{})
+	}
 	t := time.NewTicker(renew)
 	defer t.Stop()
 	for {
-		kv, err := b.get(ctx)
-		switch {
-		case err != nil:
-			warn("presence bucket unavailable", err)
-		case leading:
-			octx, cancel := context.WithTimeout(ctx, opTimeout)
-			r, err := kv.Update(octx, subject.PresenceLeaderKey, []byte(p.id), rev)
-			cancel()
-			switch {
-			case err == nil:
-				rev, renewed = r, time.Now()
-			case errors.Is(err, jetstream.ErrKeyRevisionMismatch), errors.Is(err, jetstream.ErrKeyNotFound),
-				b.lost(err), time.Since(renewed) >= p.cfg.Lease-renew:
-				// Another replica took the key, it is gone, or we could
-				// not renew it in time and a standby may take it now.
-				leading = false
-				seenRev, seenAt = 0, time.Now()
-				if !tell(role{}) {
+		if leading {
+			if !p.renew(ctx, b, &rev, &renewed) && time.Since(renewed) >= p.cfg.Lease-renew {
+				if !stepDown("the leader key could not be renewed in time", nil) {
 					return
 				}
-			default:
-				warn("leader key not renewed", err)
-			}
-		default:
-			won, r := p.campaign(ctx, kv, b, &seenRev, &seenAt, warn)
-			if won {
-				base, has, err := loadBaseline(ctx, kv)
-				if err != nil {
-					// Without the record, announcing from scratch would
-					// repeat every join: give the key up and try again.
-					warn("announced state not readable", err)
-					p.resign(kv, r)
-					break
+			} else if rev == 0 {
+				if !stepDown("another replica holds the leader key", nil) {
+					return
 				}
-				leading, rev, renewed = true, r, time.Now()
-				if !tell(role{leader: true, baseline: base, hasBaseline: has}) {
-					p.resign(kv, rev)
+			}
+		} else if kv, err := b.get(ctx); err != nil {
+			warn("presence bucket unavailable", err)
+		} else if won, r := p.campaign(ctx, kv, b, &seenRev, &seenAt, warn); won {
+			base, edges, has, err := loadBaseline(ctx, kv)
+			if err != nil {
+				// Without the record, announcing from scratch would
+				// repeat every join: give the key up and try again.
+				warn("announced state not readable", err)
+				p.resign(kv, r)
+			} else {
+				leading, held, rev, renewed = true, kv, r, time.Now()
+				p.leading.Store(true)
+				if !tell(role{leader: true, baseline: base, edges: edges, hasBaseline: has}) {
+					p.resign(held, rev)
 					return
 				}
 			}
@@ -156,12 +154,46 @@ func (p *Presence) elect(ctx context.Context, b *bucket) {
 		select {
 		case <-ctx.Done():
 			if leading {
-				p.resign(kv, rev)
+				p.resign(held, rev)
 			}
 			return
 		case <-t.C:
 		}
 	}
+}
+
+// renew rewrites the leader key, giving up before the lease runs out. It
+// reports whether the key is renewed; *rev is set to 0 when another
+// replica holds it.
+func (p *Presence) renew(ctx context.Context, b *bucket, rev *uint64, renewed *time.Time) bool {
+	kv, err := b.get(ctx)
+	if err != nil {
+		return false
+	}
+	octx, cancel := context.WithDeadline(ctx, renewed.Add(p.cfg.Lease-renew))
+	defer cancel()
+	r, err := kv.Update(octx, subject.PresenceLeaderKey, []byte(p.id), *rev)
+	if err == nil {
+		*rev, *renewed = r, time.Now()
+		return true
+	}
+	if b.lost(err) {
+		*rev = 0 // the bucket, and the key with it, is gone
+		return false
+	}
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		// An earlier renewal may have been applied although its answer
+		// was lost: the key still names us.
+		e, gerr := kv.Get(octx, subject.PresenceLeaderKey)
+		if gerr == nil && string(e.Value()) == p.id {
+			*rev = e.Revision()
+			return false // renewed at the next tick
+		}
+		if gerr == nil || errors.Is(gerr, jetstream.ErrKeyNotFound) {
+			*rev = 0
+		}
+	}
+	return false
 }
 
 // campaign takes the leader key when it is free, or when its revision has
@@ -204,6 +236,10 @@ func (p *Presence) campaign(ctx context.Context, kv jetstream.KeyValue, b *bucke
 
 // resign deletes the leader key if it is still ours.
 func (p *Presence) resign(kv jetstream.KeyValue, rev uint64) {
+	p.leading.Store(false)
+	if kv == nil || rev == 0 {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	if err := kv.Delete(ctx, subject.PresenceLeaderKey, jetstream.LastRevision(rev)); err != nil {
@@ -211,30 +247,36 @@ func (p *Presence) resign(kv jetstream.KeyValue, rev uint64) {
 	}
 }
 
-// loadBaseline reads what the last leader announced per room. Without the
-// baseline marker, the record is incomplete (or the bucket new), and there
-// is no baseline.
-func loadBaseline(ctx context.Context, kv jetstream.KeyValue) (map[string]roomRecord, bool, error) {
+// loadBaseline reads what the last leader announced per room and the
+// edges it knew. Without the baseline marker the record is incomplete (or
+// the bucket new), and there is no baseline.
+func loadBaseline(ctx context.Context, kv jetstream.KeyValue) (map[string]roomRecord, []string, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*opTimeout)
 	defer cancel()
 	if _, err := kv.Get(ctx, subject.PresenceBaselineKey); errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, false, nil
+		return nil, nil, false, nil
 	} else if err != nil {
-		return nil, false, err
+		return nil, nil, false, err
+	}
+	var edges []string
+	if e, err := kv.Get(ctx, subject.PresenceEdgesKey); err == nil {
+		_ = json.Unmarshal(e.Value(), &edges)
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil, false, err
 	}
 	w, err := kv.Watch(ctx, subject.PresenceRoomKeys, jetstream.IgnoreDeletes())
 	if err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	}
 	defer func() { _ = w.Stop() }()
 	base := make(map[string]roomRecord)
 	for {
 		select {
 		case <-ctx.Done():
-			return nil, false, ctx.Err()
+			return nil, nil, false, ctx.Err()
 		case e := <-w.Updates():
 			if e == nil {
-				return base, true, nil
+				return base, edges, true, nil
 			}
 			room, ok := subject.RoomOfPresenceKey(e.Key())
 			var rec roomRecord

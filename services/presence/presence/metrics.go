@@ -8,7 +8,7 @@ type metrics struct {
 	edges         prometheus.Gauge
 	pairs         prometheus.Gauge
 	rooms         prometheus.Gauge
-	events        *prometheus.CounterVec
+	events        prometheus.Counter
 	suppressed    prometheus.Counter
 	syncs         *prometheus.CounterVec
 	expired       prometheus.Counter
@@ -27,8 +27,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "natter_presence_session_rooms", Help: "Session-room pairs held, over all edges."}),
 		rooms: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "natter_presence_rooms", Help: "Rooms with at least one user present."}),
-		events: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "natter_presence_events_total", Help: "Presence events published, by event (join, leave)."}, []string{"event"}),
+		events: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "natter_presence_events_total", Help: "Presence events (joins and leaves) published."}),
 		suppressed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "natter_presence_events_suppressed_total", Help: "Presence changes not announced because the room has more than CHAT_PRESENCE_MAX_MEMBERS users."}),
 		syncs: prometheus.NewCounterVec(prometheus.CounterOpts{

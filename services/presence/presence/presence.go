@@ -11,6 +11,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -25,13 +26,15 @@ import (
 // Timing defaults, from PROTOCOL.md section 4: edges send a heartbeat
 // every 5 s; an edge silent for three of them has vanished, which keeps
 // the promise of announcing its leaves within 20 s (15 s and at most one
-// tick). After a start, presence listens for a heartbeat interval and a
-// margin before it trusts its view, which keeps the promise of a right
-// who within 10 s.
+// tick). A replica that becomes active waits until it has heard from
+// every edge the previous one knew, or for a heartbeat interval and a
+// margin when there is no record of them, and never longer than
+// maxWarmup: that keeps the promise of a right who within 10 s.
 const (
 	DefaultEdgeTimeout = 15 * time.Second
 	DefaultWarmup      = 6 * time.Second
 	DefaultLease       = 5 * time.Second
+	maxWarmup          = 8 * time.Second
 
 	// tick is how often the loop expires edges, times out syncs and writes
 	// what it announced.
@@ -77,9 +80,12 @@ type Presence struct {
 
 	msgs      chan *nats.Msg     // every subscription delivers here; read by the loop
 	roles     chan role          // from the elector
-	batches   chan []write       // to the writer
+	batches   chan batch         // to the writer
 	persisted chan persistResult // from the writer
 	liveOnce  chan struct{}      // closed when the replica first goes live
+	// leading is set by the elector while it holds the leader key; the
+	// writer neither writes nor announces without it.
+	leading atomic.Bool
 
 	// Owned by the loop goroutine (Run), which is the only one to touch
 	// them.
@@ -89,10 +95,13 @@ type Presence struct {
 	leader      bool
 	live        bool // leader, warm, and announcing
 	baseline    map[string]roomRecord
+	baseEdges   []string // the edges the previous leader knew
 	hasBaseline bool
 	whoSub      *nats.Subscription
 	dirty       map[string]struct{} // rooms whose announced users are not written yet
 	dirtyBase   bool                // the baseline marker is not written yet
+	edgesGen    uint64              // state.edgesGen last written
+	held        []event             // announcements waiting for their rooms to be written
 	persisting  bool                // a batch is with the writer
 	sessionSub  *nats.Subscription
 	beatSub     *nats.Subscription
@@ -138,7 +147,7 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer)
 		inbox:     nats.NewInbox(),
 		msgs:      make(chan *nats.Msg, msgBuffer),
 		roles:     make(chan role),
-		batches:   make(chan []write, 1),
+		batches:   make(chan batch, 1),
 		persisted: make(chan persistResult),
 		liveOnce:  make(chan struct{}),
 		st:        newState(),
@@ -170,11 +179,6 @@ func (p *Presence) Run(ctx context.Context) error {
 		return fmt.Errorf("presence: subscribe %s: %w", p.inbox, err)
 	}
 	defer func() { _ = p.replySub.Unsubscribe() }()
-	for _, sub := range []*nats.Subscription{p.sessionSub, p.beatSub, p.replySub} {
-		// The channel bounds the queue; nats.go's own byte limit must not
-		// drop sync pages first.
-		_ = sub.SetPendingLimits(msgBuffer, 256<<20)
-	}
 
 	js, err := jetstream.New(p.nc)
 	if err != nil {
@@ -220,6 +224,7 @@ func (p *Presence) loop(ctx context.Context) {
 		case now := <-t.C:
 			p.tick(now)
 		}
+		p.flush()
 	}
 }
 
@@ -251,11 +256,13 @@ func (p *Presence) report(m *nats.Msg, now time.Time) {
 	}
 	e := p.st.edge(r.Edge, now)
 	if s := e.sync; s != nil && s.buffering {
+		// Applied now, so who sees it; kept, to be applied to the
+		// snapshot too.
 		if len(s.buffer) < maxBuffered {
 			s.buffer = append(s.buffer, r)
-			return
+		} else {
+			p.abortSync(e, "too many reports during the sync")
 		}
-		p.abortSync(e, "too many reports during the sync")
 	}
 	p.apply(e, r)
 }
@@ -282,7 +289,11 @@ func (p *Presence) heartbeat(m *nats.Msg, now time.Time) {
 	}
 	e := p.st.edge(id, now)
 	e.lastSeen = now
-	if e.sync == nil && hb.Digest != e.digest.String() {
+	switch {
+	case e.sync != nil:
+	case hb.Digest == e.digest.String():
+		e.confirmed = true
+	default:
 		p.startSync(e, now)
 	}
 }
@@ -297,8 +308,10 @@ func (p *Presence) who(m *nats.Msg) {
 	_ = m.Respond(proto.Encode(proto.WhoReply{Users: users}))
 }
 
-// announce publishes changes when this replica is live, and marks their
-// rooms for writing while it leads.
+// announce queues the events of changes when this replica is live, and
+// marks their rooms for writing while it leads. The events go out once
+// their rooms are written (write.go): a leader killed at any moment has
+// written everything it announced, so its successor repeats nothing.
 func (p *Presence) announce(changes []change) {
 	if !p.leader || len(changes) == 0 {
 		return
@@ -317,20 +330,25 @@ func (p *Presence) announce(changes []change) {
 			p.metrics.suppressed.Inc()
 			continue
 		}
-		p.publish(c, ts)
+		p.hold(c, ts)
 	}
 }
 
-func (p *Presence) publish(c change, ts int64) {
-	event := proto.EventLeave
+// event is an encoded presence event waiting to be published.
+type event struct {
+	subject string
+	data    []byte
+}
+
+func (p *Presence) hold(c change, ts int64) {
+	ev := proto.EventLeave
 	if c.join {
-		event = proto.EventJoin
+		ev = proto.EventJoin
 	}
-	p.metrics.events.WithLabelValues(event).Inc()
-	data := proto.Encode(proto.Presence{Type: proto.TypePresence, Room: c.room, Event: event, User: c.user, TS: ts})
-	if err := p.nc.Publish(subject.RoomPresence(c.room), data); err != nil {
-		p.log.Warn("presence event not sent", "room", c.room, "user", c.user, "err", err)
-	}
+	p.held = append(p.held, event{
+		subject: subject.RoomPresence(c.room),
+		data:    proto.Encode(proto.Presence{Type: proto.TypePresence, Room: c.room, Event: ev, User: c.user, TS: ts}),
+	})
 }
 
 // tick expires vanished edges, times out syncs, goes live when it can and
@@ -365,7 +383,6 @@ func (p *Presence) tick(now time.Time) {
 	}
 	p.announce(out)
 	p.tryGoLive(now)
-	p.flush()
 	p.metrics.edges.Set(float64(len(p.st.edges)))
 	p.metrics.pairs.Set(float64(p.st.pairs))
 	p.metrics.rooms.Set(float64(len(p.st.rooms)))
@@ -376,7 +393,7 @@ func (p *Presence) setRole(r role, now time.Time) {
 	switch {
 	case r.leader && !p.leader:
 		p.leader = true
-		p.baseline, p.hasBaseline = r.baseline, r.hasBaseline
+		p.baseline, p.baseEdges, p.hasBaseline = r.baseline, r.edges, r.hasBaseline
 		p.log.Info("leading: this replica will announce presence once its view is complete")
 		p.tryGoLive(now)
 	case !r.leader && p.leader:
@@ -389,22 +406,32 @@ func (p *Presence) setRole(r role, now time.Time) {
 		}
 		clear(p.dirty)
 		p.dirtyBase = false
+		// The next leader announces these itself: they are not written.
+		p.held = nil
 	}
 }
 
-// warm reports whether the view is complete enough to announce from:
-// every edge alive has had a heartbeat interval to be heard and a sync to
-// answer.
+// warm reports whether the view is complete enough to announce from.
+// With a record of the previous leader, every edge it knew must have
+// confirmed its state (a heartbeat that agrees, or a sync): an edge that
+// started since is news to both, and its users' joins are real. Without
+// one, every edge alive must have had a heartbeat interval to be heard.
+// No edge whose sync drags on is waited for beyond maxWarmup.
 func (p *Presence) warm(now time.Time) bool {
 	if p.cfg.Fresh {
 		return true
 	}
 	since := now.Sub(p.started)
-	if since < p.cfg.Warmup {
+	if since >= maxWarmup {
+		return true
+	}
+	if !p.hasBaseline && since < p.cfg.Warmup {
 		return false
 	}
-	if since >= p.cfg.Warmup+3*time.Second {
-		return true // an edge whose sync drags on is not waited for
+	for _, id := range p.baseEdges {
+		if e := p.st.edges[id]; e == nil || !e.confirmed {
+			return false
+		}
 	}
 	for _, e := range p.st.edges {
 		if e.sync != nil {
@@ -421,6 +448,12 @@ func (p *Presence) tryGoLive(now time.Time) {
 	if !p.leader || p.live || !p.warm(now) {
 		return
 	}
+	sub, err := p.nc.ChanQueueSubscribe(subject.PresenceWhoAll, subject.PresenceQueue, p.msgs)
+	if err != nil {
+		p.log.Error("subscribe to who; trying again", "subject", subject.PresenceWhoAll, "err", err)
+		return
+	}
+	p.whoSub = sub
 	rooms := maps.Clone(p.st.rooms)
 	ts := now.UnixMilli()
 	announced := 0
@@ -441,24 +474,20 @@ func (p *Presence) tryGoLive(now time.Time) {
 		}
 		for _, u := range old.Users {
 			if _, ok := slices.BinarySearch(users, u); !ok {
-				p.publish(change{room: room, user: u}, ts)
+				p.hold(change{room: room, user: u}, ts)
 				announced++
 			}
 		}
 		for _, u := range users {
 			if !slices.Contains(old.Users, u) {
-				p.publish(change{room: room, user: u, join: true}, ts)
+				p.hold(change{room: room, user: u, join: true}, ts)
 				announced++
 			}
 		}
 	}
-	p.baseline = nil
+	p.baseline, p.baseEdges = nil, nil
 	p.dirtyBase = true
-	sub, err := p.nc.ChanQueueSubscribe(subject.PresenceWhoAll, subject.PresenceQueue, p.msgs)
-	if err != nil {
-		p.log.Error("subscribe to who", "subject", subject.PresenceWhoAll, "err", err)
-	}
-	p.whoSub = sub
+	p.edgesGen = 0 // write the edge list again
 	p.live = true
 	p.metrics.active.Set(1)
 	select {

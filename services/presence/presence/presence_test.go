@@ -29,7 +29,12 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // test.
 func run(t *testing.T, ns *server.Server) *Presence {
 	t.Helper()
-	p, err := New(Config{MaxMembers: 500, Fresh: true}, natstest.Connect(t, ns),
+	return runWith(t, ns, Config{MaxMembers: 500, Fresh: true})
+}
+
+func runWith(t *testing.T, ns *server.Server, cfg Config) *Presence {
+	t.Helper()
+	p, err := New(cfg, natstest.Connect(t, ns),
 		slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
@@ -228,5 +233,84 @@ func TestMalformedInputIsIgnored(t *testing.T) {
 	}
 	if users, err := whoOf(nc, "lobby"); err != nil || len(users) != 0 {
 		t.Fatalf("who lobby = %q, %v after malformed input", users, err)
+	}
+}
+
+// watch returns the presence events published, as "room event user".
+func watch(t *testing.T, ns *server.Server) <-chan string {
+	t.Helper()
+	out := make(chan string, 1000)
+	nc := natstest.Connect(t, ns)
+	_, err := nc.Subscribe(subject.RoomPresence("*"), func(m *nats.Msg) {
+		var ev proto.Presence
+		if err := json.Unmarshal(m.Data, &ev); err != nil {
+			t.Errorf("presence event %q: %v", m.Data, err)
+		}
+		out <- ev.Room + " " + ev.Event + " " + ev.User
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func expectEvent(t *testing.T, events <-chan string, want string) {
+	t.Helper()
+	select {
+	case got := <-events:
+		if got != want {
+			t.Fatalf("presence event %q, want %q", got, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no presence event, want %q", want)
+	}
+}
+
+// An edge that goes silent has its users leave; when it comes back, its
+// heartbeat disagrees with the (empty) view, a sync restores its
+// sessions, and they join again.
+func TestExpiredEdgeComesBack(t *testing.T) {
+	ns := natstest.Start(t)
+	runWith(t, ns, Config{MaxMembers: 500, Fresh: true, EdgeTimeout: time.Second})
+	events := watch(t, ns)
+	nc := natstest.Connect(t, ns)
+	awaitUsers(t, nc, "lobby", 0)
+
+	e := newFakeEdge(t, ns, "edge-1")
+	e.join("s1", "alice", "lobby")
+	e.heartbeat()
+	expectEvent(t, events, "lobby join alice")
+	expectEvent(t, events, "lobby leave alice") // no heartbeat for a second
+	awaitUsers(t, nc, "lobby", 0)
+	e.heartbeat()
+	expectEvent(t, events, "lobby join alice")
+	awaitUsers(t, nc, "lobby", 1)
+}
+
+// A leader that loses its bucket (JetStream gone) stops announcing and
+// answering within the lease, so a standby may take over, and still
+// stops cleanly.
+func TestLeaderWithoutBucketStepsDown(t *testing.T) {
+	ns := natstest.Start(t)
+	p := run(t, ns)
+	nc := natstest.Connect(t, ns)
+	awaitUsers(t, nc, "lobby", 0)
+	ns.DisableJetStream()
+	lost := time.Now()
+	for {
+		if _, err := whoOf(nc, "lobby"); err != nil {
+			break
+		}
+		if time.Since(lost) > p.cfg.Lease+2*time.Second {
+			t.Fatalf("still answering who %v after losing the bucket", time.Since(lost))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("stepped down %v after losing the bucket", time.Since(lost).Round(time.Millisecond))
+	if testutil.ToFloat64(p.metrics.active) != 0 {
+		t.Fatal("still marked active")
 	}
 }

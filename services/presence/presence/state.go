@@ -15,6 +15,8 @@ type state struct {
 	edges map[string]*edgeState
 	rooms map[string]map[string]int // room → user → sessions present
 	pairs int                       // session-room pairs held
+	// edgesGen changes whenever an edge is added or dropped.
+	edgesGen uint64
 }
 
 // edgeState is what presence knows of one edge.
@@ -24,6 +26,8 @@ type edgeState struct {
 	sessions map[string]*session
 	digest   proto.Digest // of sessions, computed like the edge does
 	sync     *syncState   // a sync in progress, or nil
+	// confirmed: a heartbeat agreed with this view, or a sync made it.
+	confirmed bool
 }
 
 type session struct {
@@ -48,6 +52,7 @@ func (s *state) edge(id string, now time.Time) *edgeState {
 	if e == nil {
 		e = &edgeState{id: id, lastSeen: now, sessions: make(map[string]*session)}
 		s.edges[id] = e
+		s.edgesGen++
 	}
 	return e
 }
@@ -137,6 +142,7 @@ func (s *state) uncount(room, user string, out []change) []change {
 // drop forgets edge e and every session on it.
 func (s *state) drop(e *edgeState, out []change) []change {
 	delete(s.edges, e.id)
+	s.edgesGen++
 	for _, sid := range slices.Sorted(maps.Keys(e.sessions)) {
 		ss := e.sessions[sid]
 		for _, room := range slices.Sorted(maps.Keys(ss.rooms)) {

@@ -22,9 +22,9 @@ const (
 
 // syncState is one sync with an edge. The edge answers page 0 from a new
 // snapshot and every later page from the same one. Its reports published
-// before the snapshot reach presence before page 0 and are applied as
-// usual; those after it are held back until every page is in, then
-// applied on top of the snapshot, in order.
+// before the snapshot reach presence before page 0; those after it are
+// applied at once too (so who sees them) and also kept, to be applied on
+// top of the snapshot, in order, when every page is in.
 type syncState struct {
 	nonce     string
 	started   time.Time
@@ -105,8 +105,8 @@ func (p *Presence) syncReply(m *nats.Msg, now time.Time) {
 	}
 }
 
-// finishSync makes the snapshot the edge's state, announcing what differs,
-// then applies the reports held back.
+// finishSync makes the snapshot, with the reports kept since it, the
+// edge's state, announcing what differs.
 func (p *Presence) finishSync(e *edgeState, now time.Time) {
 	s := e.sync
 	sessions := make(map[string]*session)
@@ -127,28 +127,33 @@ func (p *Presence) finishSync(e *edgeState, now time.Time) {
 			}
 		}
 	}
+	for _, r := range s.buffer {
+		cur := sessions[r.Session]
+		switch {
+		case r.Event == proto.EventJoin && cur == nil:
+			sessions[r.Session] = &session{user: r.User, rooms: map[string]struct{}{r.Room: {}}}
+		case r.Event == proto.EventJoin:
+			cur.rooms[r.Room] = struct{}{}
+		case cur != nil:
+			delete(cur.rooms, r.Room)
+		}
+	}
 	for id, ss := range sessions {
 		if len(ss.rooms) == 0 {
 			delete(sessions, id)
 		}
 	}
 	e.sync = nil
+	e.confirmed = true
 	p.metrics.syncs.WithLabelValues("done").Inc()
 	p.log.Debug("synced edge", "edge", e.id, "sessions", len(sessions), "pages", s.pages, "took", now.Sub(s.started))
 	p.announce(p.st.replace(e, sessions, nil))
-	for _, r := range s.buffer {
-		p.apply(e, r)
-	}
 }
 
-// abortSync gives a sync up: the reports held back are applied to the
-// view as it was, and the next heartbeat that disagrees starts another.
+// abortSync gives a sync up; the reports since it are applied already,
+// and the next heartbeat that disagrees starts another.
 func (p *Presence) abortSync(e *edgeState, why string) {
-	s := e.sync
 	e.sync = nil
 	p.metrics.syncs.WithLabelValues("failed").Inc()
 	p.log.Warn("sync with edge failed", "edge", e.id, "why", why)
-	for _, r := range s.buffer {
-		p.apply(e, r)
-	}
 }

@@ -11,14 +11,23 @@ import (
 )
 
 // The active replica writes what it announced, per room, to the bucket,
-// so that the next one (after a restart or a failover) announces only
-// the net change. Writes are batched: the loop hands the rooms changed
-// since the last batch to the writer goroutine, one batch at a time.
+// so that the next one (after a restart or a failover) announces only the
+// net change. Writes are batched: the loop hands the rooms changed since
+// the last batch to the writer goroutine, one batch at a time, together
+// with the events they announce; the writer publishes the events once the
+// rooms are written (or the write has failed: announcing matters more
+// than the record).
 
 // write is one key to put, or to delete when value is nil.
 type write struct {
 	key   string
 	value []byte
+}
+
+// batch is what the loop hands to the writer.
+type batch struct {
+	writes []write
+	events []event
 }
 
 // persistResult is the writer's answer to a batch.
@@ -28,29 +37,37 @@ type persistResult struct {
 	recreated bool
 }
 
-// flush hands the rooms changed since the last batch to the writer, when
-// it is idle.
+// flush hands the rooms changed since the last batch, and the events
+// waiting for them, to the writer when it is idle. The loop calls it after
+// everything it handles, so a quiet room's event goes out one write
+// later, and a busy one's events share a batch.
 func (p *Presence) flush() {
-	if !p.live || p.persisting || (len(p.dirty) == 0 && !p.dirtyBase) {
+	if !p.live || p.persisting || (len(p.dirty) == 0 && !p.dirtyBase && len(p.held) == 0 && p.edgesGen == p.st.edgesGen) {
 		return
 	}
 	p.batches <- p.batch()
 	p.persisting = true
 }
 
-// batch turns the dirty rooms into writes; the baseline marker comes
-// last, so it is only there once every room before it is.
-func (p *Presence) batch() []write {
-	ws := make([]write, 0, len(p.dirty)+1)
+// batch turns the dirty rooms into writes; the edge list and the baseline
+// marker come last, so the marker is only there once every room is.
+func (p *Presence) batch() batch {
+	b := batch{writes: make([]write, 0, len(p.dirty)+2), events: p.held}
+	p.held = nil
 	for _, room := range slices.Sorted(maps.Keys(p.dirty)) {
-		ws = append(ws, write{key: subject.PresenceRoomKey(room), value: p.record(room)})
+		b.writes = append(b.writes, write{key: subject.PresenceRoomKey(room), value: p.record(room)})
 	}
 	clear(p.dirty)
+	if p.edgesGen != p.st.edgesGen {
+		ids, _ := json.Marshal(slices.Sorted(maps.Keys(p.st.edges)))
+		b.writes = append(b.writes, write{key: subject.PresenceEdgesKey, value: ids})
+		p.edgesGen = p.st.edgesGen
+	}
 	if p.dirtyBase {
-		ws = append(ws, write{key: subject.PresenceBaselineKey, value: []byte(p.id)})
+		b.writes = append(b.writes, write{key: subject.PresenceBaselineKey, value: []byte(p.id)})
 		p.dirtyBase = false
 	}
-	return ws
+	return b
 }
 
 // record is the bucket value of room, nil when nobody is present.
@@ -80,25 +97,28 @@ func (p *Presence) written(res persistResult) {
 			p.dirty[room] = struct{}{}
 		}
 		p.dirtyBase = true
+		p.edgesGen = 0
 	}
 	for _, key := range res.failed {
 		if room, ok := subject.RoomOfPresenceKey(key); ok {
 			p.dirty[room] = struct{}{}
+		} else if key == subject.PresenceEdgesKey {
+			p.edgesGen = 0
 		} else {
 			p.dirtyBase = true
 		}
 	}
 }
 
-// write is the writer goroutine: it stores each batch and answers the
-// loop.
+// write is the writer goroutine: it stores each batch, publishes its
+// events and answers the loop.
 func (p *Presence) write(ctx context.Context, b *bucket) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case ws := <-p.batches:
-			res := p.store(ctx, b, ws)
+		case bt := <-p.batches:
+			res := p.store(ctx, b, bt)
 			select {
 			case p.persisted <- res:
 			case <-ctx.Done():
@@ -108,9 +128,15 @@ func (p *Presence) write(ctx context.Context, b *bucket) {
 	}
 }
 
-func (p *Presence) store(ctx context.Context, b *bucket, ws []write) persistResult {
+// store writes a batch and then publishes its events, unless this replica
+// has lost the lead meanwhile: the new leader writes and announces from
+// its own view.
+func (p *Presence) store(ctx context.Context, b *bucket, bt batch) persistResult {
 	var res persistResult
-	for i, w := range ws {
+	if !p.leading.Load() {
+		return res
+	}
+	for i, w := range bt.writes {
 		kv, err := b.get(ctx)
 		if err == nil {
 			octx, cancel := context.WithTimeout(ctx, opTimeout)
@@ -127,17 +153,25 @@ func (p *Presence) store(ctx context.Context, b *bucket, ws []write) persistResu
 			if b.lost(err) {
 				res.recreated = true
 			}
-			for _, rest := range ws[i:] {
+			for _, rest := range bt.writes[i:] {
 				res.failed = append(res.failed, rest.key)
 			}
-			return res
+			break
 		}
+	}
+	for _, ev := range bt.events {
+		if err := p.nc.Publish(ev.subject, ev.data); err != nil {
+			p.log.Warn("presence event not sent", "subject", ev.subject, "err", err)
+			continue
+		}
+		p.metrics.events.Inc()
 	}
 	return res
 }
 
-// lastWrite writes what is left when the leader stops, waiting for a
-// batch already with the writer first; at most stopWait in all.
+// lastWrite writes and announces what is left when the leader stops,
+// waiting for a batch already with the writer first; at most stopWait in
+// all.
 func (p *Presence) lastWrite() {
 	deadline := time.After(stopWait)
 	if p.persisting {
@@ -148,13 +182,10 @@ func (p *Presence) lastWrite() {
 			return
 		}
 	}
-	if len(p.dirty) == 0 && !p.dirtyBase {
+	p.flush()
+	if !p.persisting {
 		return
 	}
-	if !p.live {
-		return
-	}
-	p.batches <- p.batch()
 	select {
 	case <-p.persisted:
 	case <-deadline:
