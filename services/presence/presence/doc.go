@@ -17,10 +17,13 @@
 //     CHAT_PRESENCE bucket (leader.go) and tells the loop when this replica
 //     leads or stops leading. It makes every blocking bucket call of the
 //     election, so the loop never waits on the network.
-//   - The writer goroutine stores, for the leader, what it announced per
-//     room, one batch at a time, and tells the loop what failed.
+//   - The writer goroutine stores, for the leader, what it announces per
+//     room, one batch at a time, publishes each room's events right after
+//     its write, and tells the loop what failed. It acts only within the
+//     lease the elector sets (leaseUntil), which ends before a standby may
+//     take the lead.
 //   - When Run's context ends, the loop stops, the leader's last batch is
-//     written (at most 2 s), the writer stops, and the elector gives the
-//     leader key up so that a standby takes over at once. Run returns after
-//     both goroutines have ended.
+//     written (at most 2 s), the writer stops and is waited for, and only
+//     then the elector gives the leader key up so that a standby takes
+//     over at once. Run returns after both goroutines have ended.
 package presence

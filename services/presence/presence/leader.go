@@ -94,7 +94,6 @@ func (p *Presence) elect(ctx context.Context, b *bucket) {
 		leading  bool
 		held     jetstream.KeyValue // the bucket the key was won in
 		rev      uint64             // the key's revision as we last wrote it
-		renewed  time.Time          // when we last wrote it
 		seenRev  uint64             // as a standby: the revision last seen
 		seenAt   time.Time          // and when it changed
 		lastWarn time.Time
@@ -113,10 +112,10 @@ func (p *Presence) elect(ctx context.Context, b *bucket) {
 			return false
 		}
 	}
-	stepDown := func(why string, err error) bool {
-		p.log.Warn("giving up the lead", "why", why, "err", err)
+	stepDown := func(why string) bool {
+		p.log.Warn("giving up the lead", "why", why)
 		leading = false
-		p.leading.Store(false)
+		p.leaseUntil.Store(0)
 		seenRev, seenAt = 0, time.Now()
 		return tell(role{})
 	}
@@ -124,12 +123,14 @@ func (p *Presence) elect(ctx context.Context, b *bucket) {
 	defer t.Stop()
 	for {
 		if leading {
-			if !p.renew(ctx, b, &rev, &renewed) && time.Since(renewed) >= p.cfg.Lease-renew {
-				if !stepDown("the leader key could not be renewed in time", nil) {
+			renewed := p.renew(ctx, b, &rev)
+			switch {
+			case rev == 0:
+				if !stepDown("another replica holds the leader key") {
 					return
 				}
-			} else if rev == 0 {
-				if !stepDown("another replica holds the leader key", nil) {
+			case !renewed && !p.leading():
+				if !stepDown("the leader key could not be renewed in time") {
 					return
 				}
 			}
@@ -143,8 +144,7 @@ func (p *Presence) elect(ctx context.Context, b *bucket) {
 				warn("announced state not readable", err)
 				p.resign(kv, r)
 			} else {
-				leading, held, rev, renewed = true, kv, r, time.Now()
-				p.leading.Store(true)
+				leading, held, rev = true, kv, r
 				if !tell(role{leader: true, baseline: base, edges: edges, hasBaseline: has}) {
 					p.resign(held, rev)
 					return
@@ -162,34 +162,40 @@ func (p *Presence) elect(ctx context.Context, b *bucket) {
 	}
 }
 
-// renew rewrites the leader key, giving up before the lease runs out. It
-// reports whether the key is renewed; *rev is set to 0 when another
-// replica holds it.
-func (p *Presence) renew(ctx context.Context, b *bucket, rev *uint64, renewed *time.Time) bool {
+// extendLease lets this replica act as the leader until a second before a
+// standby may take over: a standby waits a lease from when it first sees
+// a revision, which is after the write was sent.
+func (p *Presence) extendLease(sent time.Time) {
+	p.leaseUntil.Store(sent.Add(p.cfg.Lease - renew).UnixNano())
+}
+
+// renew rewrites the leader key within the lease. It reports whether the
+// key is renewed; *rev is set to 0 when another replica holds it (or it is
+// gone).
+func (p *Presence) renew(ctx context.Context, b *bucket, rev *uint64) bool {
 	kv, err := b.get(ctx)
 	if err != nil {
 		return false
 	}
-	octx, cancel := context.WithDeadline(ctx, renewed.Add(p.cfg.Lease-renew))
+	octx, cancel := context.WithDeadline(ctx, time.Unix(0, p.leaseUntil.Load()))
 	defer cancel()
-	r, err := kv.Update(octx, subject.PresenceLeaderKey, []byte(p.id), *rev)
+	sent := time.Now()
+	r, err := kv.Update(octx, subject.PresenceLeaderKey, []byte(p.token), *rev)
 	if err == nil {
-		*rev, *renewed = r, time.Now()
+		*rev = r
+		p.extendLease(sent)
 		return true
 	}
-	if b.lost(err) {
-		*rev = 0 // the bucket, and the key with it, is gone
-		return false
-	}
-	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+	// A lost bucket (b.lost) may be a passing error of a cluster; a
+	// bucket made again has no key, and the next renewal says so.
+	if !b.lost(err) && errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 		// An earlier renewal may have been applied although its answer
 		// was lost: the key still names us.
 		e, gerr := kv.Get(octx, subject.PresenceLeaderKey)
-		if gerr == nil && string(e.Value()) == p.id {
+		switch {
+		case gerr == nil && string(e.Value()) == p.token:
 			*rev = e.Revision()
-			return false // renewed at the next tick
-		}
-		if gerr == nil || errors.Is(gerr, jetstream.ErrKeyNotFound) {
+		case gerr == nil || errors.Is(gerr, jetstream.ErrKeyNotFound):
 			*rev = 0
 		}
 	}
@@ -203,9 +209,9 @@ func (p *Presence) campaign(ctx context.Context, kv jetstream.KeyValue, b *bucke
 	octx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
 	e, err := kv.Get(octx, subject.PresenceLeaderKey)
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		r, err := kv.Create(octx, subject.PresenceLeaderKey, []byte(p.id))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		sent := time.Now()
+		r, err := kv.Create(octx, subject.PresenceLeaderKey, []byte(p.token))
 		if err != nil {
 			if !errors.Is(err, jetstream.ErrKeyExists) {
 				b.lost(err)
@@ -213,8 +219,10 @@ func (p *Presence) campaign(ctx context.Context, kv jetstream.KeyValue, b *bucke
 			}
 			return false, 0
 		}
+		p.extendLease(sent)
 		return true, r
-	case err != nil:
+	}
+	if err != nil {
 		b.lost(err)
 		warn("leader key not readable", err)
 		return false, 0
@@ -226,17 +234,19 @@ func (p *Presence) campaign(ctx context.Context, kv jetstream.KeyValue, b *bucke
 	if time.Since(*seenAt) < p.cfg.Lease {
 		return false, 0
 	}
-	r, err := kv.Update(octx, subject.PresenceLeaderKey, []byte(p.id), e.Revision())
+	sent := time.Now()
+	r, err := kv.Update(octx, subject.PresenceLeaderKey, []byte(p.token), e.Revision())
 	if err != nil {
 		return false, 0 // another standby was faster
 	}
+	p.extendLease(sent)
 	p.log.Info("took over from a silent leader", "previous", string(e.Value()))
 	return true, r
 }
 
 // resign deletes the leader key if it is still ours.
 func (p *Presence) resign(kv jetstream.KeyValue, rev uint64) {
-	p.leading.Store(false)
+	p.leaseUntil.Store(0)
 	if kv == nil || rev == 0 {
 		return
 	}

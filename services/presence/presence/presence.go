@@ -83,9 +83,14 @@ type Presence struct {
 	batches   chan batch         // to the writer
 	persisted chan persistResult // from the writer
 	liveOnce  chan struct{}      // closed when the replica first goes live
-	// leading is set by the elector while it holds the leader key; the
-	// writer neither writes nor announces without it.
-	leading atomic.Bool
+	// leaseUntil (Unix nanoseconds) is set by the elector: the moment up
+	// to which this replica may act as the leader, a second before a
+	// standby may take the key over (0: not leading). The writer neither
+	// writes nor announces after it.
+	leaseUntil atomic.Int64
+	// token is the leader key's value: the id and a random part, so that
+	// two replicas given the same id never both hold the key.
+	token string
 
 	// Owned by the loop goroutine (Run), which is the only one to touch
 	// them.
@@ -101,6 +106,7 @@ type Presence struct {
 	dirty       map[string]struct{} // rooms whose announced users are not written yet
 	dirtyBase   bool                // the baseline marker is not written yet
 	edgesGen    uint64              // state.edgesGen last written
+	dirtyEdges  bool                // the edge list must be written again
 	held        []event             // announcements waiting for their rooms to be written
 	persisting  bool                // a batch is with the writer
 	sessionSub  *nats.Subscription
@@ -141,6 +147,7 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer)
 	return &Presence{
 		cfg:       cfg,
 		id:        id,
+		token:     id + " " + randomID(),
 		nc:        nc,
 		log:       log.With("replica", id),
 		metrics:   m,
@@ -187,9 +194,9 @@ func (p *Presence) Run(ctx context.Context) error {
 	kv := &bucket{js: js, log: p.log}
 	ectx, stopElector := context.WithCancel(context.Background())
 	wctx, stopWriter := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { p.elect(ectx, kv) })
-	wg.Go(func() { p.write(wctx, kv) })
+	var elector, writer sync.WaitGroup
+	elector.Go(func() { p.elect(ectx, kv) })
+	writer.Go(func() { p.write(wctx, kv) })
 
 	p.log.Info("presence running", "max_members", p.cfg.MaxMembers)
 	p.loop(ctx)
@@ -200,11 +207,17 @@ func (p *Presence) Run(ctx context.Context) error {
 	if p.leader {
 		p.lastWrite()
 	}
+	// The writer ends before the lead is given up: nothing is announced
+	// once a standby may take over.
 	stopWriter()
+	writer.Wait()
 	stopElector()
-	wg.Wait()
+	elector.Wait()
 	return nil
 }
+
+// leading reports whether this replica may still act as the leader.
+func (p *Presence) leading() bool { return time.Now().UnixNano() < p.leaseUntil.Load() }
 
 // loop is the one goroutine that owns the state.
 func (p *Presence) loop(ctx context.Context) {
@@ -237,9 +250,9 @@ func (p *Presence) handle(m *nats.Msg, now time.Time) {
 	case p.replySub:
 		p.syncReply(m, now)
 	default:
-		if m.Sub != nil && m.Sub == p.whoSub {
-			p.who(m)
-		}
+		// A who subscription, the current one or one given up while its
+		// requests were queued: the view answers either way.
+		p.who(m)
 	}
 }
 
@@ -336,6 +349,7 @@ func (p *Presence) announce(changes []change) {
 
 // event is an encoded presence event waiting to be published.
 type event struct {
+	room    string
 	subject string
 	data    []byte
 }
@@ -346,6 +360,7 @@ func (p *Presence) hold(c change, ts int64) {
 		ev = proto.EventJoin
 	}
 	p.held = append(p.held, event{
+		room:    c.room,
 		subject: subject.RoomPresence(c.room),
 		data:    proto.Encode(proto.Presence{Type: proto.TypePresence, Room: c.room, Event: ev, User: c.user, TS: ts}),
 	})
@@ -486,8 +501,7 @@ func (p *Presence) tryGoLive(now time.Time) {
 		}
 	}
 	p.baseline, p.baseEdges = nil, nil
-	p.dirtyBase = true
-	p.edgesGen = 0 // write the edge list again
+	p.dirtyBase, p.dirtyEdges = true, true
 	p.live = true
 	p.metrics.active.Set(1)
 	select {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
@@ -312,5 +313,45 @@ func TestLeaderWithoutBucketStepsDown(t *testing.T) {
 	t.Logf("stepped down %v after losing the bucket", time.Since(lost).Round(time.Millisecond))
 	if testutil.ToFloat64(p.metrics.active) != 0 {
 		t.Fatal("still marked active")
+	}
+}
+
+// The writer announces only within the lease: a replica whose lease has
+// run out (a standby may hold the key by now) writes and publishes
+// nothing.
+func TestWriterAnnouncesOnlyWithinTheLease(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := natstest.Connect(t, ns)
+	p, err := New(Config{MaxMembers: 500}, nc, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &bucket{js: js}
+	events := watch(t, ns)
+	bt := func(user string) batch {
+		return batch{writes: []write{{key: subject.PresenceRoomKey("lobby"), value: []byte(`{"users":["` + user + `"]}`),
+			events: []event{{room: "lobby", subject: subject.RoomPresence("lobby"),
+				data: proto.Encode(proto.Presence{Type: proto.TypePresence, Room: "lobby", Event: proto.EventJoin, User: user})}}}}}
+	}
+	p.leaseUntil.Store(time.Now().Add(-time.Millisecond).UnixNano())
+	if res := p.store(context.Background(), b, bt("late")); len(res.failed) != 0 {
+		t.Fatalf("result %+v", res)
+	}
+	p.extendLease(time.Now())
+	if res := p.store(context.Background(), b, bt("alice")); len(res.failed) != 0 {
+		t.Fatalf("result %+v", res)
+	}
+	expectEvent(t, events, "lobby join alice") // and not "late" before it
+	kv, err := b.get(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(context.Background(), subject.PresenceRoomKey("lobby"))
+	if err != nil || string(e.Value()) != `{"users":["alice"]}` || e.Revision() != 1 {
+		t.Fatalf("record %v, %v; want alice's, written once", e, err)
 	}
 }

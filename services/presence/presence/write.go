@@ -13,21 +13,22 @@ import (
 // The active replica writes what it announced, per room, to the bucket,
 // so that the next one (after a restart or a failover) announces only the
 // net change. Writes are batched: the loop hands the rooms changed since
-// the last batch to the writer goroutine, one batch at a time, together
-// with the events they announce; the writer publishes the events once the
-// rooms are written (or the write has failed: announcing matters more
-// than the record).
+// the last batch to the writer goroutine, one batch at a time, each with
+// the events it announces; the writer publishes a room's events right
+// after the room is written (or its write has failed: announcing matters
+// more than the record), and only while the lease lasts.
 
-// write is one key to put, or to delete when value is nil.
+// write is one key to put, or to delete when value is nil, and the
+// events to publish once it is written.
 type write struct {
-	key   string
-	value []byte
+	key    string
+	value  []byte
+	events []event
 }
 
 // batch is what the loop hands to the writer.
 type batch struct {
 	writes []write
-	events []event
 }
 
 // persistResult is the writer's answer to a batch.
@@ -42,7 +43,8 @@ type persistResult struct {
 // everything it handles, so a quiet room's event goes out one write
 // later, and a busy one's events share a batch.
 func (p *Presence) flush() {
-	if !p.live || p.persisting || (len(p.dirty) == 0 && !p.dirtyBase && len(p.held) == 0 && p.edgesGen == p.st.edgesGen) {
+	if !p.live || p.persisting || (len(p.dirty) == 0 && !p.dirtyBase && len(p.held) == 0 &&
+		!p.dirtyEdges && p.edgesGen == p.st.edgesGen) {
 		return
 	}
 	p.batches <- p.batch()
@@ -52,16 +54,21 @@ func (p *Presence) flush() {
 // batch turns the dirty rooms into writes; the edge list and the baseline
 // marker come last, so the marker is only there once every room is.
 func (p *Presence) batch() batch {
-	b := batch{writes: make([]write, 0, len(p.dirty)+2), events: p.held}
+	events := make(map[string][]event)
+	for _, ev := range p.held {
+		events[ev.room] = append(events[ev.room], ev)
+		p.dirty[ev.room] = struct{}{}
+	}
 	p.held = nil
+	b := batch{writes: make([]write, 0, len(p.dirty)+2)}
 	for _, room := range slices.Sorted(maps.Keys(p.dirty)) {
-		b.writes = append(b.writes, write{key: subject.PresenceRoomKey(room), value: p.record(room)})
+		b.writes = append(b.writes, write{key: subject.PresenceRoomKey(room), value: p.record(room), events: events[room]})
 	}
 	clear(p.dirty)
-	if p.edgesGen != p.st.edgesGen {
+	if p.dirtyEdges || p.edgesGen != p.st.edgesGen {
 		ids, _ := json.Marshal(slices.Sorted(maps.Keys(p.st.edges)))
 		b.writes = append(b.writes, write{key: subject.PresenceEdgesKey, value: ids})
-		p.edgesGen = p.st.edgesGen
+		p.edgesGen, p.dirtyEdges = p.st.edgesGen, false
 	}
 	if p.dirtyBase {
 		b.writes = append(b.writes, write{key: subject.PresenceBaselineKey, value: []byte(p.id)})
@@ -96,14 +103,13 @@ func (p *Presence) written(res persistResult) {
 		for room := range p.st.rooms {
 			p.dirty[room] = struct{}{}
 		}
-		p.dirtyBase = true
-		p.edgesGen = 0
+		p.dirtyBase, p.dirtyEdges = true, true
 	}
 	for _, key := range res.failed {
 		if room, ok := subject.RoomOfPresenceKey(key); ok {
 			p.dirty[room] = struct{}{}
 		} else if key == subject.PresenceEdgesKey {
-			p.edgesGen = 0
+			p.dirtyEdges = true
 		} else {
 			p.dirtyBase = true
 		}
@@ -128,43 +134,50 @@ func (p *Presence) write(ctx context.Context, b *bucket) {
 	}
 }
 
-// store writes a batch and then publishes its events, unless this replica
-// has lost the lead meanwhile: the new leader writes and announces from
-// its own view.
+// store writes a batch, publishing each room's events after its write.
+// It stops as soon as this replica may no longer act as the leader (or
+// is stopping): the next leader writes and announces from its own view
+// what this one did not.
 func (p *Presence) store(ctx context.Context, b *bucket, bt batch) persistResult {
 	var res persistResult
-	if !p.leading.Load() {
-		return res
-	}
+	failed := false
 	for i, w := range bt.writes {
-		kv, err := b.get(ctx)
-		if err == nil {
-			octx, cancel := context.WithTimeout(ctx, opTimeout)
-			if w.value == nil {
-				err = kv.Delete(octx, w.key)
-			} else {
-				_, err = kv.Put(octx, w.key, w.value)
-			}
-			cancel()
+		if !p.leading() || ctx.Err() != nil {
+			return res
 		}
-		if err != nil {
-			p.metrics.writeFailures.Inc()
-			p.log.Warn("announced presence not written", "key", w.key, "err", err)
-			if b.lost(err) {
-				res.recreated = true
+		if !failed {
+			kv, err := b.get(ctx)
+			if err == nil {
+				octx, cancel := context.WithTimeout(ctx, opTimeout)
+				if w.value == nil {
+					err = kv.Delete(octx, w.key)
+				} else {
+					_, err = kv.Put(octx, w.key, w.value)
+				}
+				cancel()
 			}
-			for _, rest := range bt.writes[i:] {
-				res.failed = append(res.failed, rest.key)
+			if err != nil {
+				p.metrics.writeFailures.Inc()
+				p.log.Warn("announced presence not written", "key", w.key, "err", err)
+				res.recreated = b.lost(err)
+				for _, rest := range bt.writes[i:] {
+					res.failed = append(res.failed, rest.key)
+				}
+				// The rest is not written, but still announced while
+				// the lease lasts.
+				failed = true
 			}
-			break
 		}
-	}
-	for _, ev := range bt.events {
-		if err := p.nc.Publish(ev.subject, ev.data); err != nil {
-			p.log.Warn("presence event not sent", "subject", ev.subject, "err", err)
-			continue
+		if !p.leading() || ctx.Err() != nil {
+			return res
 		}
-		p.metrics.events.Inc()
+		for _, ev := range w.events {
+			if err := p.nc.Publish(ev.subject, ev.data); err != nil {
+				p.log.Warn("presence event not sent", "subject", ev.subject, "err", err)
+				continue
+			}
+			p.metrics.events.Inc()
+		}
 	}
 	return res
 }
