@@ -1,0 +1,139 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
+
+	"github.com/natter-chat/natter/shared/subject"
+)
+
+// Reads of a room's messages. JetStream keeps a per-subject index, and its
+// direct gets answer from it without scanning the stream: a batch get
+// with next_by_subj reads a room forward from any seq in one request; a
+// last-by-subject get bounded by up_to_seq finds the newest message of the
+// room below a seq, one message per request, which is how history pages
+// back (BenchmarkHistory measures both against the stream's size).
+
+// Stored is one stored room message: its seq and its payload, a message
+// event without the seq (proto.WithSeq adds it).
+type Stored struct {
+	Seq  uint64
+	Data []byte
+}
+
+// numPendingHeader is the count, in a batch get, of the messages matching
+// the request after this one.
+const numPendingHeader = "Nats-Num-Pending"
+
+// After returns up to limit messages of room with a seq above after,
+// oldest first, and whether more follow them.
+func After(ctx context.Context, js jetstream.JetStream, room string, after uint64, limit int) ([]Stored, bool, error) {
+	msgs, err := jetstreamext.GetBatch(ctx, js, subject.Stream, limit,
+		jetstreamext.GetBatchSeq(after+1), jetstreamext.GetBatchSubject(subject.StoreRoom(room)))
+	if err != nil {
+		return nil, false, fmt.Errorf("read room %s after %d: %w", room, after, err)
+	}
+	var out []Stored
+	more := false
+	for m, err := range msgs {
+		if errors.Is(err, jetstreamext.ErrNoMessages) {
+			break
+		}
+		if err != nil {
+			return nil, false, fmt.Errorf("read room %s after %d: %w", room, after, err)
+		}
+		out = append(out, Stored{Seq: m.Sequence, Data: m.Data})
+		np, _ := strconv.ParseUint(m.Header.Get(numPendingHeader), 10, 64)
+		more = np > 0
+	}
+	return out, more, nil
+}
+
+// Before returns up to limit messages of room with a seq below before (0:
+// the newest messages), oldest first, and whether older ones exist.
+func Before(ctx context.Context, js jetstream.JetStream, room string, before uint64, limit int) ([]Stored, bool, error) {
+	first, err := First(ctx, js, room)
+	if err != nil || first == 0 {
+		return nil, false, err
+	}
+	if before > 0 && before <= first {
+		return nil, false, nil
+	}
+	out := make([]Stored, 0, limit)
+	upTo := uint64(0) // the stream's newest
+	if before > 0 {
+		upTo = before - 1
+	}
+	for len(out) < limit {
+		m, err := lastUpTo(ctx, js, room, upTo)
+		if err != nil {
+			return nil, false, err
+		}
+		if m == nil {
+			break
+		}
+		out = append(out, *m)
+		if m.Seq <= first {
+			break
+		}
+		upTo = m.Seq - 1
+	}
+	// Oldest first.
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out, len(out) > 0 && out[0].Seq > first, nil
+}
+
+// lastUpTo returns the newest message of room with a seq of at most upTo
+// (0: any), nil when there is none.
+func lastUpTo(ctx context.Context, js jetstream.JetStream, room string, upTo uint64) (*Stored, error) {
+	var opts []jetstreamext.GetLastForOpt
+	if upTo > 0 {
+		opts = append(opts, jetstreamext.GetLastMsgsUpToSeq(upTo))
+	}
+	msgs, err := jetstreamext.GetLastMsgsFor(ctx, js, subject.Stream, []string{subject.StoreRoom(room)}, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("read room %s up to %d: %w", room, upTo, err)
+	}
+	for m, err := range msgs {
+		if errors.Is(err, jetstreamext.ErrNoMessages) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read room %s up to %d: %w", room, upTo, err)
+		}
+		return &Stored{Seq: m.Sequence, Data: m.Data}, nil
+	}
+	return nil, nil
+}
+
+// First returns the seq of the oldest message retained for room, 0 when
+// it has none.
+func First(ctx context.Context, js jetstream.JetStream, room string) (uint64, error) {
+	msgs, _, err := After(ctx, js, room, 0, 1)
+	if err != nil || len(msgs) == 0 {
+		return 0, err
+	}
+	return msgs[0].Seq, nil
+}
+
+// NothingDropped reports whether the stream has never lost a message to
+// its limits: its first seq is 1 and it has no gaps. Then every room's
+// history is whole from its first message.
+func NothingDropped(ctx context.Context, js jetstream.JetStream) (bool, error) {
+	s, err := js.Stream(ctx, subject.Stream)
+	if err != nil {
+		return false, fmt.Errorf("stream %s: %w", subject.Stream, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return false, fmt.Errorf("stream %s: %w", subject.Stream, err)
+	}
+	return info.State.FirstSeq <= 1 && info.State.NumDeleted == 0, nil
+}

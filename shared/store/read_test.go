@@ -1,0 +1,100 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natter-chat/natter/shared/config"
+	"github.com/natter-chat/natter/shared/natstest"
+	"github.com/natter-chat/natter/shared/subject"
+)
+
+// fill stores n messages in each of rooms, interleaved, and returns the
+// seqs of each room in order.
+func fill(t *testing.T, js jetstream.JetStream, rooms []string, n int) map[string][]uint64 {
+	t.Helper()
+	ctx := context.Background()
+	seqs := make(map[string][]uint64)
+	for i := range n {
+		for _, room := range rooms {
+			ack, err := js.Publish(ctx, subject.StoreRoom(room), fmt.Appendf(nil, `{"type":"message","room":%q,"text":"%d"}`, room, i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			seqs[room] = append(seqs[room], ack.Sequence)
+		}
+	}
+	return seqs
+}
+
+func seqsOf(msgs []Stored) []uint64 {
+	out := make([]uint64, len(msgs))
+	for i, m := range msgs {
+		out[i] = m.Seq
+	}
+	return out
+}
+
+func TestReads(t *testing.T) {
+	ns := natstest.Start(t)
+	js, err := jetstream.New(natstest.Connect(t, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := EnsureStream(ctx, js, config.Retention{MaxMsgs: 100, MaxAge: time.Hour, MaxBytes: 1 << 30}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := NothingDropped(ctx, js); err != nil || !ok {
+		t.Fatalf("new stream: NothingDropped = %v, %v", ok, err)
+	}
+	all := fill(t, js, []string{"a", "b", "c"}, 120) // a keeps its newest 100
+	a := all["a"][20:]
+
+	tests := []struct {
+		name     string
+		read     func() ([]Stored, bool, error)
+		want     []uint64
+		wantMore bool
+	}{
+		{"after 0", func() ([]Stored, bool, error) { return After(ctx, js, "a", 0, 10) }, a[:10], true},
+		{"after the 50th", func() ([]Stored, bool, error) { return After(ctx, js, "a", a[49], 10) }, a[50:60], true},
+		{"after, to the end", func() ([]Stored, bool, error) { return After(ctx, js, "a", a[94], 10) }, a[95:], false},
+		{"after the newest", func() ([]Stored, bool, error) { return After(ctx, js, "a", a[99], 10) }, nil, false},
+		{"newest", func() ([]Stored, bool, error) { return Before(ctx, js, "a", 0, 10) }, a[90:], true},
+		{"before the 50th", func() ([]Stored, bool, error) { return Before(ctx, js, "a", a[49], 10) }, a[39:49], true},
+		{"before, to the beginning", func() ([]Stored, bool, error) { return Before(ctx, js, "a", a[5], 10) }, a[:5], false},
+		{"before the oldest", func() ([]Stored, bool, error) { return Before(ctx, js, "a", a[0], 10) }, nil, false},
+		{"exactly the rest", func() ([]Stored, bool, error) { return Before(ctx, js, "a", a[10], 10) }, a[:10], false},
+		{"empty room, newest", func() ([]Stored, bool, error) { return Before(ctx, js, "none", 0, 10) }, nil, false},
+		{"empty room, after", func() ([]Stored, bool, error) { return After(ctx, js, "none", 0, 10) }, nil, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			msgs, more, err := tc.read()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := seqsOf(msgs); !slices.Equal(got, tc.want) && !(len(got) == 0 && len(tc.want) == 0) || more != tc.wantMore {
+				t.Fatalf("got %v more=%v, want %v more=%v", got, more, tc.want, tc.wantMore)
+			}
+			for _, m := range msgs {
+				if len(m.Data) == 0 || m.Data[0] != '{' {
+					t.Fatalf("payload %q", m.Data)
+				}
+			}
+		})
+	}
+	if first, err := First(ctx, js, "a"); err != nil || first != a[0] {
+		t.Fatalf("First = %d, %v; want %d", first, err, a[0])
+	}
+	if ok, err := NothingDropped(ctx, js); err != nil || ok {
+		t.Fatalf("after retention dropped messages: NothingDropped = %v, %v", ok, err)
+	}
+}
