@@ -72,9 +72,15 @@ func connect(t *testing.T, ns *server.Server, name string) *nats.Conn {
 // registry.
 func startBroadcaster(t *testing.T, ns *server.Server) *prometheus.Registry {
 	t.Helper()
+	return startBroadcasterWith(t, ns, defaultRetention())
+}
+
+// startBroadcasterWith is startBroadcaster with the stream's retention.
+func startBroadcasterWith(t *testing.T, ns *server.Server, r config.Retention) *prometheus.Registry {
+	t.Helper()
 	nc := connect(t, ns, "broadcaster")
 	reg := prometheus.NewRegistry()
-	b, err := broadcaster.New(broadcaster.Config{Retention: defaultRetention()}, nc, quietLog(), reg)
+	b, err := broadcaster.New(broadcaster.Config{Retention: r}, nc, quietLog(), reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,6 +152,8 @@ type event struct {
 	Message   string          `json:"message"`
 	Users     []string        `json:"users"`
 	Event     string          `json:"event"`
+	Messages  []event         `json:"messages"`
+	More      *bool           `json:"more"`
 	Recovered *bool           `json:"recovered"`
 	raw       string
 }

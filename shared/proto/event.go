@@ -14,6 +14,16 @@ const (
 	TypeError   = "error"
 )
 
+// History answers history: stored messages (each with its seq), oldest
+// first; More when further messages exist in the direction asked.
+type History struct {
+	Type     string            `json:"type"`
+	Room     string            `json:"room,omitempty"`
+	DM       string            `json:"dm,omitempty"`
+	Messages []json.RawMessage `json:"messages"`
+	More     bool              `json:"more"`
+}
+
 // Welcome is the first event after the upgrade.
 type Welcome struct {
 	Type    string `json:"type"`

@@ -20,6 +20,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/natter-chat/natter/shared/config"
@@ -56,6 +57,7 @@ type Edge struct {
 	cfg      Config
 	id       string
 	nc       *nats.Conn
+	js       jetstream.JetStream // reads of the stream; nil without nc (unit tests)
 	log      *slog.Logger
 	reg      *prometheus.Registry
 	web      fs.FS
@@ -125,6 +127,11 @@ func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus
 			// The origin is checked before the upgrade, with its own answer.
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
+	}
+	if nc != nil {
+		if e.js, err = jetstream.New(nc); err != nil {
+			return nil, fmt.Errorf("edge: jetstream: %w", err)
+		}
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.hub = newHub(nc, e.log, m)

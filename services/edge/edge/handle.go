@@ -30,6 +30,8 @@ func (c *client) handle(line []byte) {
 		c.post(req)
 	case proto.TypeWho:
 		c.who(req)
+	case proto.TypeHistory:
+		c.history(req)
 	case proto.TypeTyping:
 		if !c.joined(*req.Room) {
 			c.refuse(req, &proto.Error{Code: proto.CodeNotJoined, Message: "not joined to room " + *req.Room})
@@ -42,8 +44,8 @@ func (c *client) handle(line []byte) {
 }
 
 // notYet answers the operations of the contract that this server does not
-// provide yet (history, dm, dms, typing): a clear, retryable refusal
-// rather than silence.
+// provide yet (dm, dms, typing, history of dms): a clear, retryable
+// refusal rather than silence.
 func notYet(typ string) *proto.Error {
 	return &proto.Error{Code: proto.CodeUnavailable, Message: typ + " is not available on this server yet"}
 }
@@ -74,7 +76,15 @@ func (c *client) join(req proto.Request) {
 		// Wait for room first: lastSeq may move while waiting, and joined
 		// must carry the newest seq sent before it.
 		if c.waitSpaceLocked() && c.rooms[room] == st {
-			c.replyLocked(proto.Encode(proto.Joined{Type: proto.TypeJoined, Room: room, Users: users, Seq: st.lastSeq}))
+			j := proto.Joined{Type: proto.TypeJoined, Room: room, Users: users, Seq: st.lastSeq}
+			if req.Since != nil {
+				// Live on this connection already: nothing is replayed,
+				// and only a client that has seen everything sent here
+				// has recovered.
+				recovered := uint64(*req.Since) == st.lastSeq
+				j.Recovered = &recovered
+			}
+			c.replyLocked(proto.Encode(j))
 		}
 		c.mu.Unlock()
 		return
@@ -107,10 +117,22 @@ func (c *client) join(req proto.Request) {
 	}
 	ctx, cancel := context.WithTimeout(c.e.ctx, c.e.cfg.Limits.PostTimeout)
 	last, err := store.LastSeq(ctx, c.e.nc, room)
+	var replayed []store.Stored
+	var recovered *bool
+	if err == nil && req.Since != nil {
+		var ok bool
+		replayed, ok, err = c.replay(ctx, room, uint64(*req.Since), last)
+		recovered = &ok
+	}
 	cancel()
 	if err != nil {
 		undo(err)
 		return
+	}
+	// The replay goes out before joined, with back-pressure; live events
+	// meanwhile wait in pending (joining is still set).
+	for _, line := range lines(replayed) {
+		c.reply(line)
 	}
 	// The report is published before who is asked, on the same
 	// connection, so presence counts this session in its answer.
@@ -121,7 +143,7 @@ func (c *client) join(req proto.Request) {
 	defer c.mu.Unlock()
 	// replyLocked may wait and release mu: live events meanwhile still
 	// go to pending, since joining is still set.
-	c.replyLocked(proto.Encode(proto.Joined{Type: proto.TypeJoined, Room: room, Users: users, Seq: last}))
+	c.replyLocked(proto.Encode(proto.Joined{Type: proto.TypeJoined, Room: room, Users: users, Seq: last, Recovered: recovered}))
 	st.joining = false
 	st.lastSeq = last
 	for _, p := range st.pending {
