@@ -62,6 +62,7 @@ type roomState struct {
 
 type pendingEvent struct {
 	seq  uint64 // 0 for an event that is not a stored message
+	prev uint64 // the seq of the room's message before it, 0 if unknown
 	line []byte
 }
 
@@ -126,29 +127,48 @@ func (c *client) enqueueLiveLocked(line []byte) {
 
 // deliver hands a room event to the client: held back while the client is
 // joining the room. seq is a stored message's seq, and one already sent is
-// dropped; other events (presence) have seq 0.
-func (c *client) deliver(room string, seq uint64, line []byte) {
+// dropped; other events (presence) have seq 0. prev is the seq of the
+// room's message stored before it (0: unknown): when the client has not
+// had that one, the event is not delivered, and deliver reports the gap
+// and the newest seq the client has, for the hub to repair.
+func (c *client) deliver(room string, seq, prev uint64, line []byte) (gap bool, have uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := c.rooms[room]
 	if st == nil || c.closing {
-		return
+		return false, 0
 	}
 	if st.joining {
 		if len(st.pending) >= c.e.cfg.Limits.SendQueue {
 			c.cutOffLocked()
-			return
+			return false, 0
 		}
-		st.pending = append(st.pending, pendingEvent{seq: seq, line: line})
-		return
+		st.pending = append(st.pending, pendingEvent{seq: seq, prev: prev, line: line})
+		return false, 0
 	}
 	if seq != 0 {
 		if seq <= st.lastSeq {
-			return
+			return false, 0
+		}
+		if prev > st.lastSeq {
+			return true, st.lastSeq
 		}
 		st.lastSeq = seq
 	}
 	c.enqueueLiveLocked(line)
+	return false, 0
+}
+
+// roomSeq returns the newest seq of room sent to the client, and whether
+// it is joined (not joining) there.
+func (c *client) roomSeq(room string) (uint64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.rooms[room]
+	if st == nil || st.joining {
+		return 0, false
+	}
+	return st.lastSeq, true
 }
 
 // cutOffLocked closes a client that has fallen too far behind.

@@ -49,6 +49,11 @@ type Config struct {
 	ID     string
 	Limits config.Limits
 	Web    config.Web
+	// DispatchBuffer is the capacity of the channel every room
+	// subscription delivers into (0: 65,536). When it is full, NATS drops
+	// the room's messages for this edge and the hub fills the gap from
+	// the stream; tests make it small to force that.
+	DispatchBuffer int
 }
 
 // Edge serves the page and the WebSocket endpoint; see the package
@@ -134,7 +139,11 @@ func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus
 		}
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
-	e.hub = newHub(nc, e.log, m)
+	buf := cfg.DispatchBuffer
+	if buf <= 0 {
+		buf = dispatchBuffer
+	}
+	e.hub = newHub(nc, e.js, e.log, m, buf)
 	e.reporter = newReporter(nc, e.log, id, func() int { return int(e.open.Load()) }, m.reports)
 	return e, nil
 }

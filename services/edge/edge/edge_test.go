@@ -216,7 +216,7 @@ func TestRejoinWhileQueueFullCarriesNewestSeq(t *testing.T) {
 		c.mu.Unlock()
 		runtime.Gosched() // polling: the join is on its way to waiting
 	}
-	c.deliver("r", 11, []byte(`{"type":"message","seq":11}`))
+	c.deliver("r", 11, 10, []byte(`{"type":"message","seq":11}`))
 	c.mu.Lock() // the writer takes the queue
 	batch := c.queue
 	c.queue, c.live = nil, 0

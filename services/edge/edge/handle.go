@@ -139,13 +139,42 @@ func (c *client) join(req proto.Request) {
 	c.e.reporter.join(c.session, c.user, room)
 	users := c.presentUsers(room)
 
+	// Live events held back meanwhile may show a gap after last (the
+	// subscription missed one): read up to the newest held from the
+	// stream first, so that joined is followed by no gap.
+	sent := last
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	// replyLocked may wait and release mu: live events meanwhile still
-	// go to pending, since joining is still set.
-	c.replyLocked(proto.Encode(proto.Joined{Type: proto.TypeJoined, Room: room, Users: users, Seq: last, Recovered: recovered}))
+	for {
+		if !c.waitSpaceLocked() {
+			return // closing
+		}
+		upTo := pendingGap(st.pending, sent)
+		if upTo == 0 {
+			break
+		}
+		c.mu.Unlock()
+		ctx, cancel := context.WithTimeout(c.e.ctx, c.e.cfg.Limits.PostTimeout)
+		msgs, err := c.e.hub.readRange(ctx, room, sent, upTo+1)
+		cancel()
+		if err == nil {
+			for _, line := range lines(msgs) {
+				c.reply(line)
+			}
+			sent = upTo
+		}
+		c.mu.Lock()
+		if err != nil {
+			c.mu.Unlock()
+			undo(err)
+			c.mu.Lock()
+			return
+		}
+	}
+	// There is room in the queue: replyLocked does not wait.
+	c.replyLocked(proto.Encode(proto.Joined{Type: proto.TypeJoined, Room: room, Users: users, Seq: sent, Recovered: recovered}))
 	st.joining = false
-	st.lastSeq = last
+	st.lastSeq = sent
 	for _, p := range st.pending {
 		switch {
 		case p.seq == 0: // not a stored message: nothing to drop by seq
@@ -156,6 +185,26 @@ func (c *client) join(req proto.Request) {
 		}
 	}
 	st.pending = nil
+}
+
+// pendingGap returns the newest seq held back when a stored message held
+// back follows one the client has not had (after sent), 0 when the held
+// ones follow on from sent without a gap.
+func pendingGap(pending []pendingEvent, sent uint64) uint64 {
+	cur, newest, gap := sent, uint64(0), false
+	for _, p := range pending {
+		if p.seq == 0 || p.seq <= cur {
+			continue
+		}
+		if p.prev > cur {
+			gap = true
+		}
+		cur, newest = p.seq, p.seq
+	}
+	if !gap {
+		return 0
+	}
+	return newest
 }
 
 func (c *client) leave(req proto.Request) {

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -26,12 +27,22 @@ const dispatchBuffer = 1 << 16
 // hub maps rooms to their local members and owns the room subscriptions.
 type hub struct {
 	nc      *nats.Conn
+	js      jetstream.JetStream
 	log     *slog.Logger
 	metrics *metrics
 
 	// msgs receives the messages of every room subscription; only run
 	// reads it.
 	msgs chan *nats.Msg
+
+	// repairs are the rooms whose gaps are being filled, owned by run;
+	// repaired receives the reads; repairing counts the readers.
+	repairs   map[string]*repair
+	repaired  chan repairDone
+	repairing sync.WaitGroup
+	ctx       context.Context // run's, for the readers
+	// reconnects is the connection's reconnect count at the last check.
+	reconnects uint64
 
 	// mu guards rooms and each room's member list. It is never held
 	// across a NATS call.
@@ -46,18 +57,24 @@ type hubRoom struct {
 	ready chan struct{}
 	sub   *nats.Subscription
 	err   error
+	// dropped is the subscription's drop count at the last check; only
+	// the dispatcher uses it.
+	dropped int
 	// members is replaced, never changed in place, so the dispatcher can
 	// use a snapshot without holding the lock. Guarded by hub.mu.
 	members []*client
 }
 
-func newHub(nc *nats.Conn, log *slog.Logger, m *metrics) *hub {
+func newHub(nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, m *metrics, buffer int) *hub {
 	return &hub{
-		nc:      nc,
-		log:     log,
-		metrics: m,
-		msgs:    make(chan *nats.Msg, dispatchBuffer),
-		rooms:   make(map[string]*hubRoom),
+		nc:       nc,
+		js:       js,
+		log:      log,
+		metrics:  m,
+		msgs:     make(chan *nats.Msg, buffer),
+		repairs:  make(map[string]*repair),
+		repaired: make(chan repairDone),
+		rooms:    make(map[string]*hubRoom),
 	}
 }
 
@@ -174,12 +191,20 @@ func (h *hub) close() {
 // message, a presence change) into one encoded line and hands it to the
 // room's local members.
 func (h *hub) run(ctx context.Context) {
+	defer h.repairing.Wait()
+	h.ctx = ctx
+	check := time.NewTicker(dropCheck)
+	defer check.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case m := <-h.msgs:
 			h.dispatch(m)
+		case d := <-h.repaired:
+			h.finishRepair(d)
+		case <-check.C:
+			h.checkDrops()
 		}
 	}
 }
@@ -209,11 +234,17 @@ func (h *hub) dispatchPresence(room string, m *nats.Msg) {
 	}
 	line := proto.Encode(ev)
 	for _, c := range h.members(room) {
-		c.deliver(room, 0, line)
+		c.deliver(room, 0, 0, line)
 	}
 }
 
+// dispatchMsg hands a stored message to the room's members, or holds it
+// while the room's gaps are being repaired (repair.go).
 func (h *hub) dispatchMsg(room string, m *nats.Msg) {
+	if r := h.repairs[room]; r != nil {
+		r.hold(m)
+		return
+	}
 	seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
 	if err != nil || seq == 0 || !validObject(m.Data) {
 		// Only the stream's RePublish may publish here; anything else is
@@ -231,9 +262,19 @@ func (h *hub) dispatchMsg(room string, m *nats.Msg) {
 		}
 		data = buf.Bytes()
 	}
+	// RePublish names the room's previous stored message: a member that
+	// has not had it has a gap, which the hub fills from the stream before
+	// it delivers this one.
+	prev, _ := strconv.ParseUint(m.Header.Get(jetstream.LastSequenceHeader), 10, 64)
 	line := proto.WithSeq(data, seq)
+	from, gap := uint64(0), false
 	for _, c := range h.members(room) {
-		c.deliver(room, seq, line)
+		if g, have := c.deliver(room, seq, prev, line); g && (!gap || have < from) {
+			from, gap = have, true
+		}
+	}
+	if gap {
+		h.startRepair(room, from, seq, m)
 	}
 }
 

@@ -14,6 +14,8 @@ type metrics struct {
 	slowClients prometheus.Counter
 	errors      *prometheus.CounterVec
 	reports     prometheus.Counter
+	gaps        prometheus.Counter
+	gapFailures prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -38,9 +40,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "natter_edge_errors_total", Help: "Error events sent to clients, by code."}, []string{"code"}),
 		reports: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "natter_edge_presence_reports_failed_total", Help: "Presence reports, heartbeats and sync pages that could not be published (presence recovers them by a sync)."}),
+		gaps: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "natter_edge_gaps_repaired_total", Help: "Gaps on the live path (messages a room subscription missed) filled from the stream."}),
+		gapFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "natter_edge_gaps_failed_total", Help: "Gaps that could not be read from the stream; the members missing them were closed to rejoin with since."}),
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.roomSubs, m.refused, m.framesIn, m.framesOut,
-		m.posted, m.delivered, m.slowClients, m.errors, m.reports} {
+		m.posted, m.delivered, m.slowClients, m.errors, m.reports, m.gaps, m.gapFailures} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -1,0 +1,203 @@
+package edge
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/store"
+)
+
+// Gap repair on the live path (DESIGN.md, "Recovery without gaps"). Core
+// NATS drops messages for a subscription that falls behind, and a NATS
+// reconnect loses what was published meanwhile. Each republished message
+// names the room's previous one (Nats-Last-Sequence), so a member that has
+// not had it shows the gap at once. The hub then holds the room's further
+// messages, reads the missing ones from the stream on a goroutine of its
+// own, delivers them, and then what it held: "acked means delivered" holds
+// end to end.
+
+// dropCheck is how often the hub looks for rooms whose subscription
+// dropped messages, and for a NATS reconnect. A gap shows in the next
+// message of the room; these checks find the gaps no message follows.
+const dropCheck = time.Second
+
+// maxHeld bounds the messages a room holds while its gap is read. Beyond
+// it the held ones are dropped and read from the stream as well.
+const maxHeld = 1 << 14
+
+// repair is a room whose gap is being read. Owned by the dispatcher.
+type repair struct {
+	held     []*nats.Msg
+	overflow bool // held ones were dropped: read on to the newest
+}
+
+func (r *repair) hold(m *nats.Msg) {
+	if len(r.held) >= maxHeld {
+		r.held, r.overflow = nil, true
+		return
+	}
+	r.held = append(r.held, m)
+}
+
+// repairDone is a reader's result: the room's messages after from and
+// before the message that showed the gap (or up to the newest).
+type repairDone struct {
+	room string
+	msgs []store.Stored
+	err  error
+}
+
+// startRepair reads room's messages after from and before seq, holding
+// m (the message that showed the gap) and the room's next ones meanwhile.
+func (h *hub) startRepair(room string, from, seq uint64, m *nats.Msg) {
+	h.metrics.gaps.Inc()
+	h.log.Info("filling a gap in a room from the stream", "room", room, "after", from, "before", seq)
+	h.repairs[room] = &repair{held: []*nats.Msg{m}}
+	h.read(room, from, seq)
+}
+
+// read starts a reader of room's messages after from and before upTo (0:
+// to the newest).
+func (h *hub) read(room string, from, upTo uint64) {
+	h.repairing.Go(func() {
+		d := repairDone{room: room}
+		d.msgs, d.err = h.readRange(h.ctx, room, from, upTo)
+		select {
+		case h.repaired <- d:
+		case <-h.ctx.Done():
+		}
+	})
+}
+
+func (h *hub) readRange(ctx context.Context, room string, from, upTo uint64) ([]store.Stored, error) {
+	var out []store.Stored
+	for {
+		batch, more, err := store.After(ctx, h.js, room, from, replayBatch)
+		if err != nil {
+			return out, err
+		}
+		for _, m := range batch {
+			if upTo > 0 && m.Seq >= upTo {
+				return out, nil
+			}
+			out = append(out, m)
+			from = m.Seq
+		}
+		if !more || len(batch) == 0 {
+			return out, nil
+		}
+	}
+}
+
+// finishRepair delivers what was read, then what the room held.
+func (h *hub) finishRepair(d repairDone) {
+	r := h.repairs[d.room]
+	delete(h.repairs, d.room)
+	if d.err != nil {
+		// The stream cannot be read: the members with the gap cannot be
+		// served without it. They are closed and come back with since,
+		// which replays what they missed.
+		h.log.Warn("gap not filled: closing the members that miss messages", "room", d.room, "err", d.err)
+		h.metrics.gapFailures.Inc()
+	}
+	for _, m := range d.msgs {
+		if !validObject(m.Data) {
+			continue
+		}
+		line := withSeqLine(m)
+		for _, c := range h.members(d.room) {
+			c.deliver(d.room, m.Seq, 0, line)
+		}
+	}
+	if r.overflow && d.err == nil {
+		// Messages were dropped while holding, or more were missed
+		// meanwhile: read on to the newest (what was held is in the
+		// stream too), holding again.
+		h.readOn(d.room)
+		return
+	}
+	for _, m := range r.held {
+		if d.err != nil {
+			h.closeGapped(d.room, m)
+			continue
+		}
+		h.dispatchMsg(d.room, m)
+	}
+}
+
+// closeGapped delivers m to the members that can take it and closes those
+// that would have a gap.
+func (h *hub) closeGapped(room string, m *nats.Msg) {
+	seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+	if err != nil || !validObject(m.Data) {
+		return
+	}
+	prev, _ := strconv.ParseUint(m.Header.Get(jetstream.LastSequenceHeader), 10, 64)
+	line := withSeqLine(store.Stored{Seq: seq, Data: m.Data})
+	for _, c := range h.members(room) {
+		if gap, _ := c.deliver(room, seq, prev, line); gap {
+			c.close(websocket.CloseInternalServerErr, "missed messages could not be read; rejoin with since")
+		}
+	}
+}
+
+func withSeqLine(m store.Stored) []byte { return proto.WithSeq(m.Data, m.Seq) }
+
+// checkDrops reads on to the newest message of each room whose
+// subscription dropped messages since the last check, or of every room
+// after a NATS reconnect (what was published meanwhile is lost to the
+// subscriptions).
+func (h *hub) checkDrops() {
+	reconnects := h.nc.Stats().Reconnects
+	all := reconnects != h.reconnects
+	h.reconnects = reconnects
+	h.mu.Lock()
+	var rooms []string
+	for room, r := range h.rooms {
+		select {
+		case <-r.ready:
+		default:
+			continue // still subscribing
+		}
+		if r.sub == nil {
+			continue
+		}
+		n, err := r.sub.Dropped()
+		if err == nil && n != r.dropped {
+			r.dropped = n
+			rooms = append(rooms, room)
+		} else if all {
+			rooms = append(rooms, room)
+		}
+	}
+	h.mu.Unlock()
+	for _, room := range rooms {
+		h.readOn(room)
+	}
+}
+
+// readOn reads room's messages after the oldest one its members have, up
+// to the newest, holding its live messages meanwhile.
+func (h *hub) readOn(room string) {
+	if r := h.repairs[room]; r != nil {
+		r.overflow = true // the running read goes on to the newest
+		return
+	}
+	from, any := uint64(0), false
+	for _, c := range h.members(room) {
+		if seq, joined := c.roomSeq(room); joined && (!any || seq < from) {
+			from, any = seq, true
+		}
+	}
+	if !any {
+		return
+	}
+	h.repairs[room] = &repair{}
+	h.read(room, from, 0)
+}
