@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,10 @@ import (
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
+	"github.com/nats-io/nats.go"
+
+	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/subject"
 )
 
 // chromium finds the browser for end-to-end tests. Without one the tests
@@ -198,5 +203,57 @@ func TestBrowserReconnects(t *testing.T) {
 	}
 	if shown != 1 {
 		t.Fatalf("the offline message is shown %d times", shown)
+	}
+}
+
+// The page opens on the room's recent history and loads older messages
+// as the reader scrolls up, in order, until the beginning.
+func TestBrowserHistoryOnScroll(t *testing.T) {
+	newTab := browser(t)
+	m, _ := startMain(t, t.TempDir())
+	nc, err := nats.Connect("nats://" + m.NATSAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	const n = 130
+	for i := range n {
+		if _, err := nc.Request(subject.InRoom("lobby"), proto.Encode(proto.InRoomPost{From: "bot", Text: fmt.Sprintf("m%d", i)}), wait); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tab := newTab()
+	run1(t, tab, "open the page",
+		chromedp.Navigate("http://"+m.Addr()+"/?user=alice&room=lobby"),
+		chromedp.WaitVisible(textShown(fmt.Sprintf("m%d", n-1))))
+	shown, err := chromedp.Run(tab, chromedp.Evaluate[int](`document.querySelectorAll("#messages li[data-seq]").length`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shown >= n {
+		t.Fatalf("the page shows all %d messages at once; want the recent ones first", shown)
+	}
+	ctx, cancel := context.WithTimeout(tab, 20*time.Second)
+	defer cancel()
+	// Scroll to the top until the first message is there.
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`(() => {
+		const list = document.getElementById("messages");
+		list.scrollTop = 0;
+		list.dispatchEvent(new Event("scroll"));
+		return [...list.querySelectorAll(".text")].some((e) => e.textContent === "m0");
+	})()`)); err != nil {
+		t.Fatalf("scrolling up never reached the first message: %v", err)
+	}
+	texts, err := chromedp.Run(tab, chromedp.Evaluate[[]string](`[...document.querySelectorAll("#messages li[data-seq] .text")].map((e) => e.textContent)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(texts) != n {
+		t.Fatalf("%d messages shown after scrolling to the top, want %d", len(texts), n)
+	}
+	for i, text := range texts {
+		if text != fmt.Sprintf("m%d", i) {
+			t.Fatalf("message %d is %q: out of order", i, text)
+		}
 	}
 }

@@ -1,7 +1,9 @@
-// natter's first page: pick a name, join a room, chat. It reconnects on its
-// own (exponential backoff with jitter) and rejoins with `since`, and keeps
-// every post with an `id` until the server acknowledges it, so a retry after
-// a lost connection is stored once.
+// natter's first page: pick a name, join a room, chat. It shows the room's
+// recent history and loads older messages when scrolled to the top. It
+// reconnects on its own (exponential backoff with jitter) and rejoins with
+// `since`, so nothing is missed, and keeps every post with an `id` until
+// the server acknowledges it, so a retry after a lost connection is stored
+// once.
 
 const USER_RE = /^[A-Za-z0-9_-]{1,32}$/;
 const ROOM_RE = /^[a-z0-9][a-z0-9_-]{0,63}$/;
@@ -19,7 +21,12 @@ const state = {
   timer: null,
   retry: null,         // timer that resends the outbox after "unavailable"
   members: null,       // users present in the room, or null while presence is unavailable
+  oldest: 0,           // oldest seq shown, 0 when none
+  more: false,         // older messages exist
+  loadingOlder: false, // a history request for older messages is out
 };
+
+const HISTORY_PAGE = 50;
 
 function setStatus(text, cls) {
   const el = $("status");
@@ -35,10 +42,13 @@ function addLine(li) {
 }
 
 // Every user-supplied string goes through textContent, never innerHTML.
+// Messages are kept in seq order, wherever they come from (history, a
+// replay, live).
 function showMessage(ev) {
   if (state.seen.has(ev.seq)) return;
   state.seen.add(ev.seq);
   state.lastSeq = Math.max(state.lastSeq, ev.seq);
+  state.oldest = state.oldest ? Math.min(state.oldest, ev.seq) : ev.seq;
   const li = document.createElement("li");
   li.dataset.seq = ev.seq;
   const time = document.createElement("time");
@@ -52,7 +62,26 @@ function showMessage(ev) {
   text.className = "text";
   text.textContent = ev.text;
   li.append(time, from, text);
-  addLine(li);
+  const later = [...$("messages").querySelectorAll("li[data-seq]")].find((el) => Number(el.dataset.seq) > ev.seq);
+  if (later) {
+    later.before(li);
+  } else {
+    addLine(li);
+  }
+}
+
+// clearMessages empties the view before it is loaded again from history.
+function clearMessages() {
+  $("messages").replaceChildren();
+  state.seen.clear();
+  state.lastSeq = 0;
+  state.oldest = 0;
+  state.more = false;
+}
+
+function loadOlder() {
+  if (!state.more || state.loadingOlder || !state.oldest) return;
+  state.loadingOlder = send({ type: "history", room: state.room, before: state.oldest, limit: HISTORY_PAGE });
 }
 
 // The member list comes from joined and follows presence events; while
@@ -98,6 +127,12 @@ function onEvent(ev) {
         : { type: "join", room: state.room });
       break;
     case "joined":
+      if (!state.joinedOnce || ev.recovered === false) {
+        // First join, or the server cannot show that the replay was
+        // whole: load the view from history.
+        if (state.joinedOnce) clearMessages();
+        send({ type: "history", room: state.room, limit: HISTORY_PAGE });
+      }
       state.joinedOnce = true;
       state.members = Array.isArray(ev.users) ? new Set(ev.users) : null;
       showMembers();
@@ -114,10 +149,24 @@ function onEvent(ev) {
     case "message":
       if (ev.room === state.room) showMessage(ev);
       break;
+    case "history": {
+      if (ev.room !== state.room) break;
+      const list = $("messages");
+      const fromBottom = list.scrollHeight - list.scrollTop;
+      const older = state.loadingOlder;
+      for (const m of ev.messages) showMessage(m);
+      if (older || !state.oldest || ev.messages.length === 0 || ev.messages[0].seq <= state.oldest) state.more = ev.more;
+      if (older) list.scrollTop = list.scrollHeight - fromBottom; // keep the reader's place
+      state.loadingOlder = false;
+      // A view too short to scroll is filled further at once.
+      if (list.scrollHeight <= list.clientHeight) loadOlder();
+      break;
+    }
     case "ack":
       state.outbox.delete(ev.id);
       break;
     case "error":
+      state.loadingOlder = false;
       if (ev.code === "unavailable" && state.outbox.has(ev.id)) {
         // The server could not store it now; the id makes a resend safe.
         showSystem(`not sent yet (${ev.message}); retrying`);
@@ -204,6 +253,9 @@ $("login").addEventListener("submit", (e) => {
 $("composer").addEventListener("submit", (e) => {
   e.preventDefault();
   post();
+});
+$("messages").addEventListener("scroll", () => {
+  if ($("messages").scrollTop < 40) loadOlder();
 });
 $("text").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey) {
