@@ -218,7 +218,16 @@ func TestBrowserHistoryOnScroll(t *testing.T) {
 	defer nc.Close()
 	const n = 130
 	for i := range n {
-		if _, err := nc.Request(subject.InRoom("lobby"), proto.Encode(proto.InRoomPost{From: "bot", Text: fmt.Sprintf("m%d", i)}), wait); err != nil {
+		post := proto.Encode(proto.InRoomPost{From: "bot", Text: fmt.Sprintf("m%d", i)})
+		if i == 0 {
+			// The broadcaster starts serving just after Open.
+			waitFor(t, "a broadcaster", func() bool {
+				_, err := nc.Request(subject.InRoom("lobby"), post, wait)
+				return err == nil
+			})
+			continue
+		}
+		if _, err := nc.Request(subject.InRoom("lobby"), post, wait); err != nil {
 			t.Fatal(err)
 		}
 	}
