@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -91,26 +92,33 @@ func Before(ctx context.Context, js jetstream.JetStream, room string, before uin
 }
 
 // lastUpTo returns the newest message of room with a seq of at most upTo
-// (0: any), nil when there is none.
+// (0: any), nil when there is none. It is a plain request (the
+// connection's shared reply subscription, not one of its own): the answer
+// is the message, and the end-of-batch status after it is dropped.
 func lastUpTo(ctx context.Context, js jetstream.JetStream, room string, upTo uint64) (*Stored, error) {
-	var opts []jetstreamext.GetLastForOpt
-	if upTo > 0 {
-		opts = append(opts, jetstreamext.GetLastMsgsUpToSeq(upTo))
+	req, err := json.Marshal(struct {
+		MultiLast []string `json:"multi_last"`
+		UpToSeq   uint64   `json:"up_to_seq,omitempty"`
+	}{[]string{subject.StoreRoom(room)}, upTo})
+	if err != nil {
+		return nil, err
 	}
-	msgs, err := jetstreamext.GetLastMsgsFor(ctx, js, subject.Stream, []string{subject.StoreRoom(room)}, opts...)
+	msg, err := js.Conn().RequestWithContext(ctx, subject.DirectGet(subject.Stream), req)
 	if err != nil {
 		return nil, fmt.Errorf("read room %s up to %d: %w", room, upTo, err)
 	}
-	for m, err := range msgs {
-		if errors.Is(err, jetstreamext.ErrNoMessages) {
-			return nil, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read room %s up to %d: %w", room, upTo, err)
-		}
-		return &Stored{Seq: m.Sequence, Data: m.Data}, nil
+	switch status := msg.Header.Get("Status"); status {
+	case "":
+	case "404":
+		return nil, nil
+	default:
+		return nil, fmt.Errorf("read room %s up to %d: status %s %s", room, upTo, status, msg.Header.Get("Description"))
 	}
-	return nil, nil
+	seq, err := strconv.ParseUint(msg.Header.Get(jetstream.SequenceHeader), 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("read room %s up to %d: bad %s header: %w", room, upTo, jetstream.SequenceHeader, err)
+	}
+	return &Stored{Seq: seq, Data: msg.Data}, nil
 }
 
 // First returns the seq of the oldest message retained for room, 0 when

@@ -55,6 +55,10 @@ func StoreRoom(room string) string { return storeRoomPrefix + room }
 // with their seq; the edges with members in room subscribe.
 func RoomMsg(room string) string { return "chat.room." + room + ".msg" }
 
+// DirectGet is the JetStream direct-get request of stream: edges send
+// reads of a room's messages there.
+func DirectGet(stream string) string { return "$JS.API.DIRECT.GET." + stream }
+
 // DirectGetLast is the JetStream direct-get request for the newest message
 // stored on subj in stream; edges send it to learn a room's newest seq.
 func DirectGetLast(stream, subj string) string {
