@@ -27,7 +27,21 @@ func storeMessages(t *testing.T, ns *server.Server, room string, n int) []uint64
 	if err != nil {
 		t.Fatal(err)
 	}
+	seqs := make([]uint64, 0, n)
 	var acks []jetstream.PubAckFuture
+	collect := func() {
+		for _, f := range acks {
+			select {
+			case ack := <-f.Ok():
+				seqs = append(seqs, ack.Sequence)
+			case err := <-f.Err():
+				t.Fatal(err)
+			case <-time.After(wait):
+				t.Fatal("store not acknowledged")
+			}
+		}
+		acks = acks[:0]
+	}
 	for i := range n {
 		f, err := js.PublishAsync(subject.StoreRoom(room), proto.Encode(proto.Message{
 			Type: proto.TypeMessage, Room: room, From: "filler", Text: fmt.Sprintf("m%d", i), TS: time.Now().UnixMilli()}))
@@ -35,18 +49,11 @@ func storeMessages(t *testing.T, ns *server.Server, room string, n int) []uint64
 			t.Fatal(err)
 		}
 		acks = append(acks, f)
-	}
-	seqs := make([]uint64, 0, n)
-	for _, f := range acks {
-		select {
-		case ack := <-f.Ok():
-			seqs = append(seqs, ack.Sequence)
-		case err := <-f.Err():
-			t.Fatal(err)
-		case <-time.After(wait):
-			t.Fatal("store not acknowledged")
+		if len(acks) == 1000 { // below the client's limit of pending publishes
+			collect()
 		}
 	}
+	collect()
 	return seqs
 }
 

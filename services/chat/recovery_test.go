@@ -1,15 +1,20 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/natter-chat/natter/services/edge/edge"
 	"github.com/natter-chat/natter/shared/natstest"
 	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/store"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
@@ -122,12 +127,14 @@ func TestRejoinLoopLosesNothing(t *testing.T) {
 		time.Sleep(time.Duration(i%3) * 10 * time.Millisecond) // away for a while: messages are missed
 	}
 	close(stop)
-	n := posted()
-	stored := streamMsgs(t, nc)
-	if stored < uint64(n) {
-		t.Fatalf("%d posted, %d stored", n, stored)
+	n := uint64(posted())
+	waitFor(t, "every post stored", func() bool { return streamMsgs(t, nc) >= n })
+	stored := roomSeqs(t, ns, "lobby", start)
+	want := observer.collect(nil, stored[len(stored)-1])
+	if !slices.Equal(want, stored) {
+		dup, missing := diff(want, stored)
+		t.Fatalf("the observer has %d messages, the stream %d; out of order or doubled %v, missing %v", len(want), len(stored), dup, missing)
 	}
-	want := observer.collect(nil, stored)
 	c := dial(t, e.url, "flaky")
 	replayed, _ := c.joinSince("lobby", since)
 	got = append(got, seqsOf(replayed)...)
@@ -136,6 +143,60 @@ func TestRejoinLoopLosesNothing(t *testing.T) {
 		t.Fatalf("the reconnecting client got %d messages, the observer %d; duplicates or disorder %v, missing %v", len(got), len(want), dup, missing)
 	}
 	t.Logf("%d messages over 25 reconnects, none lost or doubled", len(got))
+}
+
+// roomSeqs reads every seq of room after from in the stream.
+func roomSeqs(t *testing.T, ns *server.Server, room string, from uint64) []uint64 {
+	t.Helper()
+	js, err := jetstream.New(natstest.Connect(t, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []uint64
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		msgs, more, err := store.After(ctx, js, room, from, 500)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			out = append(out, m.Seq)
+			from = m.Seq
+		}
+		if !more {
+			return out
+		}
+	}
+}
+
+// A stored message that is not an event (anyone allowed to publish on
+// the stream's subjects may store one) is skipped, not taken for a gap:
+// the room goes on.
+func TestBadStoredMessageSkipped(t *testing.T) {
+	t.Parallel()
+	ns, e := setup(t)
+	c := dial(t, e.url, "alice")
+	c.join("lobby")
+	nc := natstest.Connect(t, ns)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(context.Background(), subject.StoreRoom("lobby"), []byte(`[1]`)); err != nil {
+		t.Fatal(err)
+	}
+	seq := c.post("lobby", "after the bad one", "a")
+	if ev := c.expect("message"); ev.seq() != seq {
+		t.Fatalf("got %s", ev.raw)
+	}
+	if n := counter(t, e.reg, "natter_edge_gaps_repaired_total"); n != 0 {
+		t.Fatalf("%v gaps repaired for a skipped message", n)
+	}
+	h := c.history(map[string]any{"room": "lobby"})
+	if len(h.Messages) != 1 || h.Messages[0].seq() != seq {
+		t.Fatalf("history: %s", h.raw)
+	}
 }
 
 // diff lists the seqs out of order or repeated in got and those of want

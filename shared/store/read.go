@@ -40,9 +40,10 @@ func After(ctx context.Context, js jetstream.JetStream, room string, after uint6
 		return nil, false, fmt.Errorf("read room %s after %d: %w", room, after, err)
 	}
 	var out []Stored
-	more := false
+	more, none := false, false
 	for m, err := range msgs {
 		if errors.Is(err, jetstreamext.ErrNoMessages) {
+			none = true
 			break
 		}
 		if err != nil {
@@ -51,6 +52,16 @@ func After(ctx context.Context, js jetstream.JetStream, room string, after uint6
 		out = append(out, Stored{Seq: m.Sequence, Data: m.Data})
 		np, _ := strconv.ParseUint(m.Header.Get(numPendingHeader), 10, 64)
 		more = np > 0
+	}
+	// The reader ends quietly when the context expires or the connection
+	// goes: an answer that is empty without saying so, or short while
+	// more messages remain, was cut.
+	if (len(out) == 0 && !none) || (more && len(out) < limit) {
+		err := ctx.Err()
+		if err == nil {
+			err = errors.New("the read ended early")
+		}
+		return nil, false, fmt.Errorf("read room %s after %d: %w", room, after, err)
 	}
 	return out, more, nil
 }
@@ -74,6 +85,12 @@ func Before(ctx context.Context, js jetstream.JetStream, room string, before uin
 		m, err := lastUpTo(ctx, js, room, upTo)
 		if err != nil {
 			return nil, false, err
+		}
+		if m == nil && len(out) == 0 && upTo >= first {
+			// A bound beyond the stream's newest seq finds nothing (a
+			// client's seq from before a store reset): read the newest.
+			upTo = 0
+			continue
 		}
 		if m == nil {
 			break

@@ -72,6 +72,7 @@ func TestReads(t *testing.T) {
 		{"before, to the beginning", func() ([]Stored, bool, error) { return Before(ctx, js, "a", a[5], 10) }, a[:5], false},
 		{"before the oldest", func() ([]Stored, bool, error) { return Before(ctx, js, "a", a[0], 10) }, nil, false},
 		{"exactly the rest", func() ([]Stored, bool, error) { return Before(ctx, js, "a", a[10], 10) }, a[:10], false},
+		{"before beyond the newest", func() ([]Stored, bool, error) { return Before(ctx, js, "a", 1<<53, 10) }, a[90:], true},
 		{"empty room, newest", func() ([]Stored, bool, error) { return Before(ctx, js, "none", 0, 10) }, nil, false},
 		{"empty room, after", func() ([]Stored, bool, error) { return After(ctx, js, "none", 0, 10) }, nil, false},
 	}
@@ -96,5 +97,14 @@ func TestReads(t *testing.T) {
 	}
 	if ok, err := NothingDropped(ctx, js); err != nil || ok {
 		t.Fatalf("after retention dropped messages: NothingDropped = %v, %v", ok, err)
+	}
+	// A read cut short says so rather than answering "nothing".
+	expired, cancelExpired := context.WithTimeout(ctx, -time.Second)
+	defer cancelExpired()
+	if msgs, _, err := After(expired, js, "a", 0, 10); err == nil {
+		t.Fatalf("After with an expired context: %d messages and no error", len(msgs))
+	}
+	if _, _, err := Before(expired, js, "a", 0, 10); err == nil {
+		t.Fatal("Before with an expired context: no error")
 	}
 }

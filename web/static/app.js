@@ -24,6 +24,7 @@ const state = {
   oldest: 0,           // oldest seq shown, 0 when none
   more: false,         // older messages exist
   loadingOlder: false, // a history request for older messages is out
+  historyLoaded: false, // the newest page of history has been shown
 };
 
 const HISTORY_PAGE = 50;
@@ -127,10 +128,11 @@ function onEvent(ev) {
         : { type: "join", room: state.room });
       break;
     case "joined":
-      if (!state.joinedOnce || ev.recovered === false) {
+      if (!state.historyLoaded || ev.recovered === false) {
         // First join, or the server cannot show that the replay was
         // whole: load the view from history.
-        if (state.joinedOnce) clearMessages();
+        if (ev.recovered === false) clearMessages();
+        state.historyLoaded = false;
         send({ type: "history", room: state.room, limit: HISTORY_PAGE });
       }
       state.joinedOnce = true;
@@ -158,6 +160,7 @@ function onEvent(ev) {
       if (older || !state.oldest || ev.messages.length === 0 || ev.messages[0].seq <= state.oldest) state.more = ev.more;
       if (older) list.scrollTop = list.scrollHeight - fromBottom; // keep the reader's place
       state.loadingOlder = false;
+      state.historyLoaded = true;
       // A view too short to scroll is filled further at once.
       if (list.scrollHeight <= list.clientHeight) loadOlder();
       break;
@@ -201,6 +204,7 @@ function connect() {
   ws.onclose = () => {
     if (state.ws !== ws) return;
     state.ws = null;
+    state.loadingOlder = false;
     state.attempts++;
     // Exponential backoff, capped at 30 s, with full jitter.
     const cap = Math.min(30000, 500 * 2 ** Math.min(state.attempts, 6));

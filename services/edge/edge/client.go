@@ -130,7 +130,9 @@ func (c *client) enqueueLiveLocked(line []byte) {
 // dropped; other events (presence) have seq 0. prev is the seq of the
 // room's message stored before it (0: unknown): when the client has not
 // had that one, the event is not delivered, and deliver reports the gap
-// and the newest seq the client has, for the hub to repair.
+// and the newest seq the client has, for the hub to repair. A nil line
+// is a stored message that cannot be sent (not an event): the client
+// moves past its seq without receiving anything.
 func (c *client) deliver(room string, seq, prev uint64, line []byte) (gap bool, have uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -155,7 +157,9 @@ func (c *client) deliver(room string, seq, prev uint64, line []byte) (gap bool, 
 		}
 		st.lastSeq = seq
 	}
-	c.enqueueLiveLocked(line)
+	if line != nil {
+		c.enqueueLiveLocked(line)
+	}
 	return false, 0
 }
 

@@ -229,3 +229,26 @@ func TestRejoinWhileQueueFullCarriesNewestSeq(t *testing.T) {
 		t.Fatalf("sent %q; want joined with seq 11 last", sent)
 	}
 }
+
+func TestPendingGap(t *testing.T) {
+	ev := func(seq, prev uint64) pendingEvent { return pendingEvent{seq: seq, prev: prev} }
+	tests := []struct {
+		name    string
+		pending []pendingEvent
+		sent    uint64
+		want    uint64
+	}{
+		{"nothing held", nil, 10, 0},
+		{"follows on", []pendingEvent{ev(12, 10), ev(15, 12)}, 10, 0},
+		{"already sent", []pendingEvent{ev(9, 7), ev(10, 9)}, 10, 0},
+		{"gap first", []pendingEvent{ev(15, 12)}, 10, 15},
+		{"gap later", []pendingEvent{ev(12, 10), ev(20, 17), ev(21, 20)}, 10, 21},
+		{"presence events do not count", []pendingEvent{ev(0, 0), ev(11, 10)}, 10, 0},
+		{"unknown prev", []pendingEvent{ev(14, 0)}, 10, 0},
+	}
+	for _, tc := range tests {
+		if got := pendingGap(tc.pending, tc.sent); got != tc.want {
+			t.Errorf("%s: %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}

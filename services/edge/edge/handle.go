@@ -166,6 +166,7 @@ func (c *client) join(req proto.Request) {
 		c.mu.Lock()
 		if err != nil {
 			c.mu.Unlock()
+			c.e.reporter.leave(c.session, c.user, room)
 			undo(err)
 			c.mu.Lock()
 			return
@@ -181,7 +182,9 @@ func (c *client) join(req proto.Request) {
 			c.enqueueLiveLocked(p.line)
 		case p.seq > st.lastSeq:
 			st.lastSeq = p.seq
-			c.enqueueLiveLocked(p.line)
+			if p.line != nil {
+				c.enqueueLiveLocked(p.line)
+			}
 		}
 	}
 	st.pending = nil

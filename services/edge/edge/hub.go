@@ -246,27 +246,20 @@ func (h *hub) dispatchMsg(room string, m *nats.Msg) {
 		return
 	}
 	seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
-	if err != nil || seq == 0 || !validObject(m.Data) {
+	if err != nil || seq == 0 {
 		// Only the stream's RePublish may publish here; anything else is
 		// not a stored message.
 		h.log.Warn("dropping a room event that is not a stored message", "room", room)
 		return
 	}
-	data := m.Data
-	if bytes.ContainsAny(data, "\r\n") {
-		// A line break would split the event in the frame; the
-		// broadcaster never writes one, anyone else may.
-		var buf bytes.Buffer
-		if json.Compact(&buf, data) != nil {
-			return
-		}
-		data = buf.Bytes()
-	}
 	// RePublish names the room's previous stored message: a member that
 	// has not had it has a gap, which the hub fills from the stream before
 	// it delivers this one.
 	prev, _ := strconv.ParseUint(m.Header.Get(jetstream.LastSequenceHeader), 10, 64)
-	line := proto.WithSeq(data, seq)
+	line := eventLine(m.Data, seq)
+	if line == nil {
+		h.log.Warn("skipping a stored message that is not an event", "room", room, "seq", seq)
+	}
 	from, gap := uint64(0), false
 	for _, c := range h.members(room) {
 		if g, have := c.deliver(room, seq, prev, line); g && (!gap || have < from) {
@@ -276,6 +269,23 @@ func (h *hub) dispatchMsg(room string, m *nats.Msg) {
 	if gap {
 		h.startRepair(room, from, seq, m)
 	}
+}
+
+// eventLine is a stored message as a line of a frame, with its seq; nil
+// when it is not a JSON object. A line break would split the event in
+// the frame: the broadcaster never writes one, anyone else may.
+func eventLine(data []byte, seq uint64) []byte {
+	if !validObject(data) {
+		return nil
+	}
+	if bytes.ContainsAny(data, "\r\n") {
+		var buf bytes.Buffer
+		if json.Compact(&buf, data) != nil {
+			return nil
+		}
+		data = buf.Bytes()
+	}
+	return proto.WithSeq(data, seq)
 }
 
 // validObject reports whether data is one JSON object, so that WithSeq can

@@ -9,7 +9,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/natter-chat/natter/shared/proto"
 	"github.com/natter-chat/natter/shared/store"
 )
 
@@ -26,6 +25,10 @@ import (
 // dropped messages, and for a NATS reconnect. A gap shows in the next
 // message of the room; these checks find the gaps no message follows.
 const dropCheck = time.Second
+
+// repairTimeout bounds the read of one gap; a room holds its live
+// messages meanwhile.
+const repairTimeout = 10 * time.Second
 
 // maxHeld bounds the messages a room holds while its gap is read. Beyond
 // it the held ones are dropped and read from the stream as well.
@@ -67,7 +70,9 @@ func (h *hub) startRepair(room string, from, seq uint64, m *nats.Msg) {
 func (h *hub) read(room string, from, upTo uint64) {
 	h.repairing.Go(func() {
 		d := repairDone{room: room}
-		d.msgs, d.err = h.readRange(h.ctx, room, from, upTo)
+		ctx, cancel := context.WithTimeout(h.ctx, repairTimeout)
+		d.msgs, d.err = h.readRange(ctx, room, from, upTo)
+		cancel()
 		select {
 		case h.repaired <- d:
 		case <-h.ctx.Done():
@@ -107,10 +112,7 @@ func (h *hub) finishRepair(d repairDone) {
 		h.metrics.gapFailures.Inc()
 	}
 	for _, m := range d.msgs {
-		if !validObject(m.Data) {
-			continue
-		}
-		line := withSeqLine(m)
+		line := eventLine(m.Data, m.Seq) // nil: moved past, not sent
 		for _, c := range h.members(d.room) {
 			c.deliver(d.room, m.Seq, 0, line)
 		}
@@ -135,19 +137,17 @@ func (h *hub) finishRepair(d repairDone) {
 // that would have a gap.
 func (h *hub) closeGapped(room string, m *nats.Msg) {
 	seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
-	if err != nil || !validObject(m.Data) {
+	if err != nil {
 		return
 	}
 	prev, _ := strconv.ParseUint(m.Header.Get(jetstream.LastSequenceHeader), 10, 64)
-	line := withSeqLine(store.Stored{Seq: seq, Data: m.Data})
+	line := eventLine(m.Data, seq)
 	for _, c := range h.members(room) {
 		if gap, _ := c.deliver(room, seq, prev, line); gap {
 			c.close(websocket.CloseInternalServerErr, "missed messages could not be read; rejoin with since")
 		}
 	}
 }
-
-func withSeqLine(m store.Stored) []byte { return proto.WithSeq(m.Data, m.Seq) }
 
 // checkDrops reads on to the newest message of each room whose
 // subscription dropped messages since the last check, or of every room
