@@ -14,15 +14,16 @@ import (
 )
 
 // BenchmarkHistory reads a page of 50 from a room of 10,000 messages, in
-// a stream holding only that room and in one holding 1,000,000 messages
-// across 1,000 rooms: the time must not grow with the stream.
+// a stream holding only that room, in one holding 1,000,000 messages
+// across 1,000 rooms, and in one of 3,000,000: the time of a page back
+// (history's default, and scrolling up) must not grow with the stream.
 //
-//	go test -run '^$' -bench History -benchtime 200x ./store
+//	go test -run '^$' -bench History -benchtime 200x -timeout 20m ./store
 func BenchmarkHistory(b *testing.B) {
 	for _, size := range []struct {
 		name  string
 		total int
-	}{{"stream=10k", 10_000}, {"stream=1M", 1_000_000}} {
+	}{{"stream=10k", 10_000}, {"stream=1M", 1_000_000}, {"stream=3M", 3_000_000}} {
 		b.Run(size.name, func(b *testing.B) {
 			ns := natstest.Start(b)
 			js, err := jetstream.New(natstest.Connect(b, ns))
