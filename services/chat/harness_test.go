@@ -111,11 +111,21 @@ type testEdge struct {
 // startEdge runs an edge on a random port until the test ends.
 func startEdge(t *testing.T, ns *server.Server, tweak func(*edge.Config)) *testEdge {
 	t.Helper()
+	return startEdgeAt(t, ns.ClientURL(), tweak)
+}
+
+// startEdgeAt is startEdge connecting to NATS at url.
+func startEdgeAt(t *testing.T, url string, tweak func(*edge.Config)) *testEdge {
+	t.Helper()
 	cfg := edge.Config{Limits: defaultLimits()}
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	nc := connect(t, ns, "edge")
+	nc, err := natsconn.Connect(url, "edge", 2*time.Second, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { natsconn.Drain(nc) })
 	reg := prometheus.NewRegistry()
 	e, err := edge.New(cfg, nc, web.FS(), quietLog(), reg)
 	if err != nil {

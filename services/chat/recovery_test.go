@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -272,5 +275,107 @@ func TestRejoinAcrossRestart(t *testing.T) {
 	replayed, j := alice.joinSince("lobby", seen)
 	if !slices.Equal(seqsOf(replayed), []uint64{m1, m2}) || !*j.Recovered || *j.Seq != m2 {
 		t.Fatalf("replayed %v, joined %s; want [%d %d], recovered", seqsOf(replayed), j.raw, m1, m2)
+	}
+}
+
+// proxy forwards TCP connections to a NATS server; cut drops them and
+// refuses new ones until restore, so a client loses its connection while
+// the server goes on.
+type proxy struct {
+	t      *testing.T
+	target string
+	addr   string
+
+	mu    sync.Mutex
+	ln    net.Listener // guarded by mu
+	conns []net.Conn   // guarded by mu
+	wg    sync.WaitGroup
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	t.Helper()
+	p := &proxy{t: t, target: target}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.addr = ln.Addr().String()
+	p.serve(ln)
+	t.Cleanup(func() {
+		p.cut()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *proxy) serve(ln net.Listener) {
+	p.mu.Lock()
+	p.ln = ln
+	p.mu.Unlock()
+	p.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", p.target)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, s)
+			p.mu.Unlock()
+			p.wg.Go(func() { _, _ = io.Copy(s, c); _ = s.Close() })
+			p.wg.Go(func() { _, _ = io.Copy(c, s); _ = c.Close() })
+		}
+	})
+}
+
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln != nil {
+		_ = p.ln.Close()
+		p.ln = nil
+	}
+	for _, c := range p.conns {
+		_ = c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *proxy) restore() {
+	p.t.Helper()
+	ln, err := net.Listen("tcp", p.addr)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.serve(ln)
+}
+
+// What is stored while an edge's NATS connection is away never reaches
+// its room subscriptions; after the reconnect the edge reads it from the
+// stream, even when no later message shows the gap.
+func TestReconnectLossRepaired(t *testing.T) {
+	t.Parallel()
+	ns := natstest.Start(t)
+	startBroadcaster(t, ns)
+	px := newProxy(t, strings.TrimPrefix(ns.ClientURL(), "nats://"))
+	e := startEdgeAt(t, "nats://"+px.addr, nil)
+	c := dial(t, e.url, "alice")
+	c.join("lobby")
+	c.post("lobby", "before", "b")
+	c.expect("message")
+
+	px.cut()
+	waitFor(t, "the edge disconnected", func() bool { return !e.nc.IsConnected() })
+	seqs := storeMessages(t, ns, "lobby", 20) // stored while the edge is away
+	px.restore()
+
+	got := c.collect(nil, seqs[len(seqs)-1])
+	if !slices.Equal(got, seqs) {
+		dup, missing := diff(got, seqs)
+		t.Fatalf("got %v; out of order or doubled %v, missing %v", got, dup, missing)
 	}
 }
