@@ -63,8 +63,10 @@ func (c *client) joined(room string) bool {
 }
 
 // join subscribes the client to a room. The room's subscription is taken
-// before its newest seq is read, and live events are held back meanwhile,
-// so joined comes first and no event between the two is lost.
+// before its newest seq is read, and live events are held back meanwhile;
+// with since, the messages after it up to that seq are replayed from the
+// stream; then joined, then the held events newer than what was sent. So
+// no event is lost or doubled between the replay and the live path.
 func (c *client) join(req proto.Request) {
 	room := *req.Room
 	c.mu.Lock()
