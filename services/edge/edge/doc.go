@@ -18,6 +18,13 @@
 //     never writes to a socket, so a slow client cannot hold it up.
 //   - A client's send queue is bounded: when it is full the client is cut
 //     off (close 1008), and nobody else waits for it.
+//   - When a room's stored messages show a gap (repair.go), the dispatcher
+//     holds the room and starts a reader goroutine for the missing ones;
+//     the reader hands its result back to the dispatcher, which delivers
+//     it. The dispatcher waits for its readers before it returns.
+//   - The reporter goroutine (report.go) owns the session table reported
+//     to presence; Run stops it after the clients are gone, so their
+//     leaves go out first.
 //
 // Locks: hub.mu guards the room table; client.mu guards a client's send
 // queue and room states. The dispatcher takes hub.mu only to read a room's
