@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -105,6 +106,11 @@ func enter() chromedp.Action[chromedp.Void] {
 	})
 }
 
+// member is the XPath of a user in the member list.
+func member(user string) string {
+	return `//ul[@id="member-list"]/li[text()=` + xpathString(user) + `]`
+}
+
 // textShown is the XPath of a message text in the list.
 func textShown(text string) string {
 	return `//ol[@id="messages"]//span[@class="text" and text()=` + xpathString(text) + `]`
@@ -123,6 +129,10 @@ func TestBrowserTabsChat(t *testing.T) {
 	run1(t, alice, "open alice's page",
 		chromedp.Navigate(base+"/?user=alice&room=lobby"),
 		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`))
+	// An alert would mean a message ran as script.
+	if _, err := chromedp.Run(alice, chromedp.Evaluate[bool](`(window.alert = () => { window.__alerted = true; }, true)`)); err != nil {
+		t.Fatal(err)
+	}
 	run1(t, bob, "open bob's page",
 		chromedp.Navigate(base+"/"),
 		chromedp.WaitVisible(chromedp.ID("login")),
@@ -132,8 +142,8 @@ func TestBrowserTabsChat(t *testing.T) {
 
 	run1(t, alice, "alice sees bob join",
 		chromedp.WaitVisible(`//ol[@id="messages"]/li[@class="system" and text()="bob joined"]`),
-		chromedp.WaitVisible(`//span[@id="members" and text()="Here: alice, bob"]`))
-	run1(t, bob, "bob sees who is here", chromedp.WaitVisible(`//span[@id="members" and text()="Here: alice, bob"]`))
+		chromedp.WaitVisible(member("bob")))
+	run1(t, bob, "bob sees who is here", chromedp.WaitVisible(member("alice")), chromedp.WaitVisible(member("bob")))
 
 	run1(t, alice, "alice sends",
 		chromedp.SendKeys(chromedp.ID("text"), "hello bob 👋"), enter(),
@@ -152,57 +162,159 @@ func TestBrowserTabsChat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	png, err := chromedp.Run(alice, chromedp.FullScreenshot(100))
-	if err != nil {
-		t.Fatal(err)
-	}
 	if imgs != 0 {
 		t.Fatalf("a message became %d img elements", imgs)
 	}
-	shot := filepath.Join(t.TempDir(), "two-tabs.png")
+	alerted, err := chromedp.Run(alice, chromedp.Evaluate[bool](`window.__alerted === true`))
+	if err != nil || alerted {
+		t.Fatalf("a message ran script: %v %v", alerted, err)
+	}
+
+	// Emoji from the picker, and a link made clickable.
+	run1(t, alice, "alice picks an emoji and sends a link",
+		chromedp.Click(chromedp.ID("emoji")),
+		chromedp.WaitVisible(`//div[@id="emoji-picker"]/button[text()="🎉"]`),
+		chromedp.Click(`//div[@id="emoji-picker"]/button[text()="🎉"]`),
+		chromedp.WaitNotVisible(chromedp.ID("emoji-picker")),
+		chromedp.SendKeys(chromedp.ID("text"), " see https://example.com/natter"), enter(),
+		chromedp.WaitVisible(`//ol[@id="messages"]//span[@class="text" and starts-with(text(), "🎉 see ")]/a[@href="https://example.com/natter" and text()="https://example.com/natter"]`))
+	run1(t, bob, "bob sees the emoji and the link",
+		chromedp.WaitVisible(`//ol[@id="messages"]//span[@class="text" and starts-with(text(), "🎉 see ")]/a[@href="https://example.com/natter"]`))
+
+	// Consecutive messages of one sender are grouped.
+	run1(t, alice, "alice sends twice",
+		chromedp.SendKeys(chromedp.ID("text"), "one"), enter(),
+		chromedp.SendKeys(chromedp.ID("text"), "two"), enter(),
+		chromedp.WaitVisible(`//ol[@id="messages"]/li[@class="cont" and span[@class="text" and text()="two"]]`))
+	screenshot(t, alice, "two-tabs")
+
+	// Leaving shows a line and updates the member list.
+	run1(t, bob, "bob leaves the room", chromedp.Click(`//button[@aria-label="Leave lobby"]`))
+	run1(t, alice, "alice sees bob leave",
+		chromedp.WaitVisible(`//ol[@id="messages"]/li[@class="system" and text()="bob left"]`),
+		chromedp.WaitNotPresent(member("bob")))
+}
+
+// screenshot saves the tab as name.png under the test's temporary
+// directory, and in NATTER_SCREENSHOTS when set (for the README's picture).
+func screenshot(t *testing.T, tab context.Context, name string) {
+	t.Helper()
+	png, err := chromedp.Run(tab, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shot := filepath.Join(t.TempDir(), name+".png")
 	if err := os.WriteFile(shot, png, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("screenshot: %s", shot)
-	// NATTER_SCREENSHOTS=dir keeps a copy, for the README's picture.
 	if dir := os.Getenv("NATTER_SCREENSHOTS"); dir != "" {
-		if err := os.WriteFile(filepath.Join(dir, "two-tabs.png"), png, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, name+".png"), png, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 }
 
-// The page reconnects on its own after the server goes away and comes
-// back on the same address, and what was typed while offline is sent
-// then, once.
+// Rooms: a second room is joined from the list; messages in a room not
+// shown count as unread until it is opened; the rooms are remembered.
+func TestBrowserRoomsAndUnread(t *testing.T) {
+	newTab := browser(t)
+	m, _ := startMain(t, t.TempDir())
+	base := "http://" + m.Addr()
+	alice, bob := newTab(), newTab()
+	run1(t, alice, "alice opens lobby, then dev",
+		chromedp.Navigate(base+"/?user=alice&room=lobby"),
+		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
+		chromedp.SendKeys(chromedp.ID("new-room"), "dev"),
+		chromedp.Click(`//form[@id="room-form"]/button`),
+		chromedp.WaitVisible(`//strong[@id="room-name" and text()="#dev"]`),
+		chromedp.WaitVisible(member("alice")))
+	run1(t, bob, "bob posts in lobby",
+		chromedp.Navigate(base+"/?user=bob&room=lobby"),
+		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
+		chromedp.SendKeys(chromedp.ID("text"), "anyone in lobby?"), enter(),
+		chromedp.SendKeys(chromedp.ID("text"), "hello?"), enter(),
+		chromedp.WaitVisible(textShown("hello?")))
+	run1(t, alice, "alice sees two unread in lobby",
+		chromedp.WaitVisible(`//button[@data-room="lobby"]/span[@class="unread" and text()="2"]`))
+	screenshot(t, alice, "unread")
+	run1(t, alice, "opening lobby shows them and clears the count",
+		chromedp.Click(`//button[@data-room="lobby"]`),
+		chromedp.WaitVisible(textShown("hello?")),
+		chromedp.WaitNotPresent(`//button[@data-room="lobby"]/span[@class="unread"]`))
+	rooms, err := chromedp.Run(alice, chromedp.Evaluate[string](`localStorage.getItem("natter.rooms")`))
+	if err != nil || rooms != `["lobby","dev"]` {
+		t.Fatalf("remembered rooms %q, %v", rooms, err)
+	}
+
+	// On a phone the rooms sit above the messages, and nothing is wider
+	// than the screen.
+	phone := newTab()
+	run1(t, phone, "open the page on a phone-sized screen",
+		chromedp.EmulateViewport(390, 844),
+		chromedp.Navigate(base+"/?user=carol&room=lobby"),
+		chromedp.WaitVisible(textShown("hello?")))
+	layout, err := chromedp.Run(phone, chromedp.Evaluate[[]float64](`(() => {
+		const side = document.getElementById("sidebar").getBoundingClientRect();
+		const list = document.getElementById("messages").getBoundingClientRect();
+		return [side.bottom, list.top, document.documentElement.scrollWidth, window.innerWidth];
+	})()`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if layout[0] > layout[1]+1 || layout[2] > layout[3] {
+		t.Fatalf("phone layout: rooms end at %v, messages start at %v; page %v wide on a %v screen", layout[0], layout[1], layout[2], layout[3])
+	}
+	screenshot(t, phone, "phone")
+}
+
+// Killing the server and starting it again on the same data dir while a
+// page stays open: both pages reconnect on their own, what one typed while
+// offline is sent then, and the other shows every message once, in order.
 func TestBrowserReconnects(t *testing.T) {
 	newTab := browser(t)
 	dir := t.TempDir()
 	m, stop := startMain(t, dir)
 	addr := m.Addr()
-	page := newTab()
-	run1(t, page, "open the page",
-		chromedp.Navigate("http://"+addr+"/?user=alice&room=lobby"),
-		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
+	alice, bob := newTab(), newTab()
+	for _, p := range []struct {
+		tab  context.Context
+		user string
+	}{{alice, "alice"}, {bob, "bob"}} {
+		run1(t, p.tab, "open "+p.user+"'s page",
+			chromedp.Navigate("http://"+addr+"/?user="+p.user+"&room=lobby"),
+			chromedp.WaitVisible(`//span[@id="status" and text()="online"]`))
+	}
+	run1(t, bob, "bob says hello",
 		chromedp.SendKeys(chromedp.ID("text"), "before"), enter(),
 		chromedp.WaitVisible(textShown("before")))
+	run1(t, alice, "alice sees it", chromedp.WaitVisible(textShown("before")))
 
 	stop()
-	run1(t, page, "the page notices",
-		chromedp.WaitNotPresent(`//span[@id="status" and text()="online"]`),
-		chromedp.SendKeys(chromedp.ID("text"), "typed while offline"), enter())
+	for _, tab := range []context.Context{alice, bob} {
+		run1(t, tab, "the page notices", chromedp.WaitNotPresent(`//span[@id="status" and text()="online"]`))
+	}
+	run1(t, bob, "bob types while offline",
+		chromedp.SendKeys(chromedp.ID("text"), "offline 1"), enter(),
+		chromedp.SendKeys(chromedp.ID("text"), "offline 2"), enter(),
+		chromedp.SendKeys(chromedp.ID("text"), "offline 3"), enter())
 
 	startMainAt(t, dir, addr)
-	run1(t, page, "the page is back and sends what was typed",
+	run1(t, bob, "bob's page is back and sends what was typed",
 		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
-		chromedp.WaitVisible(textShown("typed while offline")))
-	shown, err := chromedp.Run(page, chromedp.Evaluate[int](
-		`[...document.querySelectorAll("#messages .text")].filter(e => e.textContent === "typed while offline").length`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if shown != 1 {
-		t.Fatalf("the offline message is shown %d times", shown)
+		chromedp.WaitVisible(textShown("offline 3")))
+	run1(t, alice, "alice's page is back with bob's messages",
+		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
+		chromedp.WaitVisible(textShown("offline 3")))
+	screenshot(t, alice, "reconnected")
+	for _, tab := range []context.Context{alice, bob} {
+		texts, err := chromedp.Run(tab, chromedp.Evaluate[[]string](`[...document.querySelectorAll("#messages li[data-seq] .text")].map((e) => e.textContent)`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []string{"before", "offline 1", "offline 2", "offline 3"}; !slices.Equal(texts, want) {
+			t.Fatalf("the page shows %q, want %q (each once, in order)", texts, want)
+		}
 	}
 }
 
@@ -257,6 +369,7 @@ func TestBrowserHistoryOnScroll(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	screenshot(t, tab, "history")
 	if len(texts) != n {
 		t.Fatalf("%d messages shown after scrolling to the top, want %d", len(texts), n)
 	}

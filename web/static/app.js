@@ -1,105 +1,54 @@
-// natter's first page: pick a name, join a room, chat. It shows the room's
-// recent history and loads older messages when scrolled to the top. It
-// reconnects on its own (exponential backoff with jitter) and rejoins with
-// `since`, so nothing is missed, and keeps every post with an `id` until
-// the server acknowledges it, so a retry after a lost connection is stored
-// once.
+// natter's page: pick a name, join rooms, chat. Each room shows its recent
+// history and loads older messages when scrolled to the top. The page
+// reconnects on its own (exponential backoff with jitter) and rejoins every
+// room with `since`, so nothing is missed or doubled, and keeps every post
+// with an `id` until the server acknowledges it, so a retry after a lost
+// connection is stored once. Every user-supplied string is rendered as
+// text (textContent), never as HTML.
 
 const USER_RE = /^[A-Za-z0-9_-]{1,32}$/;
 const ROOM_RE = /^[a-z0-9][a-z0-9_-]{0,63}$/;
+const HISTORY_PAGE = 50;
+const GROUP_GAP_MS = 5 * 60 * 1000; // consecutive messages within this are grouped
+const TYPING_SHOWN_MS = 5000;
+const EMOJI = ["😀", "😂", "😊", "😍", "🤔", "😢", "😮", "😎", "👍", "👎", "👏", "🙏",
+  "🎉", "❤️", "🔥", "✅", "❌", "👀", "💡", "🚀", "☕", "🍕", "🌟", "👋"];
 
 const $ = (id) => document.getElementById(id);
+
 const state = {
   user: "",
-  room: "",
   ws: null,
   attempts: 0,
-  lastSeq: 0,          // newest seq shown in the room
-  joinedOnce: false,   // a rejoin resumes with since; the first join does not
-  seen: new Set(),     // seqs shown, so nothing appears twice
-  outbox: new Map(),   // id -> text, posts not yet acknowledged
   timer: null,
-  retry: null,         // timer that resends the outbox after "unavailable"
-  members: null,       // users present in the room, or null while presence is unavailable
-  oldest: 0,           // oldest seq shown, 0 when none
-  more: false,         // older messages exist
-  loadingOlder: false, // a history request for older messages is out
-  historyLoaded: false, // the newest page of history has been shown
+  retry: null,          // timer that resends the outbox after "unavailable"
+  rooms: new Map(),     // name -> room, in the order they were joined
+  active: "",           // the room shown
+  outbox: new Map(),    // id -> {room, text}: posts not yet acknowledged
 };
 
-const HISTORY_PAGE = 50;
+function newRoom(name) {
+  return {
+    name,
+    joined: false,        // joined on the current connection
+    joinedOnce: false,    // a rejoin resumes with since
+    historyLoaded: false, // the newest page of history has been shown
+    lastSeq: 0,           // newest seq shown
+    oldest: 0,            // oldest seq shown, 0 when none
+    more: false,          // older messages exist
+    loadingOlder: false,  // a history request for older messages is out
+    items: [],            // {key, ev} for messages, {key, sys} for system lines, by key
+    seen: new Set(),      // seqs shown, so nothing appears twice
+    members: null,        // Set of users present, or null while presence is unavailable
+    unread: 0,
+    typing: new Map(),    // user -> timer
+  };
+}
 
 function setStatus(text, cls) {
   const el = $("status");
   el.textContent = text;
   el.className = "status " + cls;
-}
-
-function addLine(li) {
-  const list = $("messages");
-  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-  list.append(li);
-  if (atBottom) list.scrollTop = list.scrollHeight;
-}
-
-// Every user-supplied string goes through textContent, never innerHTML.
-// Messages are kept in seq order, wherever they come from (history, a
-// replay, live).
-function showMessage(ev) {
-  if (state.seen.has(ev.seq)) return;
-  state.seen.add(ev.seq);
-  state.lastSeq = Math.max(state.lastSeq, ev.seq);
-  state.oldest = state.oldest ? Math.min(state.oldest, ev.seq) : ev.seq;
-  const li = document.createElement("li");
-  li.dataset.seq = ev.seq;
-  const time = document.createElement("time");
-  const d = new Date(ev.ts);
-  time.dateTime = d.toISOString();
-  time.textContent = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  const from = document.createElement("span");
-  from.className = "from";
-  from.textContent = ev.from;
-  const text = document.createElement("span");
-  text.className = "text";
-  text.textContent = ev.text;
-  li.append(time, from, text);
-  const later = [...$("messages").querySelectorAll("li[data-seq]")].find((el) => Number(el.dataset.seq) > ev.seq);
-  if (later) {
-    later.before(li);
-  } else {
-    addLine(li);
-  }
-}
-
-// clearMessages empties the view before it is loaded again from history.
-function clearMessages() {
-  $("messages").replaceChildren();
-  state.seen.clear();
-  state.lastSeq = 0;
-  state.oldest = 0;
-  state.more = false;
-}
-
-function loadOlder() {
-  if (!state.more || state.loadingOlder || !state.oldest) return;
-  state.loadingOlder = send({ type: "history", room: state.room, before: state.oldest, limit: HISTORY_PAGE });
-}
-
-// The member list comes from joined and follows presence events; while
-// presence is unavailable joined has no users and the list is hidden.
-function showMembers() {
-  const el = $("members");
-  el.hidden = state.members === null;
-  if (state.members !== null) {
-    el.textContent = "Here: " + [...state.members].sort().join(", ");
-  }
-}
-
-function showSystem(text) {
-  const li = document.createElement("li");
-  li.className = "system";
-  li.textContent = text;
-  addLine(li);
 }
 
 function send(obj) {
@@ -110,71 +59,316 @@ function send(obj) {
   return false;
 }
 
-function flushOutbox() {
-  for (const [id, text] of state.outbox) {
-    send({ type: "message", room: state.room, text, id });
+function saveRooms() {
+  localStorage.setItem("natter.rooms", JSON.stringify([...state.rooms.keys()]));
+  localStorage.setItem("natter.active", state.active);
+}
+
+// --- rendering -------------------------------------------------------------
+
+// linkify appends text to parent, with http(s) links as anchors.
+function linkify(parent, text) {
+  const re = /\bhttps?:\/\/[^\s<>"']+[^\s<>"'.,;:!?)\]]/g;
+  let at = 0;
+  for (const m of text.matchAll(re)) {
+    if (m.index > at) parent.append(text.slice(at, m.index));
+    const a = document.createElement("a");
+    a.href = m[0];
+    a.textContent = m[0];
+    a.target = "_blank";
+    a.rel = "noopener noreferrer";
+    parent.append(a);
+    at = m.index + m[0].length;
+  }
+  if (at < text.length) parent.append(text.slice(at));
+}
+
+function messageItem(ev, prev) {
+  const li = document.createElement("li");
+  li.dataset.seq = ev.seq;
+  const grouped = prev && prev.ev && prev.ev.from === ev.from && ev.ts - prev.ev.ts < GROUP_GAP_MS;
+  if (grouped) li.className = "cont";
+  const time = document.createElement("time");
+  const d = new Date(ev.ts);
+  time.dateTime = d.toISOString();
+  time.textContent = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  time.title = d.toLocaleString();
+  const from = document.createElement("span");
+  from.className = "from";
+  from.textContent = ev.from;
+  const text = document.createElement("span");
+  text.className = "text";
+  linkify(text, ev.text);
+  li.append(time, from, text);
+  return li;
+}
+
+function systemItem(text) {
+  const li = document.createElement("li");
+  li.className = "system";
+  li.textContent = text;
+  return li;
+}
+
+function itemNode(room, i) {
+  const it = room.items[i];
+  return it.ev ? messageItem(it.ev, room.items[i - 1]) : systemItem(it.sys);
+}
+
+// renderMessages rebuilds the active room's list, keeping the reader's
+// place: at the bottom when they were there, else the same distance from
+// it (so older messages appear above without moving what is read).
+function renderMessages() {
+  const list = $("messages");
+  const room = state.rooms.get(state.active);
+  const fromBottom = list.scrollHeight - list.scrollTop;
+  const atBottom = fromBottom - list.clientHeight < 40;
+  const nodes = room ? room.items.map((_, i) => itemNode(room, i)) : [];
+  list.replaceChildren(...nodes);
+  list.scrollTop = atBottom ? list.scrollHeight : list.scrollHeight - fromBottom;
+}
+
+// addItem puts an item in its room at its place by key; in the active room
+// it is shown at once (appended when it is the newest, the usual case).
+function addItem(room, item) {
+  let i = room.items.length;
+  while (i > 0 && room.items[i - 1].key > item.key) i--;
+  room.items.splice(i, 0, item);
+  if (room.name !== state.active) return;
+  if (i < room.items.length - 1) {
+    renderMessages();
+    return;
+  }
+  const list = $("messages");
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  list.append(itemNode(room, i));
+  if (atBottom) list.scrollTop = list.scrollHeight;
+}
+
+function addMessage(room, ev, live) {
+  if (typeof ev.seq !== "number" || room.seen.has(ev.seq)) return;
+  room.seen.add(ev.seq);
+  room.lastSeq = Math.max(room.lastSeq, ev.seq);
+  room.oldest = room.oldest ? Math.min(room.oldest, ev.seq) : ev.seq;
+  addItem(room, { key: ev.seq, ev });
+  if (live && room.name !== state.active && ev.from !== state.user) {
+    room.unread++;
+    renderRooms();
   }
 }
 
+// showSystem adds a line to room (the active one by default) after the
+// messages shown so far.
+function showSystem(text, room = state.rooms.get(state.active)) {
+  if (!room) return;
+  addItem(room, { key: room.lastSeq + 0.5, sys: text });
+}
+
+function renderRooms() {
+  const list = $("rooms");
+  list.replaceChildren(...[...state.rooms.values()].map((room) => {
+    const li = document.createElement("li");
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "room" + (room.name === state.active ? " active" : "");
+    open.dataset.room = room.name;
+    open.textContent = "#" + room.name;
+    if (room.name === state.active) open.setAttribute("aria-current", "true");
+    if (room.unread > 0) {
+      const badge = document.createElement("span");
+      badge.className = "unread";
+      badge.textContent = room.unread > 99 ? "99+" : String(room.unread);
+      badge.setAttribute("aria-label", `${room.unread} unread`);
+      open.append(" ", badge);
+    }
+    open.addEventListener("click", () => activate(room.name));
+    const leave = document.createElement("button");
+    leave.type = "button";
+    leave.className = "leave";
+    leave.textContent = "×";
+    leave.title = `Leave #${room.name}`;
+    leave.setAttribute("aria-label", `Leave ${room.name}`);
+    leave.addEventListener("click", () => leaveRoom(room.name));
+    li.append(open, leave);
+    return li;
+  }));
+}
+
+function renderMembers() {
+  const room = state.rooms.get(state.active);
+  const members = room && room.members;
+  $("members-unavailable").hidden = members !== null && members !== undefined;
+  $("member-count").textContent = members ? `(${members.size})` : "";
+  $("member-list").replaceChildren(...(members ? [...members].sort() : []).map((u) => {
+    const li = document.createElement("li");
+    li.textContent = u;
+    if (u === state.user) li.className = "me";
+    return li;
+  }));
+}
+
+function renderTyping() {
+  const room = state.rooms.get(state.active);
+  const users = room ? [...room.typing.keys()].sort() : [];
+  $("typing").textContent = users.length === 0 ? "" :
+    users.length === 1 ? `${users[0]} is typing…` : `${users.join(", ")} are typing…`;
+}
+
+function activate(name) {
+  const room = state.rooms.get(name);
+  if (!room) return;
+  state.active = name;
+  room.unread = 0;
+  $("room-name").textContent = "#" + name;
+  saveRooms();
+  renderRooms();
+  renderMembers();
+  renderTyping();
+  const list = $("messages");
+  list.scrollTop = list.scrollHeight;
+  renderMessages();
+  list.scrollTop = list.scrollHeight;
+  if (room.joined && !room.historyLoaded) requestHistory(room);
+  $("text").focus();
+}
+
+// --- rooms -----------------------------------------------------------------
+
+function joinMessage(room) {
+  // The first join asks for no replay (history fills the view); a rejoin
+  // asks for what was missed since the newest message shown.
+  return room.joinedOnce && room.historyLoaded
+    ? { type: "join", room: room.name, since: room.lastSeq }
+    : { type: "join", room: room.name };
+}
+
+function openRoom(name) {
+  if (!ROOM_RE.test(name)) {
+    $("room-error").textContent = "A room is 1 to 64 lower-case letters, digits, '_' or '-', starting with a letter or digit.";
+    $("room-error").hidden = false;
+    return;
+  }
+  $("room-error").hidden = true;
+  if (!state.rooms.has(name)) {
+    state.rooms.set(name, newRoom(name));
+    send(joinMessage(state.rooms.get(name)));
+  }
+  activate(name);
+}
+
+function leaveRoom(name) {
+  send({ type: "leave", room: name });
+  state.rooms.delete(name);
+  if (state.active === name) {
+    state.active = state.rooms.size ? [...state.rooms.keys()][0] : "";
+  }
+  saveRooms();
+  if (state.active) {
+    activate(state.active);
+  } else {
+    renderRooms();
+    renderMembers();
+    renderMessages();
+    $("room-name").textContent = "no room: join one";
+  }
+}
+
+function requestHistory(room) {
+  room.historyLoaded = false;
+  send({ type: "history", room: room.name, limit: HISTORY_PAGE });
+}
+
+function loadOlder() {
+  const room = state.rooms.get(state.active);
+  if (!room || !room.more || room.loadingOlder || !room.oldest) return;
+  room.loadingOlder = send({ type: "history", room: room.name, before: room.oldest, limit: HISTORY_PAGE });
+}
+
+function flushOutbox(room) {
+  for (const [id, post] of state.outbox) {
+    if (post.room === room.name) send({ type: "message", room: post.room, text: post.text, id });
+  }
+}
+
+// --- events ----------------------------------------------------------------
+
 function onEvent(ev) {
+  const room = typeof ev.room === "string" ? state.rooms.get(ev.room) : undefined;
   switch (ev.type) {
     case "welcome":
       state.attempts = 0;
       setStatus("online", "online");
-      // The first join asks for no replay; a rejoin asks for what was
-      // missed since the newest message shown.
-      send(state.joinedOnce
-        ? { type: "join", room: state.room, since: state.lastSeq }
-        : { type: "join", room: state.room });
+      for (const r of state.rooms.values()) send(joinMessage(r));
       break;
     case "joined":
-      if (!state.historyLoaded || ev.recovered === false) {
+      if (!room) break;
+      room.joined = true;
+      room.members = Array.isArray(ev.users) ? new Set(ev.users) : null;
+      if (!room.historyLoaded || ev.recovered === false) {
         // First join, or the server cannot show that the replay was
         // whole: load the view from history.
-        if (ev.recovered === false) clearMessages();
-        state.historyLoaded = false;
-        send({ type: "history", room: state.room, limit: HISTORY_PAGE });
+        if (ev.recovered === false) {
+          room.items = [];
+          room.seen.clear();
+          room.lastSeq = 0;
+          room.oldest = 0;
+          room.more = false;
+          if (room.name === state.active) renderMessages();
+        }
+        requestHistory(room);
       }
-      state.joinedOnce = true;
-      state.members = Array.isArray(ev.users) ? new Set(ev.users) : null;
-      showMembers();
-      flushOutbox();
-      break;
-    case "presence":
-      if (ev.room !== state.room) break;
-      if (state.members !== null) {
-        if (ev.event === "join") state.members.add(ev.user); else state.members.delete(ev.user);
-        showMembers();
-      }
-      if (ev.user !== state.user) showSystem(`${ev.user} ${ev.event === "join" ? "joined" : "left"}`);
+      room.joinedOnce = true;
+      if (room.name === state.active) renderMembers();
+      flushOutbox(room);
       break;
     case "message":
-      if (ev.room === state.room) showMessage(ev);
+      if (room) addMessage(room, ev, true);
       break;
     case "history": {
-      if (ev.room !== state.room) break;
-      const list = $("messages");
-      const fromBottom = list.scrollHeight - list.scrollTop;
-      const older = state.loadingOlder;
-      for (const m of ev.messages) showMessage(m);
-      if (older || !state.oldest || ev.messages.length === 0 || ev.messages[0].seq <= state.oldest) state.more = ev.more;
-      if (older) list.scrollTop = list.scrollHeight - fromBottom; // keep the reader's place
-      state.loadingOlder = false;
-      state.historyLoaded = true;
+      if (!room) break;
+      const older = room.loadingOlder;
+      for (const m of ev.messages || []) addMessage(room, m, false);
+      if (older || !room.historyLoaded) room.more = !!ev.more;
+      room.loadingOlder = false;
+      room.historyLoaded = true;
       // A view too short to scroll is filled further at once.
-      if (list.scrollHeight <= list.clientHeight) loadOlder();
+      const list = $("messages");
+      if (room.name === state.active && list.scrollHeight <= list.clientHeight) loadOlder();
+      break;
+    }
+    case "presence":
+      if (!room) break;
+      if (room.members) {
+        if (ev.event === "join") room.members.add(ev.user); else room.members.delete(ev.user);
+      }
+      if (ev.user !== state.user) showSystem(`${ev.user} ${ev.event === "join" ? "joined" : "left"}`, room);
+      if (room.name === state.active) renderMembers();
+      break;
+    case "who":
+      if (!room) break;
+      room.members = new Set(ev.users || []);
+      if (room.name === state.active) renderMembers();
+      break;
+    case "typing": {
+      if (!room || ev.user === state.user) break;
+      clearTimeout(room.typing.get(ev.user));
+      room.typing.set(ev.user, setTimeout(() => { room.typing.delete(ev.user); renderTyping(); }, TYPING_SHOWN_MS));
+      if (room.name === state.active) renderTyping();
       break;
     }
     case "ack":
       state.outbox.delete(ev.id);
       break;
     case "error":
-      state.loadingOlder = false;
+      for (const r of state.rooms.values()) r.loadingOlder = false;
       if (ev.code === "unavailable" && state.outbox.has(ev.id)) {
         // The server could not store it now; the id makes a resend safe.
         showSystem(`not sent yet (${ev.message}); retrying`);
         if (!state.retry) {
-          state.retry = setTimeout(() => { state.retry = null; flushOutbox(); }, 1000 + Math.random() * 2000);
+          state.retry = setTimeout(() => {
+            state.retry = null;
+            for (const r of state.rooms.values()) if (r.joined) flushOutbox(r);
+          }, 1000 + Math.random() * 2000);
         }
         break;
       }
@@ -182,10 +376,12 @@ function onEvent(ev) {
       showSystem(`error: ${ev.code}: ${ev.message}`);
       break;
     default:
-      // Event types this page does not know yet are ignored.
+      // Event types this page does not know are ignored.
       break;
   }
 }
+
+// --- connection ------------------------------------------------------------
 
 function connect() {
   clearTimeout(state.timer);
@@ -198,61 +394,103 @@ function connect() {
       if (!line.trim()) continue;
       let ev;
       try { ev = JSON.parse(line); } catch { continue; }
-      onEvent(ev);
+      if (ev && typeof ev === "object") onEvent(ev);
     }
   };
   ws.onclose = () => {
     if (state.ws !== ws) return;
     state.ws = null;
-    state.loadingOlder = false;
+    for (const r of state.rooms.values()) {
+      r.joined = false;
+      r.loadingOlder = false;
+    }
     state.attempts++;
     // Exponential backoff, capped at 30 s, with full jitter.
     const cap = Math.min(30000, 500 * 2 ** Math.min(state.attempts, 6));
     const delay = Math.round(cap / 2 + Math.random() * cap / 2);
     setStatus(`offline, retrying in ${Math.ceil(delay / 1000)} s`, "offline");
-    if (state.attempts >= 5) {
+    if (state.attempts === 5) {
       showSystem("Still cannot connect. The server may be down, or it refuses this name or page origin.");
     }
     state.timer = setTimeout(connect, delay);
   };
 }
 
-function start(user, room) {
+function start(user, rooms, active) {
   if (!USER_RE.test(user)) {
     $("login-error").textContent = "A name is 1 to 32 letters, digits, '_' or '-'.";
     $("login-error").hidden = false;
     return;
   }
-  if (!ROOM_RE.test(room)) {
+  if (!ROOM_RE.test(active)) {
     $("login-error").textContent = "A room is 1 to 64 lower-case letters, digits, '_' or '-', starting with a letter or digit.";
     $("login-error").hidden = false;
     return;
   }
   localStorage.setItem("natter.user", user);
   state.user = user;
-  state.room = room;
+  for (const name of rooms) {
+    if (ROOM_RE.test(name) && !state.rooms.has(name)) state.rooms.set(name, newRoom(name));
+  }
+  if (!state.rooms.has(active)) state.rooms.set(active, newRoom(active));
   $("login").hidden = true;
   $("chat").hidden = false;
-  $("room-name").textContent = room;
+  $("me-label").hidden = false;
   $("me").textContent = user;
-  $("text").focus();
+  activate(active);
   connect();
 }
+
+// --- composer --------------------------------------------------------------
 
 function post() {
   const box = $("text");
   const text = box.value;
-  if (!text.trim()) return;
+  if (!text.trim() || !state.active) return;
   const id = (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random()).slice(0, 64);
-  state.outbox.set(id, text);
-  send({ type: "message", room: state.room, text, id });
+  state.outbox.set(id, { room: state.active, text });
+  send({ type: "message", room: state.active, text, id });
   box.value = "";
   box.focus();
 }
 
+function insertAtCursor(box, s) {
+  const start = box.selectionStart ?? box.value.length;
+  const end = box.selectionEnd ?? box.value.length;
+  box.value = box.value.slice(0, start) + s + box.value.slice(end);
+  box.selectionStart = box.selectionEnd = start + s.length;
+  box.focus();
+}
+
+function setupEmoji() {
+  const picker = $("emoji-picker");
+  for (const e of EMOJI) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.setAttribute("role", "option");
+    b.textContent = e;
+    b.addEventListener("click", () => {
+      insertAtCursor($("text"), e);
+      picker.hidden = true;
+      $("emoji").setAttribute("aria-expanded", "false");
+    });
+    picker.append(b);
+  }
+  $("emoji").addEventListener("click", () => {
+    picker.hidden = !picker.hidden;
+    $("emoji").setAttribute("aria-expanded", String(!picker.hidden));
+  });
+}
+
 $("login").addEventListener("submit", (e) => {
   e.preventDefault();
-  start($("name").value.trim(), $("room").value.trim());
+  const room = $("room").value.trim();
+  start($("name").value.trim(), rememberedRooms(), room);
+});
+$("room-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  openRoom($("new-room").value.trim());
+  $("new-room").value = "";
 });
 $("composer").addEventListener("submit", (e) => {
   e.preventDefault();
@@ -262,13 +500,26 @@ $("messages").addEventListener("scroll", () => {
   if ($("messages").scrollTop < 40) loadOlder();
 });
 $("text").addEventListener("keydown", (e) => {
-  if (e.key === "Enter" && !e.shiftKey) {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
     e.preventDefault();
     post();
   }
 });
+setupEmoji();
+
+// rememberedRooms are the rooms this browser had open last time.
+function rememberedRooms() {
+  try {
+    const rooms = JSON.parse(localStorage.getItem("natter.rooms") || "[]");
+    return Array.isArray(rooms) ? rooms.filter((r) => typeof r === "string") : [];
+  } catch {
+    return [];
+  }
+}
 
 const params = new URLSearchParams(location.search);
 $("name").value = params.get("user") || localStorage.getItem("natter.user") || "";
-if (params.get("room")) $("room").value = params.get("room");
-if (params.get("user") && params.get("room")) start(params.get("user"), params.get("room"));
+$("room").value = params.get("room") || localStorage.getItem("natter.active") || "lobby";
+if (params.get("user") && params.get("room")) {
+  start(params.get("user"), rememberedRooms(), params.get("room"));
+}
