@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Runs the load scenarios against natter (the single binary, storing every
+# message) and against the gorilla/websocket examples/chat server (the
+# seed's design, no NATS, no storage), one core each: the server on CPU 0,
+# the generator on CPU 1, GOMAXPROCS=1 for both. Results go to
+# bench/results/<date>.jsonl (one line per run) and <date>.md (the table).
+#
+#   bench/run.sh              # every scenario
+#   bench/run.sh B C          # some of them (A B C D E F)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(A B C D E F)
+
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+date=$(date -u +%Y-%m-%dT%H%M%SZ)
+jsonl="$root/bench/results/$date.jsonl"
+md="$root/bench/results/$date.md"
+mkdir -p "$root/bench/results"
+
+echo "building natter, gorilla's chat example and the generator in $work"
+go build -o "$work/natter" ./services/chat
+go build -o "$work/loadgen" ./bench/loadgen
+src=$(cd bench && GOWORK=off go mod download -json github.com/gorilla/websocket@v1.5.3 | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+mkdir "$work/gorilla"
+cp "$src"/examples/chat/*.go "$work/gorilla/"
+printf 'module gorillachat\n\ngo 1.26.0\n\nrequire github.com/gorilla/websocket v1.5.3\n' > "$work/gorilla/go.mod"
+cp "$root/bench/go.sum" "$work/gorilla/go.sum"
+(cd "$work/gorilla" && GOWORK=off GOFLAGS=-mod=mod go build -o "$work/gorillachat" .)
+
+port=18100
+server_pid=
+start_server() { # target
+	port=$((port + 1))
+	case $1 in
+	natter)
+		rm -rf "$work/data"
+		CHAT_HTTP_ADDR=127.0.0.1:$port CHAT_NATS_ADDR=127.0.0.1:0 CHAT_DATA_DIR="$work/data" \
+			GOMAXPROCS=1 taskset -c 0 "$work/natter" >"$work/server.log" 2>&1 &
+		;;
+	gorilla)
+		GOMAXPROCS=1 taskset -c 0 "$work/gorillachat" -addr 127.0.0.1:$port >"$work/server.log" 2>&1 &
+		;;
+	esac
+	server_pid=$!
+	for _ in $(seq 100); do
+		if curl -sS -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null; then return; fi
+		sleep 0.1
+	done
+	echo "server $1 did not start:"; cat "$work/server.log"; exit 1
+}
+stop_server() {
+	kill "$server_pid" 2>/dev/null || true
+	wait "$server_pid" 2>/dev/null || true
+}
+# gen TARGET SCENARIO ARGS...: one generator run against a fresh server.
+gen() {
+	local target=$1 scenario=$2
+	shift 2
+	start_server "$target"
+	GOMAXPROCS=1 taskset -c 1 "$work/loadgen" -target "$target" -scenario "$scenario" \
+		-addr "127.0.0.1:$port" -pid "$server_pid" -out "$jsonl" "$@" >"$work/last.json" 2>"$work/last.txt" || true
+	cat "$work/last.txt"
+	stop_server
+}
+
+for s in "${scenarios[@]}"; do
+	case $s in
+	A) # 15,000 idle connections, each joined to a room (natter: rooms of 10)
+		for t in natter gorilla; do gen $t A -conns 15000 -room-size 10 -publishers 0 -warmup 0s -measure 1s -drain 0s -concurrency 500; done ;;
+	B) # one room of 1,000, 10 publishers at 10 msgs/s: 100k deliveries/s
+		for t in natter gorilla; do gen $t B -conns 1000 -room-size 1000 -publishers 10 -rate 10 -measure 10s; done ;;
+	C) # the same room, the rate raised until p99 > 250 ms or loss > 1%
+		for t in natter gorilla; do
+			for rate in 20 40 60 80 100 150 200; do
+				gen $t C -conns 1000 -room-size 1000 -publishers 10 -rate $rate -measure 5s
+				if python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); sys.exit(0 if r["p99_ms"] > 250 or r["loss_pct"] > 1 else 1)' "$work/last.json"; then break; fi
+			done
+		done ;;
+	D) # 5,000 connections in 500 rooms of 10, each publishing 1 msg/s (natter only)
+		gen natter D -conns 5000 -room-size 10 -publishers 5000 -rate 1 -measure 10s -concurrency 500 ;;
+	E) # 5,000 clients of one room drop at once and rejoin with since, 100 msgs/s going on (natter only)
+		gen natter E -conns 5000 -room-size 5000 -publishers 1 -rate 100 -measure 10s -rejoin -concurrency 500 ;;
+	F) # connect rate
+		for t in natter gorilla; do gen $t F -conns 15000 -room-size 10 -publishers 0 -warmup 0s -measure 1s -drain 0s -concurrency 1000; done ;;
+	esac
+done
+
+python3 - "$jsonl" "$md" "$*" <<'EOF'
+import json, sys, platform, subprocess
+runs = [json.loads(l) for l in open(sys.argv[1])]
+out = open(sys.argv[2], "w")
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+out.write(f"# Load runs, {runs[0]['time'] if runs else ''}\n\n")
+out.write(f"Command: `bench/run.sh {sys.argv[3]}`. Machine: {cpu}, {subprocess.check_output(['nproc']).decode().strip()} cores; "
+          "server on CPU 0, generator on CPU 1, GOMAXPROCS=1 for both.\n\n")
+out.write("| scenario | target | conns | room | pubs x rate | connect/s | idle KiB/conn | deliveries/s (expected) | loss % | p50 / p99 / max ms | server cores | server MiB | closed |\n")
+out.write("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+for r in runs:
+    out.write(f"| {r['scenario']} | {r['target']} | {r['connected']}/{r['conns']} | {r['room_size']} | {r['publishers']} x {r['rate_per_publisher']:g} | "
+              f"{r['connect_per_s']:.0f} | {r['idle_rss_per_conn_kib']:.1f} | {r['deliveries_per_s']:.0f} ({r['expected_per_s']:.0f}) | "
+              f"{r['loss_pct']:.3f} | {r['p50_ms']:.1f} / {r['p99_ms']:.1f} / {r['max_ms']:.1f} | {r['server_cpu_cores']:.2f} | "
+              f"{r['server_rss_mib']:.0f} | {r['closed_by_server']} |\n")
+    if r.get("rejoin"):
+        out.write(f"|  | (rejoin) | all back in {r.get('rejoin_s', 0):.2f} s, {r.get('recovered_clients', 0)} recovered |  |  |  |  |  |  |  |  |  |  |\n")
+print(open(sys.argv[2]).read())
+EOF
