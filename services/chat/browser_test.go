@@ -12,6 +12,7 @@ import (
 
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/input"
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 	"github.com/nats-io/nats.go"
 
@@ -195,6 +196,22 @@ func TestBrowserTabsChat(t *testing.T) {
 		chromedp.WaitNotPresent(member("bob")))
 }
 
+// blockWebSockets makes the tab's WebSocket handshakes fail (or work
+// again), as a network that drops them would.
+func blockWebSockets(block bool) chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		if _, err := cdp.Call(ctx, t, network.Enable, network.EnableParams{}); err != nil {
+			return err
+		}
+		var patterns []*network.BlockPattern
+		if block {
+			patterns = []*network.BlockPattern{{URLPattern: "*://*:*/ws*", Block: true}}
+		}
+		_, err := cdp.Call(ctx, t, network.SetBlockedURLs, network.SetBlockedURLsParams{URLPatterns: patterns})
+		return err
+	})
+}
+
 // screenshot saves the tab as name.png under the test's temporary
 // directory, and in NATTER_SCREENSHOTS when set (for the README's picture).
 func screenshot(t *testing.T, tab context.Context, name string) {
@@ -299,11 +316,19 @@ func TestBrowserReconnects(t *testing.T) {
 		chromedp.SendKeys(chromedp.ID("text"), "offline 2"), enter(),
 		chromedp.SendKeys(chromedp.ID("text"), "offline 3"), enter())
 
+	// Alice's page stays away until bob's messages are stored, so that it
+	// gets them by rejoining with since, not live.
+	run1(t, alice, "alice's page cannot reach the server", blockWebSockets(true))
 	startMainAt(t, dir, addr)
 	run1(t, bob, "bob's page is back and sends what was typed",
 		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
 		chromedp.WaitVisible(textShown("offline 3")))
+	online, err := chromedp.Run(alice, chromedp.Evaluate[string](`document.getElementById("status").textContent`))
+	if err != nil || online == "online" {
+		t.Fatalf("alice's page is %q (%v) while blocked", online, err)
+	}
 	run1(t, alice, "alice's page is back with bob's messages",
+		blockWebSockets(false),
 		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
 		chromedp.WaitVisible(textShown("offline 3")))
 	screenshot(t, alice, "reconnected")
@@ -330,7 +355,7 @@ func TestBrowserHistoryOnScroll(t *testing.T) {
 	defer nc.Close()
 	const n = 130
 	for i := range n {
-		post := proto.Encode(proto.InRoomPost{From: "bot", Text: fmt.Sprintf("m%d", i)})
+		post := proto.Encode(proto.InRoomPost{From: "bot", Text: fmt.Sprintf("m%d", i), ID: fmt.Sprint(i)})
 		if i == 0 {
 			// The broadcaster starts serving just after Open.
 			waitFor(t, "a broadcaster", func() bool {

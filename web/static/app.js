@@ -25,6 +25,7 @@ const state = {
   rooms: new Map(),     // name -> room, in the order they were joined
   active: "",           // the room shown
   outbox: new Map(),    // id -> {room, text}: posts not yet acknowledged
+  retryDelay: 1000,     // the next resend after "unavailable" or "rate_limited", doubling to 30 s
 };
 
 function newRoom(name) {
@@ -38,6 +39,8 @@ function newRoom(name) {
     more: false,          // older messages exist
     loadingOlder: false,  // a history request for older messages is out
     items: [],            // {key, ev} for messages, {key, sys} for system lines, by key
+    heldLines: [],        // system lines waiting for the history to be shown
+    resetOnJoined: false, // joined without since: the view may have a gap, so reload it
     seen: new Set(),      // seqs shown, so nothing appears twice
     members: null,        // Set of users present, or null while presence is unavailable
     unread: 0,
@@ -130,11 +133,11 @@ function renderMessages() {
 
 // addItem puts an item in its room at its place by key; in the active room
 // it is shown at once (appended when it is the newest, the usual case).
-function addItem(room, item) {
+function addItem(room, item, render = true) {
   let i = room.items.length;
   while (i > 0 && room.items[i - 1].key > item.key) i--;
   room.items.splice(i, 0, item);
-  if (room.name !== state.active) return;
+  if (!render || room.name !== state.active) return;
   if (i < room.items.length - 1) {
     renderMessages();
     return;
@@ -145,12 +148,15 @@ function addItem(room, item) {
   if (atBottom) list.scrollTop = list.scrollHeight;
 }
 
-function addMessage(room, ev, live) {
-  if (typeof ev.seq !== "number" || room.seen.has(ev.seq)) return;
+// addMessage adds a message event to room; render false leaves showing it
+// to the caller (a page of history is shown at once).
+function addMessage(room, ev, live, render = true) {
+  if (!ev || typeof ev.seq !== "number" || typeof ev.ts !== "number" || typeof ev.from !== "string" ||
+      typeof ev.text !== "string" || room.seen.has(ev.seq)) return;
   room.seen.add(ev.seq);
   room.lastSeq = Math.max(room.lastSeq, ev.seq);
   room.oldest = room.oldest ? Math.min(room.oldest, ev.seq) : ev.seq;
-  addItem(room, { key: ev.seq, ev });
+  addItem(room, { key: ev.seq, ev }, render);
   if (live && room.name !== state.active && ev.from !== state.user) {
     room.unread++;
     renderRooms();
@@ -158,10 +164,24 @@ function addMessage(room, ev, live) {
 }
 
 // showSystem adds a line to room (the active one by default) after the
-// messages shown so far.
-function showSystem(text, room = state.rooms.get(state.active)) {
+// messages shown so far; until the room's history is shown, the line
+// waits, so that it does not land above it.
+function showSystem(text, room = state.rooms.get(state.active), now = false) {
   if (!room) return;
+  if (!room.historyLoaded && !now) {
+    room.heldLines.push(text);
+    return;
+  }
   addItem(room, { key: room.lastSeq + 0.5, sys: text });
+}
+
+function clearRoom(room) {
+  room.items = [];
+  room.seen.clear();
+  room.lastSeq = 0;
+  room.oldest = 0;
+  room.more = false;
+  if (room.name === state.active) renderMessages();
 }
 
 function renderRooms() {
@@ -235,11 +255,12 @@ function activate(name) {
 // --- rooms -----------------------------------------------------------------
 
 function joinMessage(room) {
-  // The first join asks for no replay (history fills the view); a rejoin
-  // asks for what was missed since the newest message shown.
-  return room.joinedOnce && room.historyLoaded
-    ? { type: "join", room: room.name, since: room.lastSeq }
-    : { type: "join", room: room.name };
+  // A rejoin asks for what was missed since the newest message shown. A
+  // join without since (the first, or one before the history was in)
+  // reloads the view from history once joined.
+  if (room.joinedOnce && room.historyLoaded) return { type: "join", room: room.name, since: room.lastSeq };
+  room.resetOnJoined = room.items.length > 0;
+  return { type: "join", room: room.name };
 }
 
 function openRoom(name) {
@@ -259,6 +280,7 @@ function openRoom(name) {
 function leaveRoom(name) {
   send({ type: "leave", room: name });
   state.rooms.delete(name);
+  for (const [id, post] of state.outbox) if (post.room === name) state.outbox.delete(id);
   if (state.active === name) {
     state.active = state.rooms.size ? [...state.rooms.keys()][0] : "";
   }
@@ -304,17 +326,11 @@ function onEvent(ev) {
       if (!room) break;
       room.joined = true;
       room.members = Array.isArray(ev.users) ? new Set(ev.users) : null;
-      if (!room.historyLoaded || ev.recovered === false) {
-        // First join, or the server cannot show that the replay was
-        // whole: load the view from history.
-        if (ev.recovered === false) {
-          room.items = [];
-          room.seen.clear();
-          room.lastSeq = 0;
-          room.oldest = 0;
-          room.more = false;
-          if (room.name === state.active) renderMessages();
-        }
+      if (!room.historyLoaded || ev.recovered === false || room.resetOnJoined) {
+        // First join, a join without since, or the server cannot show
+        // that the replay was whole: load the view from history.
+        if (ev.recovered === false || room.resetOnJoined) clearRoom(room);
+        room.resetOnJoined = false;
         requestHistory(room);
       }
       room.joinedOnce = true;
@@ -322,15 +338,23 @@ function onEvent(ev) {
       flushOutbox(room);
       break;
     case "message":
-      if (room) addMessage(room, ev, true);
+      if (!room) break;
+      addMessage(room, ev, true);
+      if (room.typing.has(ev.from)) {
+        clearTimeout(room.typing.get(ev.from));
+        room.typing.delete(ev.from);
+        if (room.name === state.active) renderTyping();
+      }
       break;
     case "history": {
       if (!room) break;
       const older = room.loadingOlder;
-      for (const m of ev.messages || []) addMessage(room, m, false);
+      for (const m of Array.isArray(ev.messages) ? ev.messages : []) addMessage(room, m, false, false);
       if (older || !room.historyLoaded) room.more = !!ev.more;
       room.loadingOlder = false;
       room.historyLoaded = true;
+      if (room.name === state.active) renderMessages();
+      for (const text of room.heldLines.splice(0)) showSystem(text, room);
       // A view too short to scroll is filled further at once.
       const list = $("messages");
       if (room.name === state.active && list.scrollHeight <= list.clientHeight) loadOlder();
@@ -338,9 +362,11 @@ function onEvent(ev) {
     }
     case "presence":
       if (!room) break;
+      if ((ev.event !== "join" && ev.event !== "leave") || typeof ev.user !== "string") break;
       if (room.members) {
         if (ev.event === "join") room.members.add(ev.user); else room.members.delete(ev.user);
       }
+      if (ev.event === "leave") clearTimeout(room.typing.get(ev.user)), room.typing.delete(ev.user);
       if (ev.user !== state.user) showSystem(`${ev.user} ${ev.event === "join" ? "joined" : "left"}`, room);
       if (room.name === state.active) renderMembers();
       break;
@@ -358,17 +384,20 @@ function onEvent(ev) {
     }
     case "ack":
       state.outbox.delete(ev.id);
+      state.retryDelay = 1000;
       break;
     case "error":
       for (const r of state.rooms.values()) r.loadingOlder = false;
-      if (ev.code === "unavailable" && state.outbox.has(ev.id)) {
-        // The server could not store it now; the id makes a resend safe.
-        showSystem(`not sent yet (${ev.message}); retrying`);
+      if ((ev.code === "unavailable" || ev.code === "rate_limited") && state.outbox.has(ev.id)) {
+        // The server could not take it now; the id makes a resend safe.
         if (!state.retry) {
+          showSystem(`not sent yet (${ev.message}); retrying`, state.rooms.get(state.outbox.get(ev.id).room));
+          const delay = state.retryDelay / 2 + Math.random() * state.retryDelay / 2;
+          state.retryDelay = Math.min(state.retryDelay * 2, 30000);
           state.retry = setTimeout(() => {
             state.retry = null;
             for (const r of state.rooms.values()) if (r.joined) flushOutbox(r);
-          }, 1000 + Math.random() * 2000);
+          }, delay);
         }
         break;
       }
@@ -392,25 +421,32 @@ function connect() {
   ws.onmessage = (m) => {
     for (const line of String(m.data).split("\n")) {
       if (!line.trim()) continue;
-      let ev;
-      try { ev = JSON.parse(line); } catch { continue; }
-      if (ev && typeof ev === "object") onEvent(ev);
+      try {
+        const ev = JSON.parse(line);
+        if (ev && typeof ev === "object") onEvent(ev);
+      } catch (err) {
+        // One bad event must not stop the others.
+        console.warn("natter: event not handled", line, err);
+      }
     }
   };
   ws.onclose = () => {
     if (state.ws !== ws) return;
     state.ws = null;
+    clearTimeout(state.retry); // joined flushes the outbox again
+    state.retry = null;
     for (const r of state.rooms.values()) {
       r.joined = false;
       r.loadingOlder = false;
     }
     state.attempts++;
-    // Exponential backoff, capped at 30 s, with full jitter.
+    // Exponential backoff, capped at 30 s, with "equal" jitter: between
+    // half the delay and all of it.
     const cap = Math.min(30000, 500 * 2 ** Math.min(state.attempts, 6));
     const delay = Math.round(cap / 2 + Math.random() * cap / 2);
     setStatus(`offline, retrying in ${Math.ceil(delay / 1000)} s`, "offline");
     if (state.attempts === 5) {
-      showSystem("Still cannot connect. The server may be down, or it refuses this name or page origin.");
+      showSystem("Still cannot connect. The server may be down, or it refuses this name or page origin.", undefined, true);
     }
     state.timer = setTimeout(connect, delay);
   };
@@ -449,7 +485,9 @@ function post() {
   if (!text.trim() || !state.active) return;
   const id = (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random()).slice(0, 64);
   state.outbox.set(id, { room: state.active, text });
-  send({ type: "message", room: state.active, text, id });
+  // Before the room is joined (offline, or just connected), the post
+  // waits in the outbox: joined sends it.
+  if (state.rooms.get(state.active).joined) send({ type: "message", room: state.active, text, id });
   box.value = "";
   box.focus();
 }
@@ -467,7 +505,6 @@ function setupEmoji() {
   for (const e of EMOJI) {
     const b = document.createElement("button");
     b.type = "button";
-    b.setAttribute("role", "option");
     b.textContent = e;
     b.addEventListener("click", () => {
       insertAtCursor($("text"), e);
@@ -479,6 +516,14 @@ function setupEmoji() {
   $("emoji").addEventListener("click", () => {
     picker.hidden = !picker.hidden;
     $("emoji").setAttribute("aria-expanded", String(!picker.hidden));
+    if (!picker.hidden) picker.querySelector("button").focus();
+  });
+  picker.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") {
+      picker.hidden = true;
+      $("emoji").setAttribute("aria-expanded", "false");
+      $("text").focus();
+    }
   });
 }
 
@@ -506,6 +551,8 @@ $("text").addEventListener("keydown", (e) => {
   }
 });
 setupEmoji();
+// On a phone the member list starts folded.
+if (window.matchMedia("(max-width: 700px)").matches) $("members-box").open = false;
 
 // rememberedRooms are the rooms this browser had open last time.
 function rememberedRooms() {
