@@ -12,7 +12,6 @@ import (
 
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/input"
-	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 	"github.com/nats-io/nats.go"
 
@@ -196,18 +195,24 @@ func TestBrowserTabsChat(t *testing.T) {
 		chromedp.WaitNotPresent(member("bob")))
 }
 
-// blockWebSockets makes the tab's WebSocket handshakes fail (or work
-// again), as a network that drops them would.
+// blockWebSockets makes the page's new WebSockets fail at once (or work
+// again), as a network that drops them would: the page sees each attempt
+// closed and retries later, as it does when the server is away.
 func blockWebSockets(block bool) chromedp.Action[chromedp.Void] {
+	script := `(() => {
+		window.__realWebSocket = window.__realWebSocket || window.WebSocket;
+		window.WebSocket = function () {
+			const ws = { readyState: 3, send() {}, close() {} };
+			setTimeout(() => ws.onclose && ws.onclose(), 0);
+			return ws;
+		};
+		return true;
+	})()`
+	if !block {
+		script = `(() => { if (window.__realWebSocket) window.WebSocket = window.__realWebSocket; return true; })()`
+	}
 	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
-		if _, err := cdp.Call(ctx, t, network.Enable, network.EnableParams{}); err != nil {
-			return err
-		}
-		var patterns []*network.BlockPattern
-		if block {
-			patterns = []*network.BlockPattern{{URLPattern: "*://*:*/ws*", Block: true}}
-		}
-		_, err := cdp.Call(ctx, t, network.SetBlockedURLs, network.SetBlockedURLsParams{URLPatterns: patterns})
+		_, err := chromedp.Run(ctx, chromedp.Evaluate[bool](script))
 		return err
 	})
 }
