@@ -84,7 +84,7 @@ for s in "${scenarios[@]}"; do
 	E) # 5,000 clients of one room drop at once and rejoin with since, 100 msgs/s going on (natter only)
 		gen natter E -conns 5000 -room-size 5000 -publishers 1 -rate 100 -measure 10s -rejoin -concurrency 500 ;;
 	F) # connect rate
-		for t in natter gorilla; do gen $t F -conns 15000 -room-size 10 -publishers 0 -warmup 0s -measure 1s -drain 0s -concurrency 1000; done ;;
+		for t in natter gorilla; do gen $t F -conns 15000 -room-size 10 -publishers 0 -warmup 0s -measure 1s -drain 0s -concurrency 500; done ;;
 	esac
 done
 

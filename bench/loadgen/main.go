@@ -132,6 +132,7 @@ type client struct {
 	lastSeq   atomic.Uint64 // natter: the newest seq received
 	joined    chan struct{} // natter: closed at joined
 	recovered atomic.Bool   // natter: the last joined said recovered
+	publisher bool
 }
 
 // stats are the receivers' shared counters.
@@ -223,6 +224,9 @@ func run(c config) (*result, error) {
 
 	// Publish: warm-up, then the window.
 	pubs := publishers(c, clients)
+	for _, p := range pubs {
+		p.publisher = true
+	}
 	stop := make(chan struct{})
 	var sent, expected atomic.Int64
 	var pw sync.WaitGroup
@@ -439,16 +443,19 @@ func publish(c config, p *client, idx int, stop <-chan struct{}, st *stats, sent
 // it returns how long until all were joined again and how many said
 // recovered.
 func rejoinAll(ctx context.Context, c config, clients []*client, st *stats, readers *sync.WaitGroup, errs *errList) (float64, int) {
+	// The publishers stay: messages keep coming while the others are away.
+	var away []*client
 	for _, cl := range clients {
-		if cl.conn != nil {
+		if cl.conn != nil && !cl.publisher {
 			_ = cl.conn.Close()
+			away = append(away, cl)
 		}
 	}
 	start := time.Now()
 	var recovered atomic.Int64
 	sem := make(chan struct{}, c.Concurrency)
 	var wg sync.WaitGroup
-	for _, cl := range clients {
+	for _, cl := range away {
 		since := cl.lastSeq.Load()
 		cl.joined = make(chan struct{})
 		sem <- struct{}{}
@@ -566,7 +573,7 @@ func printTable(w io.Writer, r *result) {
 	fmt.Fprintf(w, "%-22s %.0f MiB RSS, %.2f cores\n", "server", r.ServerRSSMiB, r.ServerCPU)
 	fmt.Fprintf(w, "%-22s %.2f cores\n", "generator", r.OwnCPU)
 	if r.Rejoin {
-		fmt.Fprintf(w, "%-22s all joined again in %.2f s, %d of them recovered\n", "rejoin", r.RejoinSeconds, r.Recovered)
+		fmt.Fprintf(w, "%-22s the others joined again in %.2f s, %d of them recovered\n", "rejoin", r.RejoinSeconds, r.Recovered)
 	}
 	if r.Closed > 0 {
 		fmt.Fprintf(w, "%-22s %d\n", "closed by the server", r.Closed)

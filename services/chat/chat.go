@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -34,6 +36,7 @@ type Config struct {
 	HTTPAddr string `envconfig:"HTTP_ADDR" default:":8080" desc:"HTTP listen address of the page, /ws and the operational endpoints"`
 	EdgeID   string `envconfig:"EDGE_ID" default:"" desc:"the edge's name on NATS; empty picks a random one"`
 	NATSLogs bool   `envconfig:"NATS_LOGS" default:"false" desc:"log the embedded NATS server's own messages"`
+	PProf    string `envconfig:"PPROF_ADDR" default:"" desc:"address of a net/http/pprof listener for profiling (empty: none); keep it on loopback"`
 	config.NATS
 	config.Embedded
 	config.Limits
@@ -52,6 +55,7 @@ type Main struct {
 	ns    *server.Server // nil when CHAT_NATS_URL names an external server
 	conns []*nats.Conn
 	ln    net.Listener
+	pprof net.Listener // nil unless CHAT_PPROF_ADDR is set
 
 	edge        *edge.Edge
 	broadcaster *broadcaster.Broadcaster
@@ -128,6 +132,11 @@ func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error
 	if err != nil {
 		return nil, err
 	}
+	if cfg.PProf != "" {
+		if m.pprof, err = ops.Listen(cfg.PProf, m.log.With("listener", "pprof")); err != nil {
+			return nil, err
+		}
+	}
 	return m, nil
 }
 
@@ -150,6 +159,14 @@ func (m *Main) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return m.broadcaster.Run(gctx) })
 	g.Go(func() error { return m.presence.Run(gctx) })
+	if m.pprof != nil {
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		g.Go(func() error { return ops.Serve(gctx, m.pprof, mux, time.Second) })
+	}
 	// Posts need a broadcaster: the edge serves once one takes them (the
 	// listener is open already, so early clients wait in its backlog).
 	// On the embedded server presence goes live within moments (nothing
@@ -187,5 +204,8 @@ func (m *Main) close() {
 	}
 	if m.ln != nil {
 		_ = m.ln.Close()
+	}
+	if m.pprof != nil {
+		_ = m.pprof.Close()
 	}
 }

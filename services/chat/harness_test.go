@@ -49,6 +49,7 @@ func defaultLimits() config.Limits {
 		PingInterval:  25 * time.Second,
 		PongTimeout:   60 * time.Second,
 		WriteTimeout:  5 * time.Second,
+		WriteDelay:    2 * time.Millisecond,
 	}
 }
 

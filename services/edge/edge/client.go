@@ -276,25 +276,52 @@ func (c *client) writePump() {
 		c.e.metrics.framesOut.Inc()
 		return c.conn.WriteMessage(websocket.TextMessage, frame)
 	}
+	// flush writes what is queued; it reports false once the connection is
+	// done (closing, or a write failed) and finished.
+	flush := func() bool {
+		c.mu.Lock()
+		closing := c.closing
+		batch, c.queue = c.queue, batch[:0]
+		c.live = 0
+		c.space.Broadcast()
+		c.mu.Unlock()
+		if closing {
+			c.finish()
+			return false
+		}
+		var err error
+		buf, err = proto.Frames(batch, proto.MaxFrameBytes, buf, write)
+		clear(batch)
+		if err != nil {
+			c.close(-1, "")
+			c.finish()
+			return false
+		}
+		return true
+	}
+	// With a write delay, the first event queued starts a short timer, and
+	// everything queued until it fires goes out in one frame: in a busy
+	// room a client gets a write every few milliseconds instead of one per
+	// event, and those writes are most of the server's CPU.
+	delay := time.NewTimer(time.Hour)
+	delay.Stop()
+	var delayed <-chan time.Time
 	for {
 		select {
 		case <-c.wake:
-			c.mu.Lock()
-			closing := c.closing
-			batch, c.queue = c.queue, batch[:0]
-			c.live = 0
-			c.space.Broadcast()
-			c.mu.Unlock()
-			if closing {
-				c.finish()
+			if lim.WriteDelay > 0 && !c.isClosing() {
+				if delayed == nil {
+					delay.Reset(lim.WriteDelay)
+					delayed = delay.C
+				}
+				continue
+			}
+			if !flush() {
 				return
 			}
-			var err error
-			buf, err = proto.Frames(batch, proto.MaxFrameBytes, buf, write)
-			clear(batch)
-			if err != nil {
-				c.close(-1, "")
-				c.finish()
+		case <-delayed:
+			delayed = nil
+			if !flush() {
 				return
 			}
 		case <-ping.C:
