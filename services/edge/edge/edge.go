@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/natter-chat/natter/shared/config"
 	"github.com/natter-chat/natter/shared/names"
@@ -42,6 +43,12 @@ const (
 // whoTimeout bounds a who request to presence. A presence that is down
 // answers at once (no responders); this is for one that is overloaded.
 const whoTimeout = 2 * time.Second
+
+// whoShareFor is how long the users of a room, asked for a joined answer,
+// serve the joins that follow (a presence event for the room ends it
+// sooner): when thousands rejoin a big room at once, presence answers a
+// few requests instead of thousands of lists of thousands.
+const whoShareFor = 250 * time.Millisecond
 
 // Config is what an edge needs.
 type Config struct {
@@ -75,6 +82,11 @@ type Edge struct {
 	// and store reads in flight give up at once.
 	ctx    context.Context
 	cancel context.CancelFunc
+
+	// whoFlight and whoShared share who answers between joins (joinedUsers).
+	whoFlight singleflight.Group
+	whoMu     sync.Mutex
+	whoShared map[string]sharedWho // guarded by whoMu
 
 	mu       sync.Mutex
 	clients  map[*client]struct{} // guarded by mu
@@ -115,14 +127,15 @@ func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus
 		return nil, fmt.Errorf("edge: %w", err)
 	}
 	e := &Edge{
-		cfg:     cfg,
-		id:      id,
-		nc:      nc,
-		log:     log.With("edge", id),
-		reg:     reg,
-		web:     web,
-		metrics: m,
-		clients: make(map[*client]struct{}),
+		cfg:       cfg,
+		id:        id,
+		nc:        nc,
+		log:       log.With("edge", id),
+		reg:       reg,
+		web:       web,
+		metrics:   m,
+		clients:   make(map[*client]struct{}),
+		whoShared: make(map[string]sharedWho),
 		upgrader: websocket.Upgrader{
 			ReadBufferSize:  1024,
 			WriteBufferSize: 4096,
@@ -144,6 +157,7 @@ func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus
 		buf = dispatchBuffer
 	}
 	e.hub = newHub(nc, e.js, e.log, m, buf)
+	e.hub.presenceChanged = e.forgetWho
 	e.reporter = newReporter(nc, e.log, id, func() int { return int(e.open.Load()) }, m.reports)
 	return e, nil
 }
@@ -278,6 +292,56 @@ func (e *Edge) who(room string) ([]string, error) {
 		reply.Users = []string{}
 	}
 	return reply.Users, nil
+}
+
+// sharedWho is a who answer shared between joins.
+type sharedWho struct {
+	users []string
+	at    time.Time
+}
+
+// joinedUsers is the users list of a joined answer for user: a who answer
+// shared with the other joins of the room for whoShareFor, with user
+// added (its own report may be newer than the answer).
+func (e *Edge) joinedUsers(room, user string) ([]string, error) {
+	e.whoMu.Lock()
+	s, ok := e.whoShared[room]
+	e.whoMu.Unlock()
+	if !ok || time.Since(s.at) >= whoShareFor {
+		v, err, _ := e.whoFlight.Do(room, func() (any, error) {
+			users, err := e.who(room)
+			if err != nil {
+				return nil, err
+			}
+			e.whoMu.Lock()
+			if len(e.whoShared) > 4096 {
+				for r, old := range e.whoShared {
+					if time.Since(old.at) >= whoShareFor {
+						delete(e.whoShared, r)
+					}
+				}
+			}
+			e.whoShared[room] = sharedWho{users: users, at: time.Now()}
+			e.whoMu.Unlock()
+			return users, nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		s.users = v.([]string)
+	}
+	i, found := slices.BinarySearch(s.users, user)
+	if found {
+		return s.users, nil
+	}
+	return slices.Insert(slices.Clone(s.users), i, user), nil
+}
+
+// forgetWho drops room's shared who answer: its presence has changed.
+func (e *Edge) forgetWho(room string) {
+	e.whoMu.Lock()
+	delete(e.whoShared, room)
+	e.whoMu.Unlock()
 }
 
 // originAllowed applies PROTOCOL.md section 3: no Origin (not a browser),

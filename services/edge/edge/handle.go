@@ -229,7 +229,7 @@ func (c *client) leave(req proto.Request) {
 // presentUsers is the users list of joined: nil, so left out, while
 // presence is unavailable.
 func (c *client) presentUsers(room string) *[]string {
-	users, err := c.e.who(room)
+	users, err := c.e.joinedUsers(room, c.user)
 	if err != nil {
 		c.e.log.Debug("joined without users", "room", room, "err", err)
 		return nil

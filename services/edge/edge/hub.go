@@ -43,6 +43,9 @@ type hub struct {
 	ctx       context.Context // run's, for the readers
 	// reconnects is the connection's reconnect count at the last check.
 	reconnects uint64
+	// presenceChanged is called, on the dispatcher, for each presence
+	// event of a room.
+	presenceChanged func(room string)
 
 	// mu guards rooms and each room's member list. It is never held
 	// across a NATS call.
@@ -231,6 +234,9 @@ func (h *hub) dispatchPresence(room string, m *nats.Msg) {
 		(ev.Event != proto.EventJoin && ev.Event != proto.EventLeave) || !names.ValidUser(ev.User) {
 		h.log.Warn("dropping a presence event that is not one", "room", room)
 		return
+	}
+	if h.presenceChanged != nil {
+		h.presenceChanged(room)
 	}
 	line := proto.Encode(ev)
 	for _, c := range h.members(room) {
