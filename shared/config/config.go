@@ -43,7 +43,7 @@ type Limits struct {
 	PingInterval  time.Duration `envconfig:"PING_INTERVAL" default:"25s" desc:"WebSocket ping interval"`
 	PongTimeout   time.Duration `envconfig:"PONG_TIMEOUT" default:"60s" desc:"a client that has not answered for this long is dropped; must exceed the ping interval"`
 	WriteTimeout  time.Duration `envconfig:"WRITE_TIMEOUT" default:"5s" desc:"how long one write to a client may block before the client is dropped"`
-	WriteDelay    time.Duration `envconfig:"WRITE_DELAY" default:"2ms" desc:"a client written to less than twice this ago waits this long, so that what is queued meanwhile shares one frame (0: always write at once)"`
+	WriteDelay    time.Duration `envconfig:"WRITE_DELAY" default:"2ms" desc:"how long a client's first queued event waits for those that follow to share its frame (0: write at once)"`
 }
 
 // Presence configures the presence service.

@@ -299,33 +299,30 @@ func (c *client) writePump() {
 		}
 		return true
 	}
-	// A client that was written to a moment ago (a busy room) waits a
-	// short write delay, so that what is queued meanwhile goes out in the
-	// same frame: one write every few milliseconds instead of one per
-	// event, and those writes are most of the server's CPU. A quiet
-	// client is written to at once.
+	// With a write delay, the first event queued starts a short timer, and
+	// everything queued until it fires goes out in one frame: in a busy
+	// room a client gets a write every few milliseconds instead of one per
+	// event, and those writes are most of the server's CPU (bench/: it
+	// raised what one core sustains in a room of 1,000 from 1 to 1.5
+	// million deliveries a second).
 	delay := time.NewTimer(time.Hour)
 	delay.Stop()
 	var delayed <-chan time.Time
-	var lastWrite time.Time
 	for {
 		select {
 		case <-c.wake:
-			if delayed != nil && !c.isClosing() {
-				continue // the timer takes it
-			}
-			if lim.WriteDelay > 0 && time.Since(lastWrite) < 2*lim.WriteDelay && !c.isClosing() {
-				delay.Reset(lim.WriteDelay)
-				delayed = delay.C
+			if lim.WriteDelay > 0 && !c.isClosing() {
+				if delayed == nil {
+					delay.Reset(lim.WriteDelay)
+					delayed = delay.C
+				}
 				continue
 			}
-			lastWrite = time.Now()
 			if !flush() {
 				return
 			}
 		case <-delayed:
 			delayed = nil
-			lastWrite = time.Now()
 			if !flush() {
 				return
 			}
