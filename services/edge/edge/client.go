@@ -12,6 +12,11 @@ import (
 	"github.com/natter-chat/natter/shared/proto"
 )
 
+// keepBuffers is the number of events in one flush from which a client's
+// write pump keeps its batch and frame buffers for the next: a busy
+// client reuses them, an idle one holds none.
+const keepBuffers = 16
+
 // closeGrace is how long a closing connection waits for the peer's close
 // frame, and then for its end of the TCP connection, before closing hard.
 const closeGrace = time.Second
@@ -292,6 +297,11 @@ func (c *client) writePump() {
 		var err error
 		buf, err = proto.Frames(batch, proto.MaxFrameBytes, buf, write)
 		clear(batch)
+		// Buffers are kept only while the client is busy: an idle
+		// connection holds none.
+		if len(batch) < keepBuffers {
+			batch, buf = nil, nil
+		}
 		if err != nil {
 			c.close(-1, "")
 			c.finish()

@@ -6,11 +6,12 @@
 //     WaitGroup, every connection handler. When its context ends it stops
 //     accepting, closes every client with 1001, waits for their handlers,
 //     then drops the room subscriptions and stops the dispatcher.
-//   - Each connection's HTTP handler goroutine is its read pump: the only
-//     reader of the socket. It starts the connection's write pump, the only
-//     writer of data frames, and waits for it before returning. Close and
-//     ping frames go through gorilla's WriteControl, which is safe from any
-//     goroutine.
+//   - Each connection has a goroutine started by its HTTP handler (which
+//     then returns, so net/http lets go of its buffers) and counted in the
+//     same WaitGroup: the read pump, the only reader of the socket. It
+//     starts the connection's write pump, the only writer of data frames,
+//     and waits for it before returning. Close and ping frames go through
+//     gorilla's WriteControl, which is safe from any goroutine.
 //   - The hub keeps one NATS subscription per room with local members. All
 //     of them deliver into one channel, read by one dispatch goroutine, so
 //     thousands of rooms cost no goroutine each. The dispatcher encodes an

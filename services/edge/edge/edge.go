@@ -226,8 +226,8 @@ func (e *Edge) closeClients() {
 	}
 }
 
-// serveWS checks a request, upgrades it and runs the connection's read
-// pump on this goroutine.
+// serveWS checks a request, upgrades it and starts the connection's
+// goroutine, owned by the edge (handlers), which is its read pump.
 func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !e.originAllowed(r) {
 		e.metrics.refused.WithLabelValues("origin").Inc()
@@ -258,18 +258,22 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	e.open.Add(1)
 	e.handlers.Add(1)
 	e.mu.Unlock()
-	defer e.handlers.Done()
-	e.metrics.connections.Inc()
-	defer e.metrics.connections.Dec()
-
-	c.reply(proto.Encode(proto.Welcome{Type: proto.TypeWelcome, User: user, Session: c.session}))
-	c.serve()
-	c.leaveAll()
-
-	e.mu.Lock()
-	delete(e.clients, c)
-	e.open.Add(-1)
-	e.mu.Unlock()
+	// The connection gets a goroutine of its own, and the HTTP handler
+	// returns: net/http then lets go of its per-connection buffers and
+	// of the handler's deep stack, which an idle connection would
+	// otherwise hold for its whole life.
+	go func() {
+		defer e.handlers.Done()
+		e.metrics.connections.Inc()
+		defer e.metrics.connections.Dec()
+		c.reply(proto.Encode(proto.Welcome{Type: proto.TypeWelcome, User: user, Session: c.session}))
+		c.serve()
+		c.leaveAll()
+		e.mu.Lock()
+		delete(e.clients, c)
+		e.open.Add(-1)
+		e.mu.Unlock()
+	}()
 }
 
 // who asks presence for the users present in room. It fails at once when
