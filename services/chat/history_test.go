@@ -160,6 +160,15 @@ func TestHistoryPaging(t *testing.T) {
 	if h := c.history(map[string]any{"room": "lobby", "before": seqs[0]}); len(h.Messages) != 0 || *h.More {
 		t.Fatalf("before the first: %s", h.raw)
 	}
+	if h := c.history(map[string]any{"room": "lobby", "before": 0}); len(h.Messages) != 0 || *h.More {
+		t.Fatalf("before 0: %s", h.raw)
+	}
+	// Conversations come with direct messages (a later issue): a clear,
+	// retryable refusal meanwhile.
+	c.send(map[string]any{"type": "history", "dm": "bob", "id": "h1"})
+	if ev := c.expect("error"); ev.Code != "unavailable" || ev.id() != "h1" {
+		t.Fatalf("history of a conversation: %s", ev.raw)
+	}
 }
 
 // A client that rejoins with since gets exactly what it missed, then
@@ -199,6 +208,16 @@ func TestJoinSinceReplaysWhatWasMissed(t *testing.T) {
 	replayed, j = carol.joinSince("lobby", 0)
 	if want := append([]uint64{first}, append(missed, seq)...); !slices.Equal(seqsOf(replayed), want) || !*j.Recovered {
 		t.Fatalf("since 0: replayed %v, joined %s; want %v, recovered", seqsOf(replayed), j.raw, want)
+	}
+	// Joining a room already joined, with since: nothing is replayed (it
+	// is live on this connection); recovered only for the newest seq sent.
+	replayed, j = carol.joinSince("lobby", seq)
+	if len(replayed) != 0 || !*j.Recovered || *j.Seq != seq {
+		t.Fatalf("rejoin with the newest seq: replayed %d, joined %s", len(replayed), j.raw)
+	}
+	replayed, j = carol.joinSince("lobby", first)
+	if len(replayed) != 0 || *j.Recovered {
+		t.Fatalf("rejoin with an older seq: replayed %d, joined %s", len(replayed), j.raw)
 	}
 	replayed, j = carol.joinSince("empty", 0)
 	if len(replayed) != 0 || !*j.Recovered || *j.Seq != 0 {

@@ -23,7 +23,7 @@ func TestMessageReachesEveryMemberWithAck(t *testing.T) {
 	bob := dial(t, e.url, "bob")
 	carol := dial(t, e.url, "carol")
 	// seq 0 for an empty room; users left out while presence is
-	// unavailable (it is not built yet); recovered only with since.
+	// unavailable (this rig runs none); recovered only with since.
 	if j := alice.join("lobby"); j.seq() != 0 || j.Seq == nil || j.Users != nil || j.Recovered != nil {
 		t.Fatalf("joined an empty room: %s, want seq 0 and no users or recovered", j.raw)
 	}

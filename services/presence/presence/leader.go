@@ -52,11 +52,15 @@ type bucket struct {
 	kv jetstream.KeyValue // guarded by mu
 }
 
+// get returns the bucket, opening it when needed. The lock is not held
+// across the request: the elector and the writer may both open it, and the
+// later one's handle wins, which is the same bucket.
 func (b *bucket) get(ctx context.Context) (jetstream.KeyValue, error) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.kv != nil {
-		return b.kv, nil
+	kv := b.kv
+	b.mu.Unlock()
+	if kv != nil {
+		return kv, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
@@ -71,7 +75,9 @@ func (b *bucket) get(ctx context.Context) (jetstream.KeyValue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("presence bucket %s: %w", subject.PresenceBucket, err)
 	}
+	b.mu.Lock()
 	b.kv = kv
+	b.mu.Unlock()
 	return kv, nil
 }
 

@@ -43,6 +43,9 @@ const (
 	// into. When it is full nats.go drops messages (a slow consumer); the
 	// next heartbeat's digest shows the loss and a sync repairs it.
 	msgBuffer = 1 << 16
+	// maxHeldEvents bounds the announcements waiting for their rooms to be
+	// written.
+	maxHeldEvents = 1 << 16
 	// opTimeout bounds one key-value operation.
 	opTimeout = 2 * time.Second
 	// stopWait bounds the last write of the announced state on shutdown.
@@ -364,6 +367,21 @@ func (p *Presence) hold(c change, ts int64) {
 		subject: subject.RoomPresence(c.room),
 		data:    proto.Encode(proto.Presence{Type: proto.TypePresence, Room: c.room, Event: ev, User: c.user, TS: ts}),
 	})
+	if len(p.held) >= maxHeldEvents {
+		// The writer is far behind (the bucket is slow or away): announce
+		// what waits now, in order, rather than hold it without bound. Its
+		// rooms stay dirty and are written when the writer catches up; a
+		// leader killed before that may repeat these.
+		p.log.Warn("announcing before writing: the presence bucket is far behind", "events", len(p.held))
+		for _, e := range p.held {
+			if err := p.nc.Publish(e.subject, e.data); err != nil {
+				p.log.Warn("presence event not sent", "subject", e.subject, "err", err)
+				continue
+			}
+			p.metrics.events.Inc()
+		}
+		p.held = nil
+	}
 }
 
 // tick expires vanished edges, times out syncs, goes live when it can and

@@ -355,3 +355,41 @@ func TestWriterAnnouncesOnlyWithinTheLease(t *testing.T) {
 		t.Fatalf("record %v, %v; want alice's, written once", e, err)
 	}
 }
+
+// Announcements wait for their rooms to be written, but not without
+// bound: with the writer stuck, they go out in order once too many wait.
+func TestHeldAnnouncementsAreBounded(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := natstest.Connect(t, ns)
+	p, err := New(Config{MaxMembers: 500}, nc, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := natstest.Connect(t, ns).SubscribeSync(subject.RoomPresence("lobby"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		t.Fatal(err)
+	}
+	p.leader, p.live, p.persisting = true, true, true // the writer is busy for good
+	for i := range maxHeldEvents {
+		p.announce([]change{{room: "lobby", user: fmt.Sprintf("u%d", i), join: true}})
+	}
+	if len(p.held) != 0 {
+		t.Fatalf("%d announcements still held", len(p.held))
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range maxHeldEvents {
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("announcement %d: %v", i, err)
+		}
+		var ev proto.Presence
+		if err := json.Unmarshal(m.Data, &ev); err != nil || ev.User != fmt.Sprintf("u%d", i) {
+			t.Fatalf("announcement %d: %s", i, m.Data)
+		}
+	}
+}
