@@ -23,6 +23,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -97,7 +98,18 @@ func main() {
 	flag.IntVar(&c.Concurrency, "concurrency", 200, "connections being opened at once")
 	flag.BoolVar(&c.Rejoin, "rejoin", false, "natter: at the window's start every client drops and rejoins with since")
 	flag.StringVar(&c.Out, "out", "", "append the JSON line to this file too")
+	failP99 := flag.Duration("fail-p99", 0, "exit with status 3 when p99 latency is above this (0: never)")
+	failLoss := flag.Float64("fail-loss", -1, "exit with status 3 when loss in percent is above this (negative: never)")
+	report := flag.String("report", "", "print the Markdown table of the runs in this JSON-lines file, and exit")
+	command := flag.String("command", "", "with -report: the command the runs came from, for the table's header")
 	flag.Parse()
+	if *report != "" {
+		if err := printReport(os.Stdout, *report, *command); err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if c.Sources <= 0 {
 		c.Sources = (c.Conns + 9999) / 10000
 	}
@@ -121,6 +133,53 @@ func main() {
 		}
 	}
 	printTable(os.Stderr, r)
+	if (*failP99 > 0 && r.P99ms > ms(*failP99)) || (*failLoss >= 0 && r.LossPct > *failLoss) {
+		os.Exit(3)
+	}
+}
+
+// printReport writes the runs of a JSON-lines file as a Markdown table.
+func printReport(w io.Writer, path, command string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var runs []result
+	for line := range bytes.SplitSeq(data, []byte{'\n'}) {
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		var r result
+		if err := json.Unmarshal(line, &r); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		runs = append(runs, r)
+	}
+	if len(runs) == 0 {
+		return fmt.Errorf("%s: no runs", path)
+	}
+	cpu := "?"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	fmt.Fprintf(w, "# Load runs, %s\n\n", runs[0].Time)
+	fmt.Fprintf(w, "Command: `%s`. Machine: %s, %d cores; server on CPU 0, generator on CPU 1, GOMAXPROCS=1 for both.\n\n", command, cpu, runtime.NumCPU())
+	fmt.Fprintln(w, "| scenario | target | conns | room | pubs x rate | connect/s | idle KiB/conn | deliveries/s (expected) | loss % | p50 / p99 / max ms | server cores | server MiB | closed |")
+	fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+	for _, r := range runs {
+		fmt.Fprintf(w, "| %s | %s | %d/%d | %d | %d x %g | %.0f | %.1f | %.0f (%.0f) | %.3f | %.1f / %.1f / %.1f | %.2f | %.0f | %d |\n",
+			r.Scenario, r.Target, r.Connected, r.Conns, r.RoomSize, r.Publishers, r.Rate, r.ConnectPerSec, r.IdleRSSPerConnKiB,
+			r.DeliveriesPerSec, r.ExpectedPerSec, r.LossPct, r.P50ms, r.P99ms, r.Maxms, r.ServerCPU, r.ServerRSSMiB, r.Closed)
+		if r.Rejoin {
+			fmt.Fprintf(w, "|  | (rejoin) | all back in %.2f s, %d recovered |  |  |  |  |  |  |  |  |  |  |\n", r.RejoinSeconds, r.Recovered)
+		}
+	}
+	return nil
 }
 
 // client is one connection.
