@@ -12,11 +12,6 @@ import (
 	"github.com/natter-chat/natter/shared/proto"
 )
 
-// keepBuffers is the number of events in one flush from which a client's
-// write pump keeps its batch and frame buffers for the next: a busy
-// client reuses them, an idle one holds none.
-const keepBuffers = 16
-
 // closeGrace is how long a closing connection waits for the peer's close
 // frame, and then for its end of the TCP connection, before closing hard.
 const closeGrace = time.Second
@@ -276,6 +271,12 @@ func (c *client) writePump() {
 	defer ping.Stop()
 	var batch [][]byte
 	var buf []byte
+	// wrote tells whether a flush came since the last ping: a connection
+	// that went a whole ping interval without one drops its buffers, so
+	// an idle client holds none and a busy one reuses them. (Dropping them
+	// after every small flush cost a busy room of 1,000 a third of its
+	// deliveries a second: bench/results/2026-11-26T102123Z.md, C.)
+	wrote := false
 	write := func(frame []byte) error {
 		_ = c.conn.SetWriteDeadline(time.Now().Add(lim.WriteTimeout))
 		c.e.metrics.framesOut.Inc()
@@ -297,11 +298,7 @@ func (c *client) writePump() {
 		var err error
 		buf, err = proto.Frames(batch, proto.MaxFrameBytes, buf, write)
 		clear(batch)
-		// Buffers are kept only while the client is busy: an idle
-		// connection holds none.
-		if len(batch) < keepBuffers {
-			batch, buf = nil, nil
-		}
+		wrote = true
 		if err != nil {
 			c.close(-1, "")
 			c.finish()
@@ -337,6 +334,10 @@ func (c *client) writePump() {
 				return
 			}
 		case <-ping.C:
+			if !wrote {
+				batch, buf = nil, nil
+			}
+			wrote = false
 			if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(lim.WriteTimeout)); err != nil {
 				c.close(-1, "")
 				c.finish()
