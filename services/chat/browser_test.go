@@ -106,9 +106,10 @@ func enter() chromedp.Action[chromedp.Void] {
 	})
 }
 
-// member is the XPath of a user in the member list.
+// member is the XPath of a user in the member list (a button that
+// starts a conversation).
 func member(user string) string {
-	return `//ul[@id="member-list"]/li[text()=` + xpathString(user) + `]`
+	return `//ul[@id="member-list"]/li/button[text()=` + xpathString(user) + `]`
 }
 
 // textShown is the XPath of a message text in the list.
@@ -193,6 +194,63 @@ func TestBrowserTabsChat(t *testing.T) {
 	run1(t, alice, "alice sees bob leave",
 		chromedp.WaitVisible(`//ol[@id="messages"]/li[@class="system" and text()="bob left"]`),
 		chromedp.WaitNotPresent(member("bob")))
+}
+
+// A dm between two pages: started from the member list, counted unread
+// in the other page's conversation list, read there from history, and
+// answered; typing in a room shows under it on the other page; after a
+// reload the conversation is listed again from dms.
+func TestBrowserDM(t *testing.T) {
+	newTab := browser(t)
+	m, _ := startMain(t, t.TempDir())
+	base := "http://" + m.Addr()
+	alice, bob := newTab(), newTab()
+	for _, p := range []struct {
+		tab  context.Context
+		user string
+	}{{alice, "alice"}, {bob, "bob"}} {
+		run1(t, p.tab, "open "+p.user+"'s page",
+			chromedp.Navigate(base+"/?user="+p.user+"&room=lobby"),
+			chromedp.WaitVisible(`//span[@id="status" and text()="online"]`))
+	}
+	run1(t, alice, "alice sees bob", chromedp.WaitVisible(member("bob")))
+
+	run1(t, bob, "bob types in lobby", chromedp.SendKeys(chromedp.ID("text"), "thinking"))
+	run1(t, alice, "alice sees bob typing", chromedp.WaitVisible(`//p[@id="typing" and text()="bob is typing…"]`))
+	if _, err := chromedp.Run(bob, chromedp.Evaluate[bool](`(document.getElementById("text").value = "", true)`)); err != nil {
+		t.Fatal(err)
+	}
+
+	run1(t, alice, "alice writes to bob from the member list",
+		chromedp.Click(member("bob")),
+		chromedp.WaitVisible(`//strong[@id="room-name" and text()="@bob"]`),
+		chromedp.SendKeys(chromedp.ID("text"), "psst, bob"), enter(),
+		chromedp.WaitVisible(textShown("psst, bob")),
+		chromedp.WaitVisible(`//button[@data-dm="bob" and contains(@class, "active")]`))
+	run1(t, bob, "bob sees one unread from alice, and reads it",
+		chromedp.WaitVisible(`//button[@data-dm="alice"]/span[@class="unread" and text()="1"]`),
+		chromedp.WaitNotPresent(textShown("psst, bob")), // not in lobby
+		chromedp.Click(`//button[@data-dm="alice"]`),
+		chromedp.WaitVisible(`//strong[@id="room-name" and text()="@alice"]`),
+		chromedp.WaitVisible(textShown("psst, bob")),
+		chromedp.WaitNotPresent(`//button[@data-dm="alice"]/span[@class="unread"]`),
+		chromedp.SendKeys(chromedp.ID("text"), "hi alice"), enter(),
+		chromedp.WaitVisible(textShown("hi alice")))
+	run1(t, alice, "alice gets the answer in the conversation",
+		chromedp.WaitVisible(textShown("hi alice")),
+		chromedp.WaitVisible(`//ol[@id="messages"]/li[span[@class="from" and text()="bob"] and span[@class="text" and text()="hi alice"]]`))
+	screenshot(t, alice, "dm")
+
+	run1(t, bob, "after a reload bob finds the conversation and its history",
+		chromedp.Navigate(base+"/?user=bob&room=lobby"),
+		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
+		chromedp.Click(`//button[@data-dm="alice"]`),
+		chromedp.WaitVisible(textShown("psst, bob")),
+		chromedp.WaitVisible(textShown("hi alice")))
+	texts, err := chromedp.Run(bob, chromedp.Evaluate[[]string](`[...document.querySelectorAll("#messages li[data-seq] .text")].map((e) => e.textContent)`))
+	if err != nil || !slices.Equal(texts, []string{"psst, bob", "hi alice"}) {
+		t.Fatalf("bob's conversation shows %q, %v", texts, err)
+	}
 }
 
 // blockWebSockets makes the page's new WebSockets fail at once (or work
@@ -360,7 +418,7 @@ func TestBrowserHistoryOnScroll(t *testing.T) {
 	defer nc.Close()
 	const n = 130
 	for i := range n {
-		post := proto.Encode(proto.InRoomPost{From: "bot", Text: fmt.Sprintf("m%d", i), ID: fmt.Sprint(i)})
+		post := proto.Encode(proto.Post{From: "bot", Text: fmt.Sprintf("m%d", i), ID: fmt.Sprint(i)})
 		if i == 0 {
 			// The broadcaster starts serving just after Open.
 			waitFor(t, "a broadcaster", func() bool {

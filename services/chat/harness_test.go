@@ -155,6 +155,8 @@ type event struct {
 	Session   string          `json:"session"`
 	Room      string          `json:"room"`
 	From      string          `json:"from"`
+	To        string          `json:"to"`
+	DM        string          `json:"dm"`
 	Text      string          `json:"text"`
 	ID        json.RawMessage `json:"id"`
 	Seq       *uint64         `json:"seq"`
@@ -166,7 +168,13 @@ type event struct {
 	Messages  []event         `json:"messages"`
 	More      *bool           `json:"more"`
 	Recovered *bool           `json:"recovered"`
-	raw       string
+	// Conversations answers dms.
+	Conversations []struct {
+		With string `json:"with"`
+		Seq  uint64 `json:"seq"`
+		TS   int64  `json:"ts"`
+	} `json:"conversations"`
+	raw string
 }
 
 func (ev event) seq() uint64 {

@@ -163,11 +163,9 @@ func TestHistoryPaging(t *testing.T) {
 	if h := c.history(map[string]any{"room": "lobby", "before": 0}); len(h.Messages) != 0 || *h.More {
 		t.Fatalf("before 0: %s", h.raw)
 	}
-	// Conversations come with direct messages (a later issue): a clear,
-	// retryable refusal meanwhile.
-	c.send(map[string]any{"type": "history", "dm": "bob", "id": "h1"})
-	if ev := c.expect("error"); ev.Code != "unavailable" || ev.id() != "h1" {
-		t.Fatalf("history of a conversation: %s", ev.raw)
+	// A conversation without dms is empty, like a room.
+	if h := c.history(map[string]any{"dm": "bob"}); h.DM != "bob" || !strings.Contains(h.raw, `"messages":[]`) || *h.More {
+		t.Fatalf("history of a conversation without dms: %s", h.raw)
 	}
 }
 
@@ -281,7 +279,7 @@ func TestJoinSinceOlderThanRetention(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if first, err := store.First(ctx, js, "lobby"); err != nil || first != seqs[50] {
+	if first, err := store.First(ctx, js, store.Room("lobby")); err != nil || first != seqs[50] {
 		t.Fatalf("retention kept from %d (%v), want %d", first, err, seqs[50])
 	}
 	c := dial(t, e.url, "alice")

@@ -80,7 +80,7 @@ func botPoster(t *testing.T, nc interface {
 				return
 			case <-tick.C:
 				n++
-				if err := nc.Publish(subject.InRoom(room), proto.Encode(proto.InRoomPost{From: "bot", Text: fmt.Sprintf("tick %d", n), ID: fmt.Sprint(n)})); err != nil {
+				if err := nc.Publish(subject.InRoom(room), proto.Encode(proto.Post{From: "bot", Text: fmt.Sprintf("tick %d", n), ID: fmt.Sprint(n)})); err != nil {
 					t.Error(err)
 					return
 				}
@@ -158,7 +158,7 @@ func roomSeqs(t *testing.T, ns *server.Server, room string, from uint64) []uint6
 	var out []uint64
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
-		msgs, more, err := store.After(ctx, js, room, from, 500)
+		msgs, more, err := store.After(ctx, js, store.Room(room), from, 500)
 		cancel()
 		if err != nil {
 			t.Fatal(err)

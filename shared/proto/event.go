@@ -59,6 +59,39 @@ type Message struct {
 	TS   int64  `json:"ts"`
 }
 
+// DM is a stored direct message. Like Message, it is stored without Seq
+// and sent to clients with it.
+type DM struct {
+	Type string `json:"type"`
+	From string `json:"from"`
+	To   string `json:"to"`
+	Text string `json:"text"`
+	ID   string `json:"id,omitempty"`
+	Seq  uint64 `json:"seq,omitempty"`
+	TS   int64  `json:"ts"`
+}
+
+// Typing is a room member's typing signal; never stored.
+type Typing struct {
+	Type string `json:"type"`
+	Room string `json:"room"`
+	User string `json:"user"`
+}
+
+// DMs answers dms: the user's conversations, newest first.
+type DMs struct {
+	Type          string         `json:"type"`
+	Conversations []Conversation `json:"conversations"`
+}
+
+// Conversation is one entry of DMs: the other party (the user itself for
+// notes to oneself), and the seq and ts of the newest dm.
+type Conversation struct {
+	With string `json:"with"`
+	Seq  uint64 `json:"seq"`
+	TS   int64  `json:"ts"`
+}
+
 // Ack tells the sender that the post with ID is stored as Seq.
 type Ack struct {
 	Type string `json:"type"`
@@ -97,11 +130,12 @@ func WithSeq(payload []byte, seq uint64) []byte {
 	return append(out, payload[1:]...)
 }
 
-// InRoomPost is what an edge (or a bot) publishes on chat.in.room.<room>.
-// Edge and Session are left out by bots; Room may be left out, the subject
-// names it.
-type InRoomPost struct {
+// Post is what an edge (or a bot) publishes on chat.in.room.<room>, or
+// on chat.in.dm.<to> for a dm. Edge and Session are left out by bots;
+// Room (To) may be left out, the subject names it.
+type Post struct {
 	Room    string `json:"room,omitempty"`
+	To      string `json:"to,omitempty"`
 	From    string `json:"from"`
 	Text    string `json:"text"`
 	ID      string `json:"id,omitempty"`

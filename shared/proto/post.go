@@ -25,11 +25,11 @@ func CheckPost(text, id string, maxChars int) *Error {
 }
 
 // ParsePost decodes what an edge or a bot publishes on chat.in.room.<room>
-// with the same rules as a client request: keys match exactly, every
+// or chat.in.dm.<to> with the same rules as a client request: keys match exactly, every
 // field is a string, from and text are required. Names and limits are
 // checked by the caller (CheckPost and package names).
-func ParsePost(data []byte) (InRoomPost, *Error) {
-	var post InRoomPost
+func ParsePost(data []byte) (Post, *Error) {
+	var post Post
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(data, &obj); err != nil || obj == nil {
 		return post, errorf(CodeBadRequest, "payload is not a JSON object")
@@ -39,7 +39,7 @@ func ParsePost(data []byte) (InRoomPost, *Error) {
 		name string
 		dst  *string
 	}{
-		{"room", &post.Room}, {"from", &post.From}, {"text", &post.Text},
+		{"room", &post.Room}, {"to", &post.To}, {"from", &post.From}, {"text", &post.Text},
 		{"id", &post.ID}, {"edge", &post.Edge}, {"session", &post.Session},
 	}
 	for _, f := range fields {

@@ -62,11 +62,11 @@ func BenchmarkHistory(b *testing.B) {
 				name string
 				fn   func() ([]Stored, bool, error)
 			}{
-				{"newest", func() ([]Stored, bool, error) { return Before(ctx, js, "target", 0, 50) }},
-				{"before-middle", func() ([]Stored, bool, error) { return Before(ctx, js, "target", mid, 50) }},
-				{"after-middle", func() ([]Stored, bool, error) { return After(ctx, js, "target", mid, 50) }},
-				{"after-start", func() ([]Stored, bool, error) { return After(ctx, js, "target", seqs[10], 50) }},
-				{"after-end", func() ([]Stored, bool, error) { return After(ctx, js, "target", seqs[len(seqs)-60], 50) }},
+				{"newest", func() ([]Stored, bool, error) { return Before(ctx, js, Room("target"), 0, 50) }},
+				{"before-middle", func() ([]Stored, bool, error) { return Before(ctx, js, Room("target"), mid, 50) }},
+				{"after-middle", func() ([]Stored, bool, error) { return After(ctx, js, Room("target"), mid, 50) }},
+				{"after-start", func() ([]Stored, bool, error) { return After(ctx, js, Room("target"), seqs[10], 50) }},
+				{"after-end", func() ([]Stored, bool, error) { return After(ctx, js, Room("target"), seqs[len(seqs)-60], 50) }},
 			} {
 				b.Run(read.name, func(b *testing.B) {
 					for b.Loop() {

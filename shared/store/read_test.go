@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,7 +52,7 @@ func TestReads(t *testing.T) {
 	if _, err := EnsureStream(ctx, js, config.Retention{MaxMsgs: 100, MaxAge: time.Hour, MaxBytes: 1 << 30}); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := NothingDropped(ctx, js); err != nil || !ok {
+	if ok, err := NothingDropped(ctx, js, Room("x")); err != nil || !ok {
 		t.Fatalf("new stream: NothingDropped = %v, %v", ok, err)
 	}
 	all := fill(t, js, []string{"a", "b", "c"}, 120) // a keeps its newest 100
@@ -63,18 +64,18 @@ func TestReads(t *testing.T) {
 		want     []uint64
 		wantMore bool
 	}{
-		{"after 0", func() ([]Stored, bool, error) { return After(ctx, js, "a", 0, 10) }, a[:10], true},
-		{"after the 50th", func() ([]Stored, bool, error) { return After(ctx, js, "a", a[49], 10) }, a[50:60], true},
-		{"after, to the end", func() ([]Stored, bool, error) { return After(ctx, js, "a", a[94], 10) }, a[95:], false},
-		{"after the newest", func() ([]Stored, bool, error) { return After(ctx, js, "a", a[99], 10) }, nil, false},
-		{"newest", func() ([]Stored, bool, error) { return Before(ctx, js, "a", 0, 10) }, a[90:], true},
-		{"before the 50th", func() ([]Stored, bool, error) { return Before(ctx, js, "a", a[49], 10) }, a[39:49], true},
-		{"before, to the beginning", func() ([]Stored, bool, error) { return Before(ctx, js, "a", a[5], 10) }, a[:5], false},
-		{"before the oldest", func() ([]Stored, bool, error) { return Before(ctx, js, "a", a[0], 10) }, nil, false},
-		{"exactly the rest", func() ([]Stored, bool, error) { return Before(ctx, js, "a", a[10], 10) }, a[:10], false},
-		{"before beyond the newest", func() ([]Stored, bool, error) { return Before(ctx, js, "a", 1<<53, 10) }, a[90:], true},
-		{"empty room, newest", func() ([]Stored, bool, error) { return Before(ctx, js, "none", 0, 10) }, nil, false},
-		{"empty room, after", func() ([]Stored, bool, error) { return After(ctx, js, "none", 0, 10) }, nil, false},
+		{"after 0", func() ([]Stored, bool, error) { return After(ctx, js, Room("a"), 0, 10) }, a[:10], true},
+		{"after the 50th", func() ([]Stored, bool, error) { return After(ctx, js, Room("a"), a[49], 10) }, a[50:60], true},
+		{"after, to the end", func() ([]Stored, bool, error) { return After(ctx, js, Room("a"), a[94], 10) }, a[95:], false},
+		{"after the newest", func() ([]Stored, bool, error) { return After(ctx, js, Room("a"), a[99], 10) }, nil, false},
+		{"newest", func() ([]Stored, bool, error) { return Before(ctx, js, Room("a"), 0, 10) }, a[90:], true},
+		{"before the 50th", func() ([]Stored, bool, error) { return Before(ctx, js, Room("a"), a[49], 10) }, a[39:49], true},
+		{"before, to the beginning", func() ([]Stored, bool, error) { return Before(ctx, js, Room("a"), a[5], 10) }, a[:5], false},
+		{"before the oldest", func() ([]Stored, bool, error) { return Before(ctx, js, Room("a"), a[0], 10) }, nil, false},
+		{"exactly the rest", func() ([]Stored, bool, error) { return Before(ctx, js, Room("a"), a[10], 10) }, a[:10], false},
+		{"before beyond the newest", func() ([]Stored, bool, error) { return Before(ctx, js, Room("a"), 1<<53, 10) }, a[90:], true},
+		{"empty room, newest", func() ([]Stored, bool, error) { return Before(ctx, js, Room("none"), 0, 10) }, nil, false},
+		{"empty room, after", func() ([]Stored, bool, error) { return After(ctx, js, Room("none"), 0, 10) }, nil, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -92,19 +93,84 @@ func TestReads(t *testing.T) {
 			}
 		})
 	}
-	if first, err := First(ctx, js, "a"); err != nil || first != a[0] {
+	if first, err := First(ctx, js, Room("a")); err != nil || first != a[0] {
 		t.Fatalf("First = %d, %v; want %d", first, err, a[0])
 	}
-	if ok, err := NothingDropped(ctx, js); err != nil || ok {
+	if ok, err := NothingDropped(ctx, js, Room("x")); err != nil || ok {
 		t.Fatalf("after retention dropped messages: NothingDropped = %v, %v", ok, err)
 	}
 	// A read cut short says so rather than answering "nothing".
 	expired, cancelExpired := context.WithTimeout(ctx, -time.Second)
 	defer cancelExpired()
-	if msgs, _, err := After(expired, js, "a", 0, 10); err == nil {
+	if msgs, _, err := After(expired, js, Room("a"), 0, 10); err == nil {
 		t.Fatalf("After with an expired context: %d messages and no error", len(msgs))
 	}
-	if _, _, err := Before(expired, js, "a", 0, 10); err == nil {
+	if _, _, err := Before(expired, js, Room("a"), 0, 10); err == nil {
 		t.Fatal("Before with an expired context: no error")
+	}
+}
+
+// Dms are kept per conversation in their own stream: both parties find a
+// conversation under the same log, a user's conversations are listed with
+// their newest dm, and a note to oneself is listed once.
+func TestConversations(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := natstest.Connect(t, ns)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := EnsureStream(ctx, js, config.Retention{MaxMsgs: 100, MaxAge: time.Hour, MaxBytes: 1 << 30}); err != nil {
+		t.Fatal(err)
+	}
+	if convs, err := Conversations(ctx, js, "alice"); err != nil || len(convs) != 0 {
+		t.Fatalf("no dms yet: %v, %v", convs, err)
+	}
+	newest := make(map[string]uint64)
+	for i, d := range []struct{ from, to string }{
+		{"alice", "bob"}, {"bob", "alice"}, {"carol", "alice"}, {"alice", "alice"}, {"bob", "carol"}, {"alice", "bob"},
+	} {
+		ack, err := js.Publish(ctx, subject.StoreDM(d.from, d.to),
+			fmt.Appendf(nil, `{"type":"dm","from":%q,"to":%q,"text":"%d","ts":%d}`, d.from, d.to, i, 1000+i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, b := subject.Pair(d.from, d.to)
+		newest[a+"."+b] = ack.Sequence
+	}
+	convs, err := Conversations(ctx, js, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(convs, func(x, y Conversation) int { return strings.Compare(x.With, y.With) })
+	want := []Conversation{
+		{With: "alice", Seq: newest["alice.alice"], TS: 1003},
+		{With: "bob", Seq: newest["alice.bob"], TS: 1005},
+		{With: "carol", Seq: newest["alice.carol"], TS: 1002},
+	}
+	if !slices.Equal(convs, want) {
+		t.Fatalf("alice's conversations: %+v, want %+v", convs, want)
+	}
+	// Either party reads the same log, forward and back.
+	ab, _, err := After(ctx, js, Between("bob", "alice"), 0, 10)
+	if err != nil || len(ab) != 3 {
+		t.Fatalf("alice and bob, after 0: %d dms, %v", len(ab), err)
+	}
+	back, more, err := Before(ctx, js, Between("alice", "bob"), 0, 2)
+	if err != nil || !more || !slices.Equal(seqsOf(back), seqsOf(ab[1:])) {
+		t.Fatalf("alice and bob, newest 2: %v, more %v, %v", seqsOf(back), more, err)
+	}
+	if last, err := LastSeq(ctx, nc, Between("alice", "bob")); err != nil || last != newest["alice.bob"] {
+		t.Fatalf("LastSeq of alice and bob = %d, %v", last, err)
+	}
+	all := Log{Stream: subject.DMStream, Subject: subject.StoreDMAny, Name: "dms"}
+	if last, err := LastSeq(ctx, nc, all); err != nil || last != newest["alice.bob"] {
+		t.Fatalf("LastSeq of every dm = %d, %v; want %d", last, err, newest["alice.bob"])
+	}
+	// The room stream does not hold them.
+	if msgs, _, err := After(ctx, js, Room("alice"), 0, 10); err != nil || len(msgs) != 0 {
+		t.Fatalf("room read saw dms: %d, %v", len(msgs), err)
 	}
 }

@@ -1,5 +1,5 @@
-// Package store describes the JetStream stream that keeps every room
-// message and the reads the edges make from it.
+// Package store describes the JetStream streams that keep every room
+// message and every dm, and the reads the edges make from them.
 package store
 
 import (
@@ -44,8 +44,35 @@ func StreamConfig(r config.Retention) jetstream.StreamConfig {
 	}
 }
 
-// EnsureStream creates the stream or brings its configuration up to date.
+// DMStreamConfig is the stream of dms: one subject per conversation,
+// republished on chat.dm.<a>.<b> with its Nats-Sequence, with the same
+// limits per conversation as the room stream has per room.
+func DMStreamConfig(r config.Retention) jetstream.StreamConfig {
+	cfg := StreamConfig(r)
+	cfg.Name = subject.DMStream
+	cfg.Description = "natter direct messages"
+	cfg.Subjects = []string{subject.StoreDMAll}
+	cfg.RePublish = &jetstream.RePublish{Source: subject.StoreDMAll, Destination: subject.RepublishDM}
+	return cfg
+}
+
+// splitBytes shares the byte limit of the contract ("in all") between the
+// two streams: half each.
+func splitBytes(r config.Retention) config.Retention {
+	if r.MaxBytes > 0 {
+		r.MaxBytes = max(r.MaxBytes/2, 1)
+	}
+	return r
+}
+
+// EnsureStream creates both streams (rooms and dms) or brings their
+// configuration up to date; the byte limit is shared between them. It
+// returns the room stream.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, r config.Retention) (jetstream.Stream, error) {
+	r = splitBytes(r)
+	if _, err := js.CreateOrUpdateStream(ctx, DMStreamConfig(r)); err != nil {
+		return nil, fmt.Errorf("stream %s: %w", subject.DMStream, err)
+	}
 	s, err := js.CreateOrUpdateStream(ctx, StreamConfig(r))
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", subject.Stream, err)
@@ -59,29 +86,57 @@ func MsgID(room, user, id string) string {
 	return "room:" + room + ":" + user + ":" + strconv.Quote(id)
 }
 
+// DMMsgID is the de-duplication key of a dm: the same sender's id in the
+// same conversation.
+func DMMsgID(from, to, id string) string {
+	a, b := subject.Pair(from, to)
+	return "dm:" + a + "." + b + ":" + from + ":" + strconv.Quote(id)
+}
+
 // ErrNoStream means the stream does not exist yet (no broadcaster has run).
 var ErrNoStream = errors.New("store: stream not found")
 
-// LastSeq returns the seq of the newest message stored for room, 0 when the
-// room has none. It uses a direct get, which any stream replica answers.
-func LastSeq(ctx context.Context, nc *nats.Conn, room string) (uint64, error) {
-	msg, err := nc.RequestWithContext(ctx, subject.DirectGetLast(subject.Stream, subject.StoreRoom(room)), nil)
+// Log is what a read covers: one room's messages or one conversation's
+// dms, a subject of a stream.
+type Log struct {
+	Stream  string
+	Subject string
+	// Name says which, in errors: "room lobby", "dm alice.bob".
+	Name string
+}
+
+// Room is the log of room's messages.
+func Room(room string) Log {
+	return Log{Stream: subject.Stream, Subject: subject.StoreRoom(room), Name: "room " + room}
+}
+
+// Between is the log of the dms between x and y (either order).
+func Between(x, y string) Log {
+	a, b := subject.Pair(x, y)
+	return Log{Stream: subject.DMStream, Subject: subject.StoreDM(a, b), Name: "dm " + a + "." + b}
+}
+
+// LastSeq returns the seq of the newest message stored in l, 0 when it has
+// none. It uses a direct get, which any stream replica answers. A subject
+// with wildcards gives the newest of all it matches.
+func LastSeq(ctx context.Context, nc *nats.Conn, l Log) (uint64, error) {
+	msg, err := nc.RequestWithContext(ctx, subject.DirectGetLast(l.Stream, l.Subject), nil)
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) {
-			return 0, fmt.Errorf("last seq of room %s: %w", room, ErrNoStream)
+			return 0, fmt.Errorf("last seq of %s: %w", l.Name, ErrNoStream)
 		}
-		return 0, fmt.Errorf("last seq of room %s: %w", room, err)
+		return 0, fmt.Errorf("last seq of %s: %w", l.Name, err)
 	}
 	switch status := msg.Header.Get("Status"); status {
 	case "":
 	case "404":
 		return 0, nil
 	default:
-		return 0, fmt.Errorf("last seq of room %s: status %s %s", room, status, msg.Header.Get("Description"))
+		return 0, fmt.Errorf("last seq of %s: status %s %s", l.Name, status, msg.Header.Get("Description"))
 	}
 	seq, err := strconv.ParseUint(msg.Header.Get(jetstream.SequenceHeader), 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("last seq of room %s: bad %s header: %w", room, jetstream.SequenceHeader, err)
+		return 0, fmt.Errorf("last seq of %s: bad %s header: %w", l.Name, jetstream.SequenceHeader, err)
 	}
 	return seq, nil
 }

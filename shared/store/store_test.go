@@ -22,7 +22,7 @@ func TestStreamRepublishesWithSeqAndDeduplicates(t *testing.T) {
 	nc := natstest.Connect(t, ns)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := LastSeq(ctx, nc, "lobby"); !errors.Is(err, ErrNoStream) {
+	if _, err := LastSeq(ctx, nc, Room("lobby")); !errors.Is(err, ErrNoStream) {
 		t.Fatalf("before the stream exists: %v, want ErrNoStream", err)
 	}
 	js, err := jetstream.New(nc)
@@ -36,7 +36,7 @@ func TestStreamRepublishesWithSeqAndDeduplicates(t *testing.T) {
 	if _, err := EnsureStream(ctx, js, r); err != nil {
 		t.Fatalf("second EnsureStream: %v", err)
 	}
-	if seq, err := LastSeq(ctx, nc, "lobby"); err != nil || seq != 0 {
+	if seq, err := LastSeq(ctx, nc, Room("lobby")); err != nil || seq != 0 {
 		t.Fatalf("empty room: %d, %v", seq, err)
 	}
 	live := make(chan *nats.Msg, 10)
@@ -72,7 +72,7 @@ func TestStreamRepublishesWithSeqAndDeduplicates(t *testing.T) {
 	for _, id := range []string{"2", "3", "4"} {
 		pub(id)
 	}
-	if seq, err := LastSeq(ctx, nc, "lobby"); err != nil || seq != 4 {
+	if seq, err := LastSeq(ctx, nc, Room("lobby")); err != nil || seq != 4 {
 		t.Fatalf("last seq %d, %v; want 4", seq, err)
 	}
 	s, _ := js.Stream(ctx, subject.Stream)

@@ -178,3 +178,103 @@ func RoomOfPresenceKey(key string) (string, bool) {
 	room, ok := strings.CutPrefix(key, presenceRoomKey)
 	return room, ok && room != ""
 }
+
+// Direct messages (PROTOCOL.md section 4). A conversation between a and
+// b is named by the two users in bytewise order, a <= b (a == b for notes
+// to oneself), so both parties find it under the same subjects.
+const (
+	// InDMAll is what the broadcasters subscribe to for posted dms, in
+	// the queue group BroadcasterQueue.
+	InDMAll = "chat.in.dm.*"
+
+	// DMStream is the JetStream stream that stores every dm.
+	DMStream = "CHAT_DM"
+
+	// StoreDMAll is the dm stream's subject filter; it republishes each
+	// stored dm on DM(a, b) with its Nats-Sequence.
+	StoreDMAll = "chat.store.dm.*.*"
+
+	// RepublishDM is the RePublish destination of StoreDMAll.
+	RepublishDM = "chat.dm.{{wildcard(1)}}.{{wildcard(2)}}"
+
+	inDMPrefix    = "chat.in.dm."
+	storeDMPrefix = "chat.store.dm."
+	dmPrefix      = "chat.dm."
+)
+
+// Pair orders two users as a conversation names them: a <= b bytewise.
+func Pair(x, y string) (a, b string) {
+	if y < x {
+		return y, x
+	}
+	return x, y
+}
+
+// InDM is where an edge posts a dm to user to; the broadcasters' queue
+// group receives it. An edge sends it as a request and the reply carries
+// the stored seq.
+func InDM(to string) string { return inDMPrefix + to }
+
+// UserOfInDM returns the recipient of an InDM subject, and false when
+// subj is not of that form.
+func UserOfInDM(subj string) (string, bool) {
+	to, ok := strings.CutPrefix(subj, inDMPrefix)
+	if !ok || to == "" || strings.Contains(to, ".") {
+		return "", false
+	}
+	return to, true
+}
+
+// StoreDM is the dm stream subject of the conversation of x and y, in
+// either order: the broadcaster stores there; edges read history from it.
+func StoreDM(x, y string) string {
+	a, b := Pair(x, y)
+	return storeDMPrefix + a + "." + b
+}
+
+// StoreDMsOf are the dm stream filters of every conversation of user:
+// those where it is the first party and those where it is the second.
+func StoreDMsOf(user string) [2]string {
+	return [2]string{storeDMPrefix + user + ".*", storeDMPrefix + "*." + user}
+}
+
+// StoreDMAny matches every stored dm: the dm stream's newest message.
+const StoreDMAny = "chat.store.dm.>"
+
+// DM carries the stored dms of the conversation of x and y (either
+// order), republished by the stream with their seq; the edges with a
+// session of either party receive them (DMsOf).
+func DM(x, y string) string {
+	a, b := Pair(x, y)
+	return dmPrefix + a + "." + b
+}
+
+// DMsOf are the two subscriptions an edge holds for a user with local
+// sessions: the conversations where the user is the first party, and
+// those where it is the second.
+func DMsOf(user string) [2]string {
+	return [2]string{dmPrefix + user + ".*", dmPrefix + "*." + user}
+}
+
+// PartiesOf returns the two users of a DM or StoreDM subject, a <= b.
+func PartiesOf(subj string) (a, b string, ok bool) {
+	rest, ok := strings.CutPrefix(subj, dmPrefix)
+	if !ok {
+		if rest, ok = strings.CutPrefix(subj, storeDMPrefix); !ok {
+			return "", "", false
+		}
+	}
+	a, b, ok = strings.Cut(rest, ".")
+	if !ok || a == "" || b == "" || strings.Contains(b, ".") || b < a {
+		return "", "", false
+	}
+	return a, b, true
+}
+
+// KindTyping is the kind of a room's typing events.
+const KindTyping = "typing"
+
+// RoomTyping carries the typing signals of room, published by the edges
+// and delivered by the edges with members in room (RoomAll). They are
+// never stored.
+func RoomTyping(room string) string { return "chat.room." + room + "." + KindTyping }

@@ -43,3 +43,36 @@ func TestPresenceSubjects(t *testing.T) {
 		t.Fatalf("RoomOfPresenceKey = %q, %v", room, ok)
 	}
 }
+
+func TestDMSubjects(t *testing.T) {
+	if DM("bob", "alice") != "chat.dm.alice.bob" || DM("alice", "bob") != "chat.dm.alice.bob" {
+		t.Fatalf("DM = %q", DM("bob", "alice"))
+	}
+	if StoreDM("Zed", "amy") != "chat.store.dm.Zed.amy" { // bytewise: 'Z' < 'a'
+		t.Fatalf("StoreDM = %q", StoreDM("Zed", "amy"))
+	}
+	if DM("me", "me") != "chat.dm.me.me" {
+		t.Fatalf("DM to oneself = %q", DM("me", "me"))
+	}
+	for _, subj := range []string{DM("bob", "alice"), StoreDM("bob", "alice")} {
+		if a, b, ok := PartiesOf(subj); !ok || a != "alice" || b != "bob" {
+			t.Errorf("PartiesOf(%q) = %q, %q, %v", subj, a, b, ok)
+		}
+	}
+	for _, bad := range []string{"chat.dm.bob.alice", "chat.dm.a", "chat.dm.a.b.c", "chat.dm..b", "chat.room.a.msg"} {
+		if _, _, ok := PartiesOf(bad); ok {
+			t.Errorf("PartiesOf(%q) accepted", bad)
+		}
+	}
+	if u, ok := UserOfInDM(InDM("bob")); !ok || u != "bob" {
+		t.Fatalf("UserOfInDM = %q, %v", u, ok)
+	}
+	for _, bad := range []string{"chat.in.dm.", "chat.in.dm.a.b", "chat.in.room.a"} {
+		if _, ok := UserOfInDM(bad); ok {
+			t.Errorf("UserOfInDM(%q) accepted", bad)
+		}
+	}
+	if room, kind, ok := RoomOf(RoomTyping("lobby")); !ok || room != "lobby" || kind != KindTyping {
+		t.Fatalf("RoomOf(RoomTyping) = %q, %q, %v", room, kind, ok)
+	}
+}

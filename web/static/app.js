@@ -1,5 +1,6 @@
-// natter's page: pick a name, join rooms, chat. Each room shows its recent
-// history and loads older messages when scrolled to the top. The page
+// natter's page: pick a name, join rooms, chat, and talk to one person in
+// a direct message. Each room and conversation shows its recent history
+// and loads older messages when scrolled to the top. The page
 // reconnects on its own (exponential backoff with jitter) and rejoins every
 // room with `since`, so nothing is missed or doubled, and keeps every post
 // with an `id` until the server acknowledges it, so a retry after a lost
@@ -11,6 +12,7 @@ const ROOM_RE = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 const HISTORY_PAGE = 50;
 const GROUP_GAP_MS = 5 * 60 * 1000; // consecutive messages within this are grouped
 const TYPING_SHOWN_MS = 5000;
+const TYPING_EVERY_MS = 1500; // the server passes on at most one a second
 const EMOJI = ["😀", "😂", "😊", "😍", "🤔", "😢", "😮", "😎", "👍", "👎", "👏", "🙏",
   "🎉", "❤️", "🔥", "✅", "❌", "👀", "💡", "🚀", "☕", "🍕", "🌟", "👋"];
 
@@ -23,14 +25,20 @@ const state = {
   timer: null,
   retry: null,          // timer that resends the outbox after "unavailable"
   rooms: new Map(),     // name -> room, in the order they were joined
-  active: "",           // the room shown
-  outbox: new Map(),    // id -> {room, text}: posts not yet acknowledged
+  active: "",           // the room shown, or the last one when a conversation is
+  dms: new Map(),       // user -> conversation (a view shaped like a room)
+  activeDM: "",         // the user whose conversation is shown, "" for a room
+  outbox: new Map(),    // id -> {room or dm, text}: posts not yet acknowledged
+  historyIDs: 0,        // history requests carry an id, so an error names its view
+  typingSent: 0,        // when this page last sent typing
   retryDelay: 1000,     // the next resend after "unavailable" or "rate_limited", doubling to 30 s
 };
 
-function newRoom(name) {
+function newRoom(name, dm = false) {
   return {
-    name,
+    name,                 // the room, or the other user of a conversation
+    dm,                   // a conversation, not a room
+    pending: [],          // {id, kind} of the history requests out, oldest first
     joined: false,        // joined on the current connection
     joinedOnce: false,    // a rejoin resumes with since
     historyLoaded: false, // the newest page of history has been shown
@@ -44,8 +52,19 @@ function newRoom(name) {
     seen: new Set(),      // seqs shown, so nothing appears twice
     members: null,        // Set of users present, or null while presence is unavailable
     unread: 0,
+    newestTS: 0,          // ts of the newest dm, for the order of conversations
     typing: new Map(),    // user -> timer
   };
+}
+
+// current is the view shown: a conversation or a room.
+function current() {
+  return state.activeDM ? state.dms.get(state.activeDM) : state.rooms.get(state.active);
+}
+
+function conversation(user) {
+  if (!state.dms.has(user)) state.dms.set(user, newRoom(user, true));
+  return state.dms.get(user);
 }
 
 function setStatus(text, cls) {
@@ -123,7 +142,7 @@ function itemNode(room, i) {
 // it (so older messages appear above without moving what is read).
 function renderMessages() {
   const list = $("messages");
-  const room = state.rooms.get(state.active);
+  const room = current();
   const fromBottom = list.scrollHeight - list.scrollTop;
   const atBottom = fromBottom - list.clientHeight < 40;
   const nodes = room ? room.items.map((_, i) => itemNode(room, i)) : [];
@@ -137,7 +156,7 @@ function addItem(room, item, render = true) {
   let i = room.items.length;
   while (i > 0 && room.items[i - 1].key > item.key) i--;
   room.items.splice(i, 0, item);
-  if (!render || room.name !== state.active) return;
+  if (!render || room !== current()) return;
   if (i < room.items.length - 1) {
     renderMessages();
     return;
@@ -157,16 +176,16 @@ function addMessage(room, ev, live, render = true) {
   room.lastSeq = Math.max(room.lastSeq, ev.seq);
   room.oldest = room.oldest ? Math.min(room.oldest, ev.seq) : ev.seq;
   addItem(room, { key: ev.seq, ev }, render);
-  if (live && room.name !== state.active && ev.from !== state.user) {
+  if (live && room !== current() && ev.from !== state.user) {
     room.unread++;
-    renderRooms();
+    if (room.dm) renderDMs(); else renderRooms();
   }
 }
 
 // showSystem adds a line to room (the active one by default) after the
 // messages shown so far; until the room's history is shown, the line
 // waits, so that it does not land above it.
-function showSystem(text, room = state.rooms.get(state.active), now = false) {
+function showSystem(text, room = current(), now = false) {
   if (!room) return;
   if (!room.historyLoaded && !now) {
     room.heldLines.push(text);
@@ -181,7 +200,7 @@ function clearRoom(room) {
   room.lastSeq = 0;
   room.oldest = 0;
   room.more = false;
-  if (room.name === state.active) renderMessages();
+  if (room === current()) renderMessages();
 }
 
 function renderRooms() {
@@ -190,10 +209,11 @@ function renderRooms() {
     const li = document.createElement("li");
     const open = document.createElement("button");
     open.type = "button";
-    open.className = "room" + (room.name === state.active ? " active" : "");
+    const shown = room === current();
+    open.className = "room" + (shown ? " active" : "");
     open.dataset.room = room.name;
     open.textContent = "#" + room.name;
-    if (room.name === state.active) open.setAttribute("aria-current", "true");
+    if (shown) open.setAttribute("aria-current", "true");
     if (room.unread > 0) {
       const badge = document.createElement("span");
       badge.className = "unread";
@@ -214,6 +234,36 @@ function renderRooms() {
   }));
 }
 
+// unreadBadge is the count shown beside a room or conversation.
+function unreadBadge(n) {
+  const badge = document.createElement("span");
+  badge.className = "unread";
+  badge.textContent = n > 99 ? "99+" : String(n);
+  badge.setAttribute("aria-label", `${n} unread`);
+  return badge;
+}
+
+// renderDMs lists the conversations, newest first.
+function renderDMs() {
+  const convs = [...state.dms.values()].sort((a, b) => b.newestTS - a.newestTS || (a.name < b.name ? -1 : 1));
+  $("dms").replaceChildren(...convs.map((conv) => {
+    const li = document.createElement("li");
+    const open = document.createElement("button");
+    open.type = "button";
+    const shown = conv === current();
+    open.className = "room dm" + (shown ? " active" : "");
+    open.dataset.dm = conv.name;
+    open.textContent = "@" + conv.name + (conv.name === state.user ? " (notes)" : "");
+    if (shown) open.setAttribute("aria-current", "true");
+    if (conv.unread > 0) open.append(" ", unreadBadge(conv.unread));
+    open.addEventListener("click", () => openDM(conv.name));
+    li.append(open);
+    return li;
+  }));
+}
+
+// renderMembers shows who is in the last room shown; each name starts a
+// conversation.
 function renderMembers() {
   const room = state.rooms.get(state.active);
   const members = room && room.members;
@@ -221,14 +271,20 @@ function renderMembers() {
   $("member-count").textContent = members ? `(${members.size})` : "";
   $("member-list").replaceChildren(...(members ? [...members].sort() : []).map((u) => {
     const li = document.createElement("li");
-    li.textContent = u;
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "member";
+    b.textContent = u;
+    b.title = u === state.user ? "Notes to yourself" : `Message ${u}`;
+    b.addEventListener("click", () => openDM(u));
     if (u === state.user) li.className = "me";
+    li.append(b);
     return li;
   }));
 }
 
 function renderTyping() {
-  const room = state.rooms.get(state.active);
+  const room = current();
   const users = room ? [...room.typing.keys()].sort() : [];
   $("typing").textContent = users.length === 0 ? "" :
     users.length === 1 ? `${users[0]} is typing…` : `${users.join(", ")} are typing…`;
@@ -238,17 +294,42 @@ function activate(name) {
   const room = state.rooms.get(name);
   if (!room) return;
   state.active = name;
+  state.activeDM = "";
   room.unread = 0;
   $("room-name").textContent = "#" + name;
   saveRooms();
+  show(room);
+  if (room.joined && !room.historyLoaded) requestHistory(room);
+}
+
+// openDM shows the conversation with user, made if new; its history is
+// read when it is first shown.
+function openDM(user) {
+  if (!USER_RE.test(user)) {
+    $("dm-error").textContent = "A name is 1 to 32 letters, digits, '_' or '-'.";
+    $("dm-error").hidden = false;
+    return;
+  }
+  $("dm-error").hidden = true;
+  const conv = conversation(user);
+  state.activeDM = user;
+  conv.unread = 0;
+  $("room-name").textContent = user === state.user ? "@" + user + " (notes to yourself)" : "@" + user;
+  show(conv);
+  if (!conv.historyLoaded && !conv.pending.some((p) => p.kind === "newest")) requestHistory(conv);
+}
+
+// show renders view as the one shown.
+function show(view) {
   renderRooms();
+  renderDMs();
   renderMembers();
   renderTyping();
   const list = $("messages");
   list.scrollTop = list.scrollHeight;
   renderMessages();
   list.scrollTop = list.scrollHeight;
-  if (room.joined && !room.historyLoaded) requestHistory(room);
+  $("text").placeholder = view.dm ? `Message @${view.name} (Enter sends)` : "Message (Enter sends, Shift+Enter for a new line)";
   $("text").focus();
 }
 
@@ -285,7 +366,10 @@ function leaveRoom(name) {
     state.active = state.rooms.size ? [...state.rooms.keys()][0] : "";
   }
   saveRooms();
-  if (state.active) {
+  if (state.activeDM) {
+    renderRooms();
+    renderMembers();
+  } else if (state.active) {
     activate(state.active);
   } else {
     renderRooms();
@@ -295,33 +379,78 @@ function leaveRoom(name) {
   }
 }
 
+// askHistory sends a history request for view; kind says what the answer
+// is for: "newest", "older" or "after". Answers come in the order asked,
+// and an error names the request by its id.
+function askHistory(view, kind, fields) {
+  const id = "h" + ++state.historyIDs;
+  const req = { type: "history", id, limit: HISTORY_PAGE, ...fields };
+  if (view.dm) req.dm = view.name; else req.room = view.name;
+  if (!send(req)) return false;
+  view.pending.push({ id, kind });
+  return true;
+}
+
 function requestHistory(room) {
   room.historyLoaded = false;
-  send({ type: "history", room: room.name, limit: HISTORY_PAGE });
+  askHistory(room, "newest", {});
 }
 
 function loadOlder() {
-  const room = state.rooms.get(state.active);
+  const room = current();
   if (!room || !room.more || room.loadingOlder || !room.oldest) return;
-  room.loadingOlder = send({ type: "history", room: room.name, before: room.oldest, limit: HISTORY_PAGE });
+  room.loadingOlder = askHistory(room, "older", { before: room.oldest });
+}
+
+// catchUp reads what a conversation shown before got while this page was
+// away (conversations recover with dms and history after).
+function catchUp(conv) {
+  if (!conv.pending.some((p) => p.kind === "after")) askHistory(conv, "after", { after: conv.lastSeq, limit: 200 });
 }
 
 function flushOutbox(room) {
   for (const [id, post] of state.outbox) {
-    if (post.room === room.name) send({ type: "message", room: post.room, text: post.text, id });
+    if (!room.dm && post.room === room.name) send({ type: "message", room: post.room, text: post.text, id });
+    if (room.dm && post.dm === room.name) send({ type: "dm", to: post.dm, text: post.text, id });
   }
+}
+
+// flushDMs sends the dms waiting in the outbox: a dm needs no join.
+function flushDMs() {
+  for (const [id, post] of state.outbox) if (post.dm) send({ type: "dm", to: post.dm, text: post.text, id });
 }
 
 // --- events ----------------------------------------------------------------
 
 function onEvent(ev) {
-  const room = typeof ev.room === "string" ? state.rooms.get(ev.room) : undefined;
+  const room = typeof ev.room === "string" ? state.rooms.get(ev.room) :
+    typeof ev.dm === "string" ? state.dms.get(ev.dm) : undefined;
   switch (ev.type) {
     case "welcome":
       state.attempts = 0;
       setStatus("online", "online");
       for (const r of state.rooms.values()) send(joinMessage(r));
+      send({ type: "dms" });
+      flushDMs();
       break;
+    case "dms":
+      for (const c of Array.isArray(ev.conversations) ? ev.conversations : []) {
+        if (!c || typeof c.with !== "string" || typeof c.seq !== "number") continue;
+        const conv = conversation(c.with);
+        conv.newestTS = Math.max(conv.newestTS || 0, c.ts || 0);
+        // A conversation shown before that has newer dms: read them.
+        if (conv.historyLoaded && c.seq > conv.lastSeq) catchUp(conv);
+      }
+      renderDMs();
+      break;
+    case "dm": {
+      if (typeof ev.from !== "string" || typeof ev.to !== "string") break;
+      const conv = conversation(ev.from === state.user ? ev.to : ev.from);
+      conv.newestTS = Math.max(conv.newestTS || 0, ev.ts || 0);
+      addMessage(conv, ev, true);
+      renderDMs();
+      break;
+    }
     case "joined":
       if (!room) break;
       room.joined = true;
@@ -343,21 +472,28 @@ function onEvent(ev) {
       if (room.typing.has(ev.from)) {
         clearTimeout(room.typing.get(ev.from));
         room.typing.delete(ev.from);
-        if (room.name === state.active) renderTyping();
+        if (room === current()) renderTyping();
       }
       break;
     case "history": {
       if (!room) break;
-      const older = room.loadingOlder;
-      for (const m of Array.isArray(ev.messages) ? ev.messages : []) addMessage(room, m, false, false);
-      if (older || !room.historyLoaded) room.more = !!ev.more;
-      room.loadingOlder = false;
+      const kind = (room.pending.shift() || { kind: "newest" }).kind;
+      const messages = Array.isArray(ev.messages) ? ev.messages : [];
+      if (kind === "after") {
+        // Missed while away: new to the reader, so counted as unread.
+        for (const m of messages) addMessage(room, m, true);
+        if (ev.more) catchUp(room);
+        break;
+      }
+      for (const m of messages) addMessage(room, m, false, false);
+      if (kind === "older" || !room.historyLoaded) room.more = !!ev.more;
+      if (kind === "older") room.loadingOlder = false;
       room.historyLoaded = true;
-      if (room.name === state.active) renderMessages();
+      if (room === current()) renderMessages();
       for (const text of room.heldLines.splice(0)) showSystem(text, room);
       // A view too short to scroll is filled further at once.
       const list = $("messages");
-      if (room.name === state.active && list.scrollHeight <= list.clientHeight) loadOlder();
+      if (room === current() && list.scrollHeight <= list.clientHeight) loadOlder();
       break;
     }
     case "presence":
@@ -369,6 +505,7 @@ function onEvent(ev) {
       if (ev.event === "leave") clearTimeout(room.typing.get(ev.user)), room.typing.delete(ev.user);
       if (ev.user !== state.user) showSystem(`${ev.user} ${ev.event === "join" ? "joined" : "left"}`, room);
       if (room.name === state.active) renderMembers();
+      if (room === current()) renderTyping();
       break;
     case "who":
       if (!room) break;
@@ -379,7 +516,7 @@ function onEvent(ev) {
       if (!room || ev.user === state.user) break;
       clearTimeout(room.typing.get(ev.user));
       room.typing.set(ev.user, setTimeout(() => { room.typing.delete(ev.user); renderTyping(); }, TYPING_SHOWN_MS));
-      if (room.name === state.active) renderTyping();
+      if (room === current()) renderTyping();
       break;
     }
     case "ack":
@@ -387,16 +524,26 @@ function onEvent(ev) {
       state.retryDelay = 1000;
       break;
     case "error":
-      for (const r of state.rooms.values()) r.loadingOlder = false;
+      if (typeof ev.id === "string" && ev.id.startsWith("h")) {
+        // A history request failed: its view stops waiting for it.
+        for (const v of [...state.rooms.values(), ...state.dms.values()]) {
+          const i = v.pending.findIndex((p) => p.id === ev.id);
+          if (i < 0) continue;
+          if (v.pending[i].kind === "older") v.loadingOlder = false;
+          v.pending.splice(i, 1);
+        }
+      }
       if ((ev.code === "unavailable" || ev.code === "rate_limited") && state.outbox.has(ev.id)) {
         // The server could not take it now; the id makes a resend safe.
         if (!state.retry) {
-          showSystem(`not sent yet (${ev.message}); retrying`, state.rooms.get(state.outbox.get(ev.id).room));
+          const p = state.outbox.get(ev.id);
+          showSystem(`not sent yet (${ev.message}); retrying`, p.dm ? conversation(p.dm) : state.rooms.get(p.room));
           const delay = state.retryDelay / 2 + Math.random() * state.retryDelay / 2;
           state.retryDelay = Math.min(state.retryDelay * 2, 30000);
           state.retry = setTimeout(() => {
             state.retry = null;
             for (const r of state.rooms.values()) if (r.joined) flushOutbox(r);
+            flushDMs();
           }, delay);
         }
         break;
@@ -435,9 +582,10 @@ function connect() {
     state.ws = null;
     clearTimeout(state.retry); // joined flushes the outbox again
     state.retry = null;
-    for (const r of state.rooms.values()) {
+    for (const r of [...state.rooms.values(), ...state.dms.values()]) {
       r.joined = false;
       r.loadingOlder = false;
+      r.pending = [];
     }
     state.attempts++;
     // Exponential backoff, capped at 30 s, with "equal" jitter: between
@@ -482,14 +630,33 @@ function start(user, rooms, active) {
 function post() {
   const box = $("text");
   const text = box.value;
-  if (!text.trim() || !state.active) return;
+  const view = current();
+  if (!text.trim() || !view) return;
   const id = (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random()).slice(0, 64);
-  state.outbox.set(id, { room: state.active, text });
-  // Before the room is joined (offline, or just connected), the post
-  // waits in the outbox: joined sends it.
-  if (state.rooms.get(state.active).joined) send({ type: "message", room: state.active, text, id });
+  if (view.dm) {
+    // Offline, the dm waits in the outbox: welcome sends it.
+    state.outbox.set(id, { dm: view.name, text });
+    send({ type: "dm", to: view.name, text, id });
+  } else {
+    state.outbox.set(id, { room: view.name, text });
+    // Before the room is joined (offline, or just connected), the post
+    // waits in the outbox: joined sends it.
+    if (view.joined) send({ type: "message", room: view.name, text, id });
+  }
+  state.typingSent = 0;
   box.value = "";
   box.focus();
+}
+
+// typed tells the room shown that this user is typing, at most once every
+// TYPING_EVERY_MS.
+function typed() {
+  const view = current();
+  if (!view || view.dm || !view.joined || !$("text").value.trim()) return;
+  const now = Date.now();
+  if (now - state.typingSent < TYPING_EVERY_MS) return;
+  state.typingSent = now;
+  send({ type: "typing", room: view.name });
 }
 
 function insertAtCursor(box, s) {
@@ -537,6 +704,12 @@ $("room-form").addEventListener("submit", (e) => {
   openRoom($("new-room").value.trim());
   $("new-room").value = "";
 });
+$("dm-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  openDM($("new-dm").value.trim());
+  $("new-dm").value = "";
+});
+$("text").addEventListener("input", typed);
 $("composer").addEventListener("submit", (e) => {
   e.preventDefault();
   post();

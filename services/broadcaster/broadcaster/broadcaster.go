@@ -65,7 +65,7 @@ type Broadcaster struct {
 type pendingStore struct {
 	future   jetstream.PubAckFuture
 	reply    string
-	room     string
+	log      string // what is stored, for logs: "room lobby", "dm alice.bob"
 	deadline time.Time
 }
 
@@ -120,16 +120,26 @@ func (b *Broadcaster) Run(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return nil // stopped before it started serving
 	}
-	sub, err := b.nc.QueueSubscribe(subject.InRoomAll, subject.BroadcasterQueue, b.handle)
-	if err != nil {
-		return fmt.Errorf("broadcaster: subscribe %s: %w", subject.InRoomAll, err)
+	// Room posts and dms come on two subscriptions of the queue group.
+	// Both callbacks publish to the stream asynchronously and queue the
+	// pending store for the acker; each subscription keeps its own order.
+	var subs []*nats.Subscription
+	for _, subj := range []string{subject.InRoomAll, subject.InDMAll} {
+		sub, err := b.nc.QueueSubscribe(subj, subject.BroadcasterQueue, b.handle)
+		if err != nil {
+			for _, s := range subs {
+				_ = s.Unsubscribe()
+			}
+			return fmt.Errorf("broadcaster: subscribe %s: %w", subj, err)
+		}
+		subs = append(subs, sub)
 	}
-	// The subscription must reach the server before Run reports it is
+	// The subscriptions must reach the server before Run reports it is
 	// serving; Flush waits for that.
 	if err := b.nc.Flush(); err != nil && !errors.Is(err, nats.ErrConnectionReconnecting) {
 		b.log.Warn("broadcaster: flush after subscribe", "err", err)
 	}
-	b.log.Info("broadcaster serving", "subject", subject.InRoomAll, "queue", subject.BroadcasterQueue)
+	b.log.Info("broadcaster serving", "subjects", []string{subject.InRoomAll, subject.InDMAll}, "queue", subject.BroadcasterQueue)
 	close(b.serving)
 
 	ackerDone := make(chan struct{})
@@ -139,12 +149,16 @@ func (b *Broadcaster) Run(ctx context.Context) error {
 	}()
 
 	<-ctx.Done()
-	closed := sub.StatusChanged(nats.SubscriptionClosed)
-	if err := sub.Drain(); err == nil {
+	drainUntil := time.After(b.nc.Opts.DrainTimeout)
+	for _, sub := range subs {
+		closed := sub.StatusChanged(nats.SubscriptionClosed)
+		if err := sub.Drain(); err != nil {
+			continue
+		}
 		select {
 		case <-closed:
-		case <-time.After(b.nc.Opts.DrainTimeout):
-			b.log.Warn("broadcaster: drain timed out; unsubscribing")
+		case <-drainUntil:
+			b.log.Warn("broadcaster: drain timed out; unsubscribing", "subject", sub.Subject)
 			_ = sub.Unsubscribe()
 		}
 	}
@@ -178,35 +192,47 @@ func (b *Broadcaster) ensureStream(ctx context.Context) {
 	}
 }
 
-// handle runs on the subscription's goroutine: validate, stamp, store.
+// handle runs on a subscription's goroutine: validate, stamp, store. A
+// room message goes to the room stream, a dm to the dm stream, each on
+// the subject of its room or conversation.
 func (b *Broadcaster) handle(m *nats.Msg) {
-	post, perr := b.validate(m)
-	if perr != nil {
-		b.metrics.rejected.WithLabelValues(perr.Code).Inc()
-		b.respond(m.Reply, proto.PostReply{Code: perr.Code, Message: perr.Message})
-		return
+	var out *nats.Msg
+	var stream, log string
+	if to, ok := subject.UserOfInDM(m.Subject); ok {
+		post, perr := b.validateDM(to, m.Data)
+		if perr != nil {
+			b.reject(m, perr)
+			return
+		}
+		stored := proto.DM{Type: proto.TypeDM, From: post.From, To: post.To, Text: post.Text, ID: post.ID, TS: time.Now().UnixMilli()}
+		out = &nats.Msg{Subject: subject.StoreDM(post.From, post.To), Data: proto.Encode(stored), Header: nats.Header{}}
+		if post.ID != "" {
+			out.Header.Set(jetstream.MsgIDHeader, store.DMMsgID(post.From, post.To, post.ID))
+		}
+		a, bb := subject.Pair(post.From, post.To)
+		stream, log = subject.DMStream, "dm "+a+"."+bb
+	} else {
+		post, perr := b.validate(m)
+		if perr != nil {
+			b.reject(m, perr)
+			return
+		}
+		stored := proto.Message{Type: proto.TypeMessage, Room: post.Room, From: post.From, Text: post.Text, ID: post.ID, TS: time.Now().UnixMilli()}
+		out = &nats.Msg{Subject: subject.StoreRoom(post.Room), Data: proto.Encode(stored), Header: nats.Header{}}
+		if post.ID != "" {
+			out.Header.Set(jetstream.MsgIDHeader, store.MsgID(post.Room, post.From, post.ID))
+		}
+		stream, log = subject.Stream, "room "+post.Room
 	}
-	stored := proto.Message{
-		Type: proto.TypeMessage,
-		Room: post.Room,
-		From: post.From,
-		Text: post.Text,
-		ID:   post.ID,
-		TS:   time.Now().UnixMilli(),
-	}
-	out := &nats.Msg{Subject: subject.StoreRoom(post.Room), Data: proto.Encode(stored), Header: nats.Header{}}
-	if post.ID != "" {
-		out.Header.Set(jetstream.MsgIDHeader, store.MsgID(post.Room, post.From, post.ID))
-	}
-	future, err := b.js.PublishMsgAsync(out, jetstream.WithExpectStream(subject.Stream),
+	future, err := b.js.PublishMsgAsync(out, jetstream.WithExpectStream(stream),
 		jetstream.WithStallWait(storeTimeout))
 	if err != nil {
 		b.metrics.failed.Inc()
-		b.log.Warn("broadcaster: store", "room", post.Room, "err", err)
+		b.log.Warn("broadcaster: store", "log", log, "err", err)
 		b.respond(m.Reply, proto.PostReply{Code: proto.CodeUnavailable, Message: "message store unavailable"})
 		return
 	}
-	p := pendingStore{future: future, reply: m.Reply, room: post.Room, deadline: time.Now().Add(storeTimeout)}
+	p := pendingStore{future: future, reply: m.Reply, log: log, deadline: time.Now().Add(storeTimeout)}
 	// The acker reads pending until it is stopped, so this send cannot
 	// block Run's write lock for longer than the acker takes per store.
 	b.stopMu.RLock()
@@ -223,12 +249,43 @@ func (b *Broadcaster) handle(m *nats.Msg) {
 	}
 }
 
+func (b *Broadcaster) reject(m *nats.Msg, perr *proto.Error) {
+	b.metrics.rejected.WithLabelValues(perr.Code).Inc()
+	b.respond(m.Reply, proto.PostReply{Code: perr.Code, Message: perr.Message})
+}
+
+// validateDM checks a dm to user to as if it came from anyone: the
+// recipient from the subject, names, text and id.
+func (b *Broadcaster) validateDM(to string, data []byte) (proto.Post, *proto.Error) {
+	if !names.ValidUser(to) {
+		return proto.Post{}, &proto.Error{Code: proto.CodeInvalidUser, Message: "invalid recipient in subject"}
+	}
+	post, perr := proto.ParsePost(data)
+	if perr != nil {
+		return post, perr
+	}
+	if post.Room != "" {
+		return post, &proto.Error{Code: proto.CodeBadRequest, Message: "a dm has no room"}
+	}
+	if post.To != "" && post.To != to {
+		return post, &proto.Error{Code: proto.CodeBadRequest, Message: "to in payload differs from subject"}
+	}
+	post.To = to
+	if !names.ValidUser(post.From) {
+		return post, &proto.Error{Code: proto.CodeInvalidUser, Message: "invalid from"}
+	}
+	if perr := proto.CheckPost(post.Text, post.ID, b.cfg.MaxTextChars); perr != nil {
+		return post, perr
+	}
+	return post, nil
+}
+
 // validate checks a post as if it came from anyone: room from the subject,
 // names, text and id.
-func (b *Broadcaster) validate(m *nats.Msg) (proto.InRoomPost, *proto.Error) {
+func (b *Broadcaster) validate(m *nats.Msg) (proto.Post, *proto.Error) {
 	room, ok := subject.RoomOfInRoom(m.Subject)
 	if !ok || !names.ValidRoom(room) {
-		return proto.InRoomPost{}, &proto.Error{Code: proto.CodeInvalidRoom, Message: "invalid room in subject " + m.Subject}
+		return proto.Post{}, &proto.Error{Code: proto.CodeInvalidRoom, Message: "invalid room in subject " + m.Subject}
 	}
 	post, perr := proto.ParsePost(m.Data)
 	if perr != nil {
@@ -236,6 +293,9 @@ func (b *Broadcaster) validate(m *nats.Msg) (proto.InRoomPost, *proto.Error) {
 	}
 	if post.Room != "" && post.Room != room {
 		return post, &proto.Error{Code: proto.CodeBadRequest, Message: "room in payload differs from subject"}
+	}
+	if post.To != "" {
+		return post, &proto.Error{Code: proto.CodeBadRequest, Message: "a room message has no to"}
 	}
 	post.Room = room
 	if !names.ValidUser(post.From) {
@@ -295,7 +355,7 @@ func (b *Broadcaster) answer(p pendingStore, timer *time.Timer, limit *time.Time
 			return
 		case err := <-p.future.Err():
 			timer.Stop()
-			b.respond(p.reply, b.storeFailed(p.room, err))
+			b.respond(p.reply, b.storeFailed(p.log, err))
 			return
 		case <-stop:
 			timer.Stop()
@@ -310,7 +370,7 @@ func (b *Broadcaster) answer(p pendingStore, timer *time.Timer, limit *time.Time
 		case ack := <-p.future.Ok():
 			b.respond(p.reply, b.stored(ack))
 		case err := <-p.future.Err():
-			b.respond(p.reply, b.storeFailed(p.room, err))
+			b.respond(p.reply, b.storeFailed(p.log, err))
 		default:
 			b.metrics.failed.Inc()
 			b.respond(p.reply, proto.PostReply{Code: proto.CodeUnavailable, Message: "message store timed out"})
@@ -328,9 +388,9 @@ func (b *Broadcaster) stored(ack *jetstream.PubAck) proto.PostReply {
 	return proto.PostReply{Seq: ack.Sequence, Duplicate: ack.Duplicate}
 }
 
-func (b *Broadcaster) storeFailed(room string, err error) proto.PostReply {
+func (b *Broadcaster) storeFailed(log string, err error) proto.PostReply {
 	b.metrics.failed.Inc()
-	b.log.Warn("broadcaster: store failed", "room", room, "err", err)
+	b.log.Warn("broadcaster: store failed", "log", log, "err", err)
 	return proto.PostReply{Code: proto.CodeUnavailable, Message: "message store unavailable"}
 }
 

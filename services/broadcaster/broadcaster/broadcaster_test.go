@@ -101,8 +101,17 @@ func TestValidatesAndAnswers(t *testing.T) {
 		{subject.InRoom("lobby"), `{"from":"alice","text":"  "}`, proto.CodeBadRequest},
 		{subject.InRoom("lobby"), `{"from":"alice","text":"` + strings.Repeat("x", 4001) + `"}`, proto.CodeTooLong},
 		{subject.InRoom("lobby"), `{"from":"alice","text":"x","id":"` + strings.Repeat("i", 65) + `"}`, proto.CodeTooLong},
+		{subject.InRoom("lobby"), `{"from":"alice","to":"bob","text":"hi"}`, proto.CodeBadRequest},
+		{subject.InDM("bob"), `{"from":"alice","text":"psst","id":"1"}`, ""},
+		{subject.InDM("bob"), `{"from":"alice","to":"bob","text":"psst again","id":"1"}`, ""}, // duplicate
+		{subject.InDM("b+b"), `{"from":"alice","text":"hi"}`, proto.CodeInvalidUser},
+		{subject.InDM("bob"), `{"from":"alice","to":"carol","text":"hi"}`, proto.CodeBadRequest},
+		{subject.InDM("bob"), `{"room":"lobby","from":"alice","text":"hi"}`, proto.CodeBadRequest},
+		{subject.InDM("bob"), `{"from":"al ice","text":"hi"}`, proto.CodeInvalidUser},
+		{subject.InDM("bob"), `{"from":"alice","text":" "}`, proto.CodeBadRequest},
+		{subject.InDM("bob"), `{"from":"alice","text":"` + strings.Repeat("x", 4001) + `"}`, proto.CodeTooLong},
 	}
-	var first uint64
+	var first, firstDM uint64
 	for i, tt := range tests {
 		r := ask(tt.subj, tt.body)
 		if r.Code != tt.code {
@@ -115,7 +124,61 @@ func TestValidatesAndAnswers(t *testing.T) {
 			if r.Seq != first || !r.Duplicate {
 				t.Errorf("duplicate answered %+v, want seq %d", r, first)
 			}
+		case 14:
+			firstDM = r.Seq
+		case 15:
+			if r.Seq != firstDM || !r.Duplicate {
+				t.Errorf("duplicate dm answered %+v, want seq %d", r, firstDM)
+			}
 		}
+	}
+	// The same id from the other party is another dm.
+	if r := ask(subject.InDM("alice"), `{"from":"bob","text":"psst back","id":"1"}`); r.Code != "" || r.Duplicate || r.Seq <= firstDM {
+		t.Errorf("the other party's id 1 answered %+v", r)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A stored dm is republished on its conversation's subject, the parties
+// in bytewise order, with its seq, from and to as posted.
+func TestDMFannedOut(t *testing.T) {
+	ns := natstest.Start(t)
+	_, _, stop := start(t, ns)
+	client := natstest.Connect(t, ns)
+	out := make(chan *nats.Msg, 4)
+	sub, err := client.ChanSubscribe("chat.dm.>", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	var reply *nats.Msg
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		// The first requests may race the broadcaster's subscription.
+		if reply, err = client.Request(subject.InDM("alice"), []byte(`{"from":"zoe","text":"hello","id":"x"}`), 5*time.Second); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var r proto.PostReply
+	if err := json.Unmarshal(reply.Data, &r); err != nil || r.Seq == 0 {
+		t.Fatalf("reply %s: %v", reply.Data, err)
+	}
+	select {
+	case m := <-out:
+		if m.Subject != "chat.dm.alice.zoe" || m.Header.Get(jetstream.SequenceHeader) != strconv.FormatUint(r.Seq, 10) {
+			t.Fatalf("fanned out on %s with seq %s; want chat.dm.alice.zoe, %d", m.Subject, m.Header.Get(jetstream.SequenceHeader), r.Seq)
+		}
+		var dm proto.DM
+		if err := json.Unmarshal(m.Data, &dm); err != nil || dm.Type != "dm" || dm.From != "zoe" || dm.To != "alice" || dm.Text != "hello" || dm.ID != "x" || dm.TS == 0 {
+			t.Fatalf("fanned out %s (%v)", m.Data, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the dm was not fanned out")
 	}
 	if err := stop(); err != nil {
 		t.Fatal(err)

@@ -1,17 +1,21 @@
-// Package broadcaster stores posted room messages and gets them fanned out.
+// Package broadcaster stores posted room messages and dms and gets them
+// fanned out.
 //
-// It is a queue group on chat.in.room.>, so any number of replicas share
-// the posts. For each post it validates again (it never trusts an edge),
-// stamps ts and publishes the message asynchronously to the JetStream
-// stream, whose RePublish fans it out on chat.room.<room>.msg with its seq
-// in store order. Async publishes from one connection are stored in the
-// order they were sent, so a bot's posts keep their order too.
+// It is a queue group on chat.in.room.> and chat.in.dm.*, so any number of
+// replicas share the posts. For each post it validates again (it never
+// trusts an edge), stamps ts and publishes the message asynchronously to
+// its JetStream stream: a room message to CHAT, whose RePublish fans it
+// out on chat.room.<room>.msg, a dm to CHAT_DM, whose RePublish fans it
+// out on chat.dm.<a>.<b>; each with its seq, in store order. Async
+// publishes from one connection are stored in the order they were sent,
+// so a bot's posts keep their order too.
 //
-// Goroutines: nats.go runs the subscription callback (one goroutine, owned
-// by the connection); Run owns the acker goroutine, which waits for each
-// store acknowledgement in order and answers the posting edge. Run drains
-// the subscription when its context ends (at most the connection's drain
-// timeout), then lets the acker answer what was accepted (at most two more
-// seconds), and returns after it has ended. A callback still running after
-// a drain that timed out answers its post unavailable itself.
+// Goroutines: nats.go runs each subscription's callback (one goroutine per
+// subscription, owned by the connection); Run owns the acker goroutine,
+// which waits for each store acknowledgement in order and answers the
+// posting edge. Run drains the subscriptions when its context ends (at
+// most the connection's drain timeout in all), then lets the acker answer
+// what was accepted (at most two more seconds), and returns after it has
+// ended. A callback still running after a drain that timed out answers
+// its post unavailable itself.
 package broadcaster

@@ -41,6 +41,16 @@ type client struct {
 	waiting bool       // guarded by mu: the read pump waits on space
 	// rooms is the state of each joined (or joining) room; guarded by mu.
 	rooms map[string]*roomState
+	// convs is the state of each conversation a dm was delivered in,
+	// by convKey; made on the first. Guarded by mu.
+	convs map[string]*roomState
+	// dmFloor is the hub's dm floor when the session started (dm.go); 0
+	// when unknown: then a conversation's first dm starts its gap check.
+	// Set by hub.joinUser before the client is a member, never after.
+	dmFloor uint64
+	// typed is when a typing signal was last published per room; made on
+	// the first. Guarded by mu.
+	typed map[string]time.Time
 	// closeCode is the close code to send once closing has begun, -1
 	// when none is to be sent; closing tells whether it has begun.
 	// Guarded by mu.
@@ -125,8 +135,8 @@ func (c *client) enqueueLiveLocked(line []byte) {
 	c.signal()
 }
 
-// deliver hands a room event to the client: held back while the client is
-// joining the room. seq is a stored message's seq, and one already sent is
+// deliver hands an event of key (a room or a conversation) to the client:
+// held back while the client is joining the room. seq is a stored message's seq, and one already sent is
 // dropped; other events (presence) have seq 0. prev is the seq of the
 // room's message stored before it (0: unknown): when the client has not
 // had that one, the event is not delivered, and deliver reports the gap
@@ -136,9 +146,15 @@ func (c *client) enqueueLiveLocked(line []byte) {
 func (c *client) deliver(room string, seq, prev uint64, line []byte) (gap bool, have uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st := c.rooms[room]
-	if st == nil || c.closing {
+	if c.closing {
 		return false, 0
+	}
+	st := c.stateLocked(room, seq != 0)
+	if st == nil {
+		return false, 0
+	}
+	if st.lastSeq == 0 && c.dmFloor == 0 && c.convs[room] == st {
+		prev = 0 // a conversation's first dm, with no floor: nothing to check
 	}
 	if st.joining {
 		if len(st.pending) >= c.e.cfg.Limits.SendQueue {
@@ -163,16 +179,53 @@ func (c *client) deliver(room string, seq, prev uint64, line []byte) (gap bool, 
 	return false, 0
 }
 
-// roomSeq returns the newest seq of room sent to the client, and whether
-// it is joined (not joining) there.
-func (c *client) roomSeq(room string) (uint64, bool) {
+// stateLocked returns the client's state of key: a room it joined, or a
+// conversation, whose state is made (starting from the dm floor) when
+// create is set.
+func (c *client) stateLocked(key string, create bool) *roomState {
+	if _, _, ok := parties(key); !ok {
+		return c.rooms[key]
+	}
+	st := c.convs[key]
+	if st == nil && create {
+		if c.convs == nil {
+			c.convs = make(map[string]*roomState)
+		}
+		st = &roomState{lastSeq: c.dmFloor}
+		c.convs[key] = st
+	}
+	return st
+}
+
+// roomSeq returns the newest seq of key sent to the client, and whether
+// it is joined (not joining) there; for a conversation without a dm yet,
+// the dm floor, when known.
+func (c *client) roomSeq(key string) (uint64, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st := c.rooms[room]
-	if st == nil || st.joining {
+	st := c.stateLocked(key, false)
+	if st == nil {
+		if _, _, ok := parties(key); ok && c.dmFloor > 0 {
+			return c.dmFloor, true
+		}
+		return 0, false
+	}
+	if st.joining {
 		return 0, false
 	}
 	return st.lastSeq, true
+}
+
+// conversations returns the keys of the conversations the client has had
+// dms in.
+func (c *client) conversations() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	keys := make([]string, 0, len(c.convs))
+	for k := range c.convs {
+		keys = append(keys, k)
+	}
+	return keys
 }
 
 // cutOffLocked closes a client that has fallen too far behind.

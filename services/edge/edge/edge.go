@@ -266,7 +266,14 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 		defer e.handlers.Done()
 		e.metrics.connections.Inc()
 		defer e.metrics.connections.Dec()
-		c.reply(proto.Encode(proto.Welcome{Type: proto.TypeWelcome, User: user, Session: c.session}))
+		// The user's dms are subscribed to before welcome: a dm stored
+		// after it reaches this session live.
+		if err := e.hub.joinUser(user, c); err != nil {
+			e.log.Warn("dms not subscribed", "user", user, "err", err)
+			c.close(websocket.CloseTryAgainLater, "direct messages unavailable, try again")
+		} else {
+			c.reply(proto.Encode(proto.Welcome{Type: proto.TypeWelcome, User: user, Session: c.session}))
+		}
 		c.serve()
 		c.leaveAll()
 		e.mu.Lock()

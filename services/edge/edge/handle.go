@@ -32,22 +32,16 @@ func (c *client) handle(line []byte) {
 		c.who(req)
 	case proto.TypeHistory:
 		c.history(req)
+	case proto.TypeDM:
+		c.dm(req)
+	case proto.TypeDMs:
+		c.dms(req)
 	case proto.TypeTyping:
-		if !c.joined(*req.Room) {
-			c.refuse(req, &proto.Error{Code: proto.CodeNotJoined, Message: "not joined to room " + *req.Room})
-			return
-		}
-		c.refuse(req, notYet(req.Type))
+		c.typing(req)
 	default:
-		c.refuse(req, notYet(req.Type))
+		// ParseRequest knows no other type.
+		c.refuse(req, &proto.Error{Code: proto.CodeUnknownType, Message: "unknown type " + req.Type})
 	}
-}
-
-// notYet answers the operations of the contract that this server does not
-// provide yet (dm, dms, typing, history of dms): a clear, retryable
-// refusal rather than silence.
-func notYet(typ string) *proto.Error {
-	return &proto.Error{Code: proto.CodeUnavailable, Message: typ + " is not available on this server yet"}
 }
 
 func (c *client) refuse(req proto.Request, perr *proto.Error) {
@@ -118,7 +112,7 @@ func (c *client) join(req proto.Request) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(c.e.ctx, c.e.cfg.Limits.PostTimeout)
-	last, err := store.LastSeq(ctx, c.e.nc, room)
+	last, err := store.LastSeq(ctx, c.e.nc, store.Room(room))
 	var replayed []store.Stored
 	var recovered *bool
 	if err == nil && req.Since != nil {
@@ -222,6 +216,7 @@ func (c *client) leave(req proto.Request) {
 	c.e.reporter.leave(c.session, c.user, room)
 	c.mu.Lock()
 	delete(c.rooms, room)
+	delete(c.typed, room)
 	c.replyLocked(proto.Encode(proto.Left{Type: proto.TypeLeft, Room: room}))
 	c.mu.Unlock()
 }
@@ -248,8 +243,10 @@ func (c *client) who(req proto.Request) {
 	c.reply(proto.Encode(proto.Who{Type: proto.TypeWho, Room: room, Users: users}))
 }
 
-// leaveAll drops the client from every room when it is gone.
+// leaveAll drops the client from every room, and from its user's dms,
+// when it is gone.
 func (c *client) leaveAll() {
+	c.e.hub.leaveUser(c.user, c)
 	c.mu.Lock()
 	rooms := make([]string, 0, len(c.rooms))
 	for room := range c.rooms {
@@ -262,7 +259,8 @@ func (c *client) leaveAll() {
 	}
 }
 
-// post sends a message to the broadcasters and waits for it to be stored.
+// post sends a room message to the broadcasters and waits for it to be
+// stored.
 func (c *client) post(req proto.Request) {
 	room, text := *req.Room, *req.Text
 	if !c.joined(room) {
@@ -277,13 +275,18 @@ func (c *client) post(req proto.Request) {
 		c.refuse(req, perr)
 		return
 	}
+	c.store(req, subject.InRoom(room), proto.Post{Room: room, From: c.user, Text: text, ID: id, Edge: c.e.id, Session: c.session})
+}
+
+// store sends a post (a room message or a dm) to the broadcasters on subj
+// and waits for it to be stored; the sender gets ack when it gave an id.
+func (c *client) store(req proto.Request, subj string, post proto.Post) {
 	if !c.e.nc.IsConnected() {
 		c.refuse(req, &proto.Error{Code: proto.CodeUnavailable, Message: "NATS unavailable, try again"})
 		return
 	}
-	data := proto.Encode(proto.InRoomPost{Room: room, From: c.user, Text: text, ID: id, Edge: c.e.id, Session: c.session})
 	ctx, cancel := context.WithTimeout(c.e.ctx, c.e.cfg.Limits.PostTimeout)
-	msg, err := c.e.nc.RequestWithContext(ctx, subject.InRoom(room), data)
+	msg, err := c.e.nc.RequestWithContext(ctx, subj, proto.Encode(post))
 	cancel()
 	if err != nil {
 		msg := "message store unavailable, try again"
@@ -305,7 +308,7 @@ func (c *client) post(req proto.Request) {
 		return
 	}
 	c.e.metrics.posted.Inc()
-	if id != "" {
-		c.reply(proto.Encode(proto.Ack{Type: proto.TypeAck, ID: id, Seq: reply.Seq}))
+	if post.ID != "" {
+		c.reply(proto.Encode(proto.Ack{Type: proto.TypeAck, ID: post.ID, Seq: reply.Seq}))
 	}
 }

@@ -19,15 +19,17 @@ const (
 	replayBatch = 500
 )
 
-// history answers history for a room from the store. The answer is a
-// reply: it waits for room in the queue rather than counting against the
-// slow-client limit.
+// history answers history for a room, or for the conversation with
+// another user, from the store. The answer is a reply: it waits for room
+// in the queue rather than counting against the slow-client limit.
 func (c *client) history(req proto.Request) {
+	var log store.Log
+	answer := proto.History{Type: proto.TypeHistory, Messages: []json.RawMessage{}}
 	if req.DM != nil {
-		c.refuse(req, notYet("history of direct messages"))
-		return
+		log, answer.DM = store.Between(c.user, *req.DM), *req.DM
+	} else {
+		log, answer.Room = store.Room(*req.Room), *req.Room
 	}
-	room := *req.Room
 	limit := historyDefault
 	if req.Limit != nil {
 		limit = int(min(max(*req.Limit, 1), historyMax))
@@ -38,25 +40,26 @@ func (c *client) history(req proto.Request) {
 	var more bool
 	var err error
 	if req.After != nil {
-		msgs, more, err = store.After(ctx, c.e.js, room, uint64(*req.After), limit)
+		msgs, more, err = store.After(ctx, c.e.js, log, uint64(*req.After), limit)
 	} else {
 		var before uint64
 		if req.Before != nil {
 			before = uint64(*req.Before)
 			if before == 0 {
 				// Nothing is older than seq 0; 0 is not "the newest".
-				c.reply(proto.Encode(proto.History{Type: proto.TypeHistory, Room: room, Messages: []json.RawMessage{}}))
+				c.reply(proto.Encode(answer))
 				return
 			}
 		}
-		msgs, more, err = store.Before(ctx, c.e.js, room, before, limit)
+		msgs, more, err = store.Before(ctx, c.e.js, log, before, limit)
 	}
 	if err != nil {
-		c.e.log.Warn("history read failed", "room", room, "err", err)
+		c.e.log.Warn("history read failed", "log", log.Name, "err", err)
 		c.refuse(req, &proto.Error{Code: proto.CodeUnavailable, Message: "message store unavailable, try again"})
 		return
 	}
-	c.reply(proto.Encode(proto.History{Type: proto.TypeHistory, Room: room, Messages: lines(msgs), More: more}))
+	answer.Messages, answer.More = lines(msgs), more
+	c.reply(proto.Encode(answer))
 }
 
 // lines turns stored messages into events with their seq, leaving out
@@ -82,7 +85,7 @@ func (c *client) replay(ctx context.Context, room string, since, last uint64) ([
 	var msgs []store.Stored
 	capped := false
 	for after := since; after < last; {
-		batch, more, err := store.After(ctx, c.e.js, room, after, replayBatch)
+		batch, more, err := store.After(ctx, c.e.js, store.Room(room), after, replayBatch)
 		if err != nil {
 			return nil, false, err
 		}
@@ -109,7 +112,7 @@ func (c *client) replay(ctx context.Context, room string, since, last uint64) ([
 	if capped {
 		return msgs, false, nil
 	}
-	first, err := store.First(ctx, c.e.js, room)
+	first, err := store.First(ctx, c.e.js, store.Room(room))
 	if err != nil {
 		return nil, false, err
 	}
@@ -118,7 +121,7 @@ func (c *client) replay(ctx context.Context, room string, since, last uint64) ([
 		// retention drops the oldest first, so nothing after since is gone.
 		return msgs, true, nil
 	}
-	whole, err := store.NothingDropped(ctx, c.e.js)
+	whole, err := store.NothingDropped(ctx, c.e.js, store.Room(room))
 	if err != nil {
 		return nil, false, err
 	}

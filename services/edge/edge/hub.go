@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -24,7 +25,9 @@ import (
 // subscription (a slow consumer) instead of blocking the connection.
 const dispatchBuffer = 1 << 16
 
-// hub maps rooms to their local members and owns the room subscriptions.
+// hub maps rooms to their local members and users to their local
+// sessions, and owns their subscriptions. Everything it dispatches is
+// keyed: a room by its name, a conversation by convKey (dm.go).
 type hub struct {
 	nc      *nats.Conn
 	js      jetstream.JetStream
@@ -47,10 +50,16 @@ type hub struct {
 	// event of a room.
 	presenceChanged func(room string)
 
-	// mu guards rooms and each room's member list. It is never held
+	// dmFloor is a dm stream seq no newer than the stream's newest: a
+	// session that starts now has been sent nothing after it (dm.go).
+	dmFloor     atomic.Uint64
+	floorReader atomic.Bool // a read of the dm stream's newest seq is out
+
+	// mu guards rooms, users and their member lists. It is never held
 	// across a NATS call.
 	mu    sync.Mutex
 	rooms map[string]*hubRoom // guarded by mu
+	users map[string]*hubUser // guarded by mu
 }
 
 // hubRoom is one room with local members.
@@ -78,6 +87,7 @@ func newHub(nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, m *metrics,
 		repairs:  make(map[string]*repair),
 		repaired: make(chan repairDone),
 		rooms:    make(map[string]*hubRoom),
+		users:    make(map[string]*hubUser),
 	}
 }
 
@@ -151,12 +161,29 @@ func (h *hub) unsubscribe(room string, r *hubRoom) {
 	}
 }
 
-// members returns the current member list of room; the caller must not
-// change it.
-func (h *hub) members(room string) []*client {
+// members returns the clients that key's events go to: a room's
+// members, or the sessions of both parties of a conversation. The caller
+// must not change the list.
+func (h *hub) members(key string) []*client {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if r := h.rooms[room]; r != nil {
+	if a, b, ok := parties(key); ok {
+		var ma, mb []*client
+		if u := h.users[a]; u != nil {
+			ma = u.members
+		}
+		if u := h.users[b]; u != nil && b != a {
+			mb = u.members
+		}
+		if len(ma) == 0 {
+			return mb
+		}
+		if len(mb) == 0 {
+			return ma
+		}
+		return append(slices.Clip(ma), mb...)
+	}
+	if r := h.rooms[key]; r != nil {
 		return r.members
 	}
 	return nil
@@ -182,17 +209,20 @@ func (h *hub) subscriptions() int {
 // close drops every subscription; the clients are gone by then.
 func (h *hub) close() {
 	h.mu.Lock()
-	rooms := h.rooms
-	h.rooms = make(map[string]*hubRoom)
+	rooms, users := h.rooms, h.users
+	h.rooms, h.users = make(map[string]*hubRoom), make(map[string]*hubUser)
 	h.mu.Unlock()
 	for room, r := range rooms {
 		h.unsubscribe(room, r)
 	}
+	for user, u := range users {
+		h.unsubscribeUser(user, u)
+	}
 }
 
-// run is the dispatch goroutine: it turns each room event (a stored
-// message, a presence change) into one encoded line and hands it to the
-// room's local members.
+// run is the dispatch goroutine: it turns each event (a stored room
+// message or dm, a presence change, a typing signal) into one encoded line
+// and hands it to the local clients it is for.
 func (h *hub) run(ctx context.Context) {
 	defer h.repairing.Wait()
 	h.ctx = ctx
@@ -213,6 +243,10 @@ func (h *hub) run(ctx context.Context) {
 }
 
 func (h *hub) dispatch(m *nats.Msg) {
+	if a, b, ok := subject.PartiesOf(m.Subject); ok {
+		h.dispatchDM(convKey(a, b), m)
+		return
+	}
 	room, kind, ok := subject.RoomOf(m.Subject)
 	if !ok {
 		return
@@ -222,6 +256,8 @@ func (h *hub) dispatch(m *nats.Msg) {
 		h.dispatchMsg(room, m)
 	case subject.KindPresence:
 		h.dispatchPresence(room, m)
+	case subject.KindTyping:
+		h.dispatchTyping(room, m)
 	}
 }
 
@@ -244,18 +280,19 @@ func (h *hub) dispatchPresence(room string, m *nats.Msg) {
 	}
 }
 
-// dispatchMsg hands a stored message to the room's members, or holds it
-// while the room's gaps are being repaired (repair.go).
+// dispatchMsg hands a stored message to the members of key (a room or a
+// conversation), or holds it while key's gaps are being repaired
+// (repair.go).
 func (h *hub) dispatchMsg(room string, m *nats.Msg) {
 	if r := h.repairs[room]; r != nil {
 		r.hold(m)
 		return
 	}
-	seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
-	if err != nil || seq == 0 {
+	seq, err := parseSeq(m)
+	if err != nil {
 		// Only the stream's RePublish may publish here; anything else is
 		// not a stored message.
-		h.log.Warn("dropping a room event that is not a stored message", "room", room)
+		h.log.Warn("dropping an event that is not a stored message", "subject", m.Subject)
 		return
 	}
 	// RePublish names the room's previous stored message: a member that
@@ -264,7 +301,7 @@ func (h *hub) dispatchMsg(room string, m *nats.Msg) {
 	prev, _ := strconv.ParseUint(m.Header.Get(jetstream.LastSequenceHeader), 10, 64)
 	line := eventLine(m.Data, seq)
 	if line == nil {
-		h.log.Warn("skipping a stored message that is not an event", "room", room, "seq", seq)
+		h.log.Warn("skipping a stored message that is not an event", "subject", m.Subject, "seq", seq)
 	}
 	from, gap := uint64(0), false
 	for _, c := range h.members(room) {
@@ -275,6 +312,16 @@ func (h *hub) dispatchMsg(room string, m *nats.Msg) {
 	if gap {
 		h.startRepair(room, from, seq, m)
 	}
+}
+
+// parseSeq returns the seq of a message republished by a stream; an error
+// for anything else.
+func parseSeq(m *nats.Msg) (uint64, error) {
+	seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+	if err == nil && seq == 0 {
+		err = fmt.Errorf("seq 0")
+	}
+	return seq, err
 }
 
 // eventLine is a stored message as a line of a frame, with its seq; nil

@@ -6,6 +6,7 @@ import "github.com/prometheus/client_golang/prometheus"
 type metrics struct {
 	connections prometheus.Gauge
 	roomSubs    prometheus.Gauge
+	userSubs    prometheus.Gauge
 	refused     *prometheus.CounterVec
 	framesIn    prometheus.Counter
 	framesOut   prometheus.Counter
@@ -24,6 +25,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "natter_edge_connections", Help: "Open WebSocket connections."}),
 		roomSubs: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "natter_edge_room_subscriptions", Help: "NATS room subscriptions held (rooms with local members)."}),
+		userSubs: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "natter_edge_user_subscriptions", Help: "Users with local sessions whose dms the edge subscribes to (two NATS subscriptions each)."}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "natter_edge_upgrades_refused_total", Help: "WebSocket upgrades refused, by reason."}, []string{"reason"}),
 		framesIn: prometheus.NewCounter(prometheus.CounterOpts{
@@ -33,7 +36,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		posted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "natter_edge_messages_posted_total", Help: "Messages from clients stored by the broadcasters."}),
 		delivered: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "natter_edge_messages_delivered_total", Help: "Live room events (messages, presence changes) queued to clients."}),
+			Name: "natter_edge_messages_delivered_total", Help: "Live events (room messages, dms, presence changes, typing) queued to clients."}),
 		slowClients: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "natter_edge_slow_clients_total", Help: "Clients cut off because their send queue was full."}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -41,11 +44,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		reports: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "natter_edge_presence_reports_failed_total", Help: "Presence reports, heartbeats and sync pages that could not be published (presence recovers them by a sync)."}),
 		gaps: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "natter_edge_gaps_repaired_total", Help: "Gaps on the live path (messages a room subscription missed) filled from the stream."}),
+			Name: "natter_edge_gaps_repaired_total", Help: "Gaps on the live path (messages or dms a subscription missed) filled from the stream."}),
 		gapFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "natter_edge_gaps_failed_total", Help: "Gaps that could not be read from the stream; the members missing them were closed to rejoin with since."}),
 	}
-	for _, c := range []prometheus.Collector{m.connections, m.roomSubs, m.refused, m.framesIn, m.framesOut,
+	for _, c := range []prometheus.Collector{m.connections, m.roomSubs, m.userSubs, m.refused, m.framesIn, m.framesOut,
 		m.posted, m.delivered, m.slowClients, m.errors, m.reports, m.gaps, m.gapFailures} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

@@ -83,7 +83,7 @@ func (h *hub) read(room string, from, upTo uint64) {
 func (h *hub) readRange(ctx context.Context, room string, from, upTo uint64) ([]store.Stored, error) {
 	var out []store.Stored
 	for {
-		batch, more, err := store.After(ctx, h.js, room, from, replayBatch)
+		batch, more, err := store.After(ctx, h.js, logOf(room), from, replayBatch)
 		if err != nil {
 			return out, err
 		}
@@ -136,7 +136,7 @@ func (h *hub) finishRepair(d repairDone) {
 // closeGapped delivers m to the members that can take it and closes those
 // that would have a gap.
 func (h *hub) closeGapped(room string, m *nats.Msg) {
-	seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+	seq, err := parseSeq(m)
 	if err != nil {
 		return
 	}
@@ -176,10 +176,42 @@ func (h *hub) checkDrops() {
 			rooms = append(rooms, room)
 		}
 	}
+	var sessions []*client // of the users whose subscriptions dropped dms
+	for _, u := range h.users {
+		select {
+		case <-u.ready:
+		default:
+			continue
+		}
+		dropped := all
+		for i, sub := range u.subs {
+			if n, err := sub.Dropped(); err == nil && n != u.dropped[i] {
+				u.dropped[i] = n
+				dropped = true
+			}
+		}
+		if dropped {
+			sessions = append(sessions, u.members...)
+		}
+	}
 	h.mu.Unlock()
 	for _, room := range rooms {
 		h.readOn(room)
 	}
+	// A user's subscription that dropped dms: read on in every
+	// conversation its sessions have had dms in. (A dropped dm of a
+	// conversation new to the session shows with the conversation's next
+	// dm, or in the client's dms list.)
+	convs := make(map[string]bool)
+	for _, c := range sessions {
+		for _, key := range c.conversations() {
+			convs[key] = true
+		}
+	}
+	for key := range convs {
+		h.readOn(key)
+	}
+	h.readFloor()
 }
 
 // readOn reads room's messages after the oldest one its members have, up

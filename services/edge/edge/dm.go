@@ -1,0 +1,286 @@
+package edge
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natter-chat/natter/shared/names"
+	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/store"
+	"github.com/natter-chat/natter/shared/subject"
+)
+
+// Direct messages and typing (PROTOCOL.md sections 3 and 4).
+//
+// An edge subscribes to the dms of each user with a local session, on
+// the user's first session, and drops the subscriptions after the last
+// one, like rooms: chat.dm.<user>.* and chat.dm.*.<user>, both into the
+// hub's one dispatch channel. A stored dm reaches the hub on the subject
+// of its conversation, and the hub hands it to the sessions of both
+// parties. Each conversation is keyed by convKey, and from there on it is
+// treated like a room: dropped by seq when already sent, its gaps
+// (Nats-Last-Sequence) filled from the dm stream.
+//
+// A session has no "join" for conversations, so the edge has no seq to
+// start a conversation's gap check from. It uses the dm floor instead: a
+// seq of the dm stream no newer than its newest when the session started.
+// A dm whose previous one is newer than the floor, and that the session
+// has not had, shows a gap; a dm before the floor was stored before the
+// session started, and the client reads it with dms and history. The
+// floor is the newest dm the hub has dispatched, and the dm stream's
+// newest seq read each dropCheck while users are connected, whichever is
+// larger: so what a gap repair reads from the floor is at most a moment's
+// dms.
+
+// typingEvery is the least time between two typing signals of one session
+// for one room; the ones between are dropped silently.
+const typingEvery = time.Second
+
+// convKey names the conversation of a and b (either order) in the hub and
+// in a client's state. Room names never hold a '.', so the two kinds of
+// key never meet.
+func convKey(x, y string) string {
+	a, b := subject.Pair(x, y)
+	return a + "." + b
+}
+
+// parties returns the users of a conversation key, a <= b, and false for
+// a room.
+func parties(key string) (a, b string, ok bool) {
+	return strings.Cut(key, ".")
+}
+
+// logOf is the store log of key: a room's messages or a conversation's dms.
+func logOf(key string) store.Log {
+	if a, b, ok := parties(key); ok {
+		return store.Between(a, b)
+	}
+	return store.Room(key)
+}
+
+// hubUser is a user with local sessions.
+type hubUser struct {
+	// ready is closed once the subscriptions are made (or have failed);
+	// subs and err are set before and never change after.
+	ready chan struct{}
+	subs  []*nats.Subscription
+	err   error
+	// dropped are the subscriptions' drop counts at the last check; only
+	// the dispatcher uses them.
+	dropped [2]int
+	// members is replaced, never changed in place. Guarded by hub.mu.
+	members []*client
+}
+
+// joinUser adds session c of user, subscribing to the user's dms on its
+// first local session, and sets c's dm floor. The subscriptions are
+// flushed before it returns, so a dm stored after the session's welcome
+// reaches it live.
+func (h *hub) joinUser(user string, c *client) error {
+	// Set before c is a member: the dispatcher reads it after taking mu.
+	c.dmFloor = h.dmFloor.Load()
+	h.mu.Lock()
+	u := h.users[user]
+	first := u == nil
+	if first {
+		u = &hubUser{ready: make(chan struct{})}
+		h.users[user] = u
+	}
+	u.members = append(slices.Clip(u.members), c)
+	h.mu.Unlock()
+
+	if first {
+		for _, subj := range subject.DMsOf(user) {
+			sub, err := h.nc.ChanSubscribe(subj, h.msgs)
+			if err != nil {
+				u.err = fmt.Errorf("subscribe dms of %s: %w", user, err)
+				break
+			}
+			u.subs = append(u.subs, sub)
+		}
+		if u.err == nil {
+			h.metrics.userSubs.Inc()
+			// A flush fails while NATS is away; the subscriptions are
+			// made again on reconnect, and the dms meanwhile are found
+			// by the reconnect check (repair.go).
+			_ = h.nc.FlushTimeout(whoTimeout)
+		}
+		close(u.ready)
+	}
+	<-u.ready
+	if u.err != nil {
+		h.leaveUser(user, c)
+		return u.err
+	}
+	return nil
+}
+
+// leaveUser removes session c of user and drops the user's subscriptions
+// after its last local session.
+func (h *hub) leaveUser(user string, c *client) {
+	h.mu.Lock()
+	u := h.users[user]
+	if u == nil {
+		h.mu.Unlock()
+		return
+	}
+	i := slices.Index(u.members, c)
+	if i < 0 {
+		h.mu.Unlock()
+		return
+	}
+	u.members = slices.Delete(slices.Clone(u.members), i, i+1)
+	last := len(u.members) == 0
+	if last {
+		delete(h.users, user)
+	}
+	h.mu.Unlock()
+	if last {
+		h.unsubscribeUser(user, u)
+	}
+}
+
+func (h *hub) unsubscribeUser(user string, u *hubUser) {
+	<-u.ready
+	if u.err != nil {
+		for _, sub := range u.subs {
+			_ = sub.Unsubscribe()
+		}
+		return
+	}
+	h.metrics.userSubs.Dec()
+	for _, sub := range u.subs {
+		if err := sub.Unsubscribe(); err != nil {
+			h.log.Warn("unsubscribe dms", "user", user, "err", err)
+		}
+	}
+}
+
+// dispatchDM hands a stored dm to the sessions of both parties, like a
+// room message, and moves the dm floor up to it.
+func (h *hub) dispatchDM(key string, m *nats.Msg) {
+	h.dispatchMsg(key, m)
+	if seq, err := parseSeq(m); err == nil {
+		h.raiseFloor(seq)
+	}
+}
+
+// raiseFloor moves the dm floor up to seq, never down.
+func (h *hub) raiseFloor(seq uint64) {
+	for {
+		old := h.dmFloor.Load()
+		if seq <= old || h.dmFloor.CompareAndSwap(old, seq) {
+			return
+		}
+	}
+}
+
+// readFloor reads the dm stream's newest seq into the floor, on a reader
+// of its own, at most one at a time, while users are connected.
+func (h *hub) readFloor() {
+	h.mu.Lock()
+	anyone := len(h.users) > 0
+	h.mu.Unlock()
+	if !anyone || !h.floorReader.CompareAndSwap(false, true) {
+		return
+	}
+	h.repairing.Go(func() {
+		defer h.floorReader.Store(false)
+		ctx, cancel := context.WithTimeout(h.ctx, repairTimeout)
+		defer cancel()
+		last, err := store.LastSeq(ctx, h.nc, store.Log{Stream: subject.DMStream, Subject: subject.StoreDMAny, Name: "every dm"})
+		if err != nil {
+			h.log.Debug("dm floor not read", "err", err)
+			return
+		}
+		h.raiseFloor(last)
+	})
+}
+
+// dispatchTyping passes a typing signal on to the room's members, except
+// the sessions of the user typing. Like presence events, it is decoded
+// and encoded again.
+func (h *hub) dispatchTyping(room string, m *nats.Msg) {
+	var ev proto.Typing
+	if err := json.Unmarshal(m.Data, &ev); err != nil || ev.Type != proto.TypeTyping || ev.Room != room || !names.ValidUser(ev.User) {
+		h.log.Debug("dropping a typing event that is not one", "room", room)
+		return
+	}
+	line := proto.Encode(ev)
+	for _, c := range h.members(room) {
+		if c.user != ev.User {
+			c.deliver(room, 0, 0, line)
+		}
+	}
+}
+
+// dm sends a direct message to the broadcasters and waits for it to be
+// stored; the sender's sessions receive it like the recipient's.
+func (c *client) dm(req proto.Request) {
+	to, text := *req.To, *req.Text
+	var id string
+	if req.ID != nil {
+		id = *req.ID
+	}
+	if perr := proto.CheckPost(text, id, c.e.cfg.Limits.MaxTextChars); perr != nil {
+		c.refuse(req, perr)
+		return
+	}
+	c.store(req, subject.InDM(to), proto.Post{To: to, From: c.user, Text: text, ID: id, Edge: c.e.id, Session: c.session})
+}
+
+// dms lists the user's conversations, newest first (by ts, then name).
+func (c *client) dms(req proto.Request) {
+	ctx, cancel := context.WithTimeout(c.e.ctx, c.e.cfg.Limits.PostTimeout)
+	convs, err := store.Conversations(ctx, c.e.js, c.user)
+	cancel()
+	if err != nil {
+		c.e.log.Warn("dms read failed", "user", c.user, "err", err)
+		c.refuse(req, &proto.Error{Code: proto.CodeUnavailable, Message: "message store unavailable, try again"})
+		return
+	}
+	out := make([]proto.Conversation, len(convs))
+	for i, cv := range convs {
+		out[i] = proto.Conversation{With: cv.With, Seq: cv.Seq, TS: cv.TS}
+	}
+	slices.SortFunc(out, func(x, y proto.Conversation) int {
+		return cmp.Or(cmp.Compare(y.TS, x.TS), strings.Compare(x.With, y.With))
+	})
+	c.reply(proto.Encode(proto.DMs{Type: proto.TypeDMs, Conversations: out}))
+}
+
+// typing publishes a typing signal for a joined room, at most one each
+// typingEvery per room; the others are dropped silently. It is never
+// stored.
+func (c *client) typing(req proto.Request) {
+	room := *req.Room
+	if !c.joined(room) {
+		c.refuse(req, &proto.Error{Code: proto.CodeNotJoined, Message: "not joined to room " + room})
+		return
+	}
+	now := time.Now()
+	c.mu.Lock()
+	if c.typed == nil {
+		c.typed = make(map[string]time.Time)
+	}
+	last, seen := c.typed[room]
+	throttled := seen && now.Sub(last) < typingEvery
+	if !throttled {
+		c.typed[room] = now
+	}
+	c.mu.Unlock()
+	if throttled {
+		return
+	}
+	data := proto.Encode(proto.Typing{Type: proto.TypeTyping, Room: room, User: c.user})
+	if err := c.e.nc.Publish(subject.RoomTyping(room), data); err != nil {
+		c.e.log.Debug("typing not published", "room", room, "err", err)
+	}
+}
