@@ -88,8 +88,9 @@ for s in "${scenarios[@]}"; do
 		gen natter D -conns 5000 -room-size 10 -publishers 5000 -rate 1 -measure 10s -concurrency 500 ;;
 	E) # 5,000 clients of one room drop at once and rejoin with since, 100 msgs/s going on (natter only)
 		gen natter E -conns 5000 -room-size 5000 -publishers 1 -rate 100 -measure 10s -rejoin -concurrency 500 ;;
-	F) # connect rate
-		for t in natter gorilla; do gen $t F -conns 15000 -room-size 10 -publishers 0 -warmup 0s -measure 1s -drain 0s -concurrency 500; done ;;
+	F) # connect rate; from source addresses of its own, as the ports of the
+		# runs before are still in TIME_WAIT
+		for t in natter gorilla; do gen $t F -conns 15000 -room-size 10 -publishers 0 -warmup 0s -measure 1s -drain 0s -concurrency 500 -source-base 101; done ;;
 	esac
 done
 

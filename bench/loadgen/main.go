@@ -49,6 +49,7 @@ type config struct {
 	Measure     time.Duration `json:"-"`
 	Drain       time.Duration `json:"-"`
 	Sources     int           `json:"sources"`
+	SourceBase  int           `json:"source_base"`
 	Concurrency int           `json:"-"`
 	Rejoin      bool          `json:"rejoin"`
 	Out         string        `json:"-"`
@@ -94,7 +95,8 @@ func main() {
 	flag.DurationVar(&c.Warmup, "warmup", 2*time.Second, "publishing before the window")
 	flag.DurationVar(&c.Measure, "measure", 10*time.Second, "the measured window")
 	flag.DurationVar(&c.Drain, "drain", 3*time.Second, "how long to wait for the window's last messages")
-	flag.IntVar(&c.Sources, "sources", 0, "source addresses 127.0.0.1.. (0: one per 10,000 connections)")
+	flag.IntVar(&c.Sources, "sources", 0, "source addresses 127.0.0.<source-base>.. (0: one per 10,000 connections)")
+	flag.IntVar(&c.SourceBase, "source-base", 1, "the last byte of the first source address: a run right after another uses others, whose ports are still in TIME_WAIT")
 	flag.IntVar(&c.Concurrency, "concurrency", 200, "connections being opened at once")
 	flag.BoolVar(&c.Rejoin, "rejoin", false, "natter: at the window's start every client drops and rejoins with since")
 	flag.StringVar(&c.Out, "out", "", "append the JSON line to this file too")
@@ -109,6 +111,10 @@ func main() {
 			os.Exit(1)
 		}
 		return
+	}
+	if c.SourceBase < 1 || c.SourceBase+c.Sources > 255 {
+		fmt.Fprintln(os.Stderr, "loadgen: -source-base and -sources must keep the addresses within 127.0.0.1-254")
+		os.Exit(2)
 	}
 	if c.Sources <= 0 {
 		c.Sources = (c.Conns + 9999) / 10000
@@ -334,7 +340,7 @@ func run(c config) (*result, error) {
 
 // dial opens cl's connection from one of the source addresses.
 func dial(ctx context.Context, c config, cl *client) error {
-	src := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+cl.id%c.Sources))}
+	src := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(c.SourceBase+cl.id%c.Sources))}
 	d := websocket.Dialer{
 		HandshakeTimeout: 30 * time.Second,
 		ReadBufferSize:   4096,

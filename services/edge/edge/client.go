@@ -23,22 +23,26 @@ type client struct {
 	user    string
 	session string
 
-	// wake tells the write pump that the queue has events or that the
-	// client is closing; a buffer of one coalesces wake-ups.
+	// wake tells a running writer that the queue has events, a ping is
+	// due or the client is closing; a buffer of one coalesces wake-ups.
 	wake chan struct{}
-	// readerDone is closed when the read pump has returned.
+	// readerDone is closed when the read pump has returned; finished when
+	// the connection is closed (finish).
 	readerDone chan struct{}
+	finished   chan struct{}
+	// pingSlot is the pinger's turn for this client (ping.go).
+	pingSlot int
 
 	mu sync.Mutex
-	// queue holds encoded events for the write pump; guarded by mu.
+	// queue holds encoded events for the writer; guarded by mu.
 	// Live events (room messages) count against the slow-client limit:
 	// live is how many of them are queued. Answers to the client's own
-	// requests never cut it off: the read pump waits on space instead, so
+	// requests never cut it off: the handler waits on space instead, so
 	// a client that floods requests is slowed down by its own reading.
 	queue   [][]byte
 	live    int
 	space   *sync.Cond // on mu; signalled when the writer empties the queue or closing begins
-	waiting bool       // guarded by mu: the read pump waits on space
+	waiting bool       // guarded by mu: the handler waits on space
 	// rooms is the state of each joined (or joining) room; guarded by mu.
 	rooms map[string]*roomState
 	// convs is the state of each conversation a dm was delivered in,
@@ -57,6 +61,18 @@ type client struct {
 	closing   bool
 	closeCode int
 	closeText string
+	// inbox holds the frames read and not yet handled; handling tells
+	// whether a handler runs; taken is signalled when the handler takes a
+	// frame or ends, and when closing begins. Guarded by mu.
+	inbox    [][]byte
+	handling bool
+	taken    *sync.Cond
+	// serving is set once serve has started; from then on signal starts
+	// a writer when none runs (writing). pingDue asks the writer for a
+	// ping. Guarded by mu.
+	serving bool
+	writing bool
+	pingDue bool
 }
 
 // roomState is a client's view of one room. Guarded by client.mu.
@@ -84,14 +100,17 @@ func newClient(e *Edge, conn *websocket.Conn, user, session string) *client {
 		session:    session,
 		wake:       make(chan struct{}, 1),
 		readerDone: make(chan struct{}),
+		finished:   make(chan struct{}),
 		rooms:      make(map[string]*roomState),
 	}
 	c.space = sync.NewCond(&c.mu)
+	c.taken = sync.NewCond(&c.mu)
 	return c
 }
 
 // reply queues an answer to the client's own request. It waits while the
-// queue is full; only the read pump (or the handler before it) calls it.
+// queue is full; only the request handler (or the connection's goroutine
+// before it serves) calls it.
 func (c *client) reply(line []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -249,26 +268,8 @@ func (c *client) closeLocked(code int, text string) {
 	c.closing, c.closeCode, c.closeText = true, code, text
 	c.queue, c.live = nil, 0
 	c.space.Broadcast()
+	c.taken.Broadcast()
 	c.signal()
-}
-
-func (c *client) signal() {
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
-}
-
-// serve runs the connection: the write pump on a goroutine of its own,
-// the read pump on the caller's, and returns once both have ended.
-func (c *client) serve() {
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		c.writePump()
-	}()
-	c.readPump()
-	<-writerDone
 }
 
 // readPump is the only reader of the socket. It returns when the client
@@ -299,13 +300,70 @@ func (c *client) readPump() {
 			return
 		}
 		c.e.metrics.framesIn.Inc()
-		proto.Lines(data, func(line []byte) bool {
+		if !c.take(data) {
+			return
+		}
+	}
+}
+
+// maxInbox is how many frames a client may have waiting for its handler;
+// past it the read pump waits, so a client that floods requests is
+// slowed down by its own reading.
+const maxInbox = 4
+
+// take queues a frame for the handler, starting one when none runs, and
+// waits while the inbox is full. It reports false once the client is
+// closing. The requests are handled on a goroutine of their own, one at a
+// time and in order, not on the read pump: a read pump that ran them would
+// keep the deep stack they need (a join's NATS requests) for as long as
+// the connection lives (bench/, scenario A).
+func (c *client) take(frame []byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for !c.closing && len(c.inbox) >= maxInbox {
+		c.taken.Wait()
+	}
+	if c.closing {
+		return false
+	}
+	c.inbox = append(c.inbox, frame)
+	if !c.handling {
+		c.handling = true
+		go c.handleInbox()
+	}
+	return true
+}
+
+// handleInbox answers the frames in the inbox, in order, and ends when it
+// is empty or the client is closing.
+func (c *client) handleInbox() {
+	for {
+		c.mu.Lock()
+		if len(c.inbox) == 0 || c.closing {
+			c.handling, c.inbox = false, nil
+			c.taken.Broadcast()
+			c.mu.Unlock()
+			return
+		}
+		frame := c.inbox[0]
+		c.inbox[0] = nil
+		c.inbox = c.inbox[1:]
+		c.taken.Broadcast()
+		c.mu.Unlock()
+		proto.Lines(frame, func(line []byte) bool {
 			c.handle(line)
 			return !c.isClosing()
 		})
-		if c.isClosing() {
-			return
-		}
+	}
+}
+
+// handled waits until no handler runs: the client's rooms no longer
+// change.
+func (c *client) handled() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.handling {
+		c.taken.Wait()
 	}
 }
 
@@ -315,33 +373,66 @@ func (c *client) isClosing() bool {
 	return c.closing
 }
 
-// writePump is the only writer of data frames. It coalesces queued events
-// into frames of at most proto.MaxFrameBytes, pings, and closes the
-// connection when the client is closing.
-func (c *client) writePump() {
+// A connection has no writer goroutine while it has nothing to send: an
+// idle connection costs its read pump only (bench/, scenario A: each
+// goroutine holds a stack of several KiB). The first event queued starts a
+// writer, which stays while events keep coming and ends after
+// writerLinger without any. Pings come from the edge's pinger (ping.go),
+// which asks each connection's writer for one in turn.
+
+// writerLinger is how long a writer waits for more events before it ends.
+const writerLinger = time.Second
+
+// signal tells the writer that the queue has events, a ping is due, or the
+// client is closing, and starts one when none runs. Called with mu held.
+func (c *client) signal() {
+	if c.writing || !c.serving {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+		return
+	}
+	c.writing = true
+	go c.writer()
+}
+
+// serve runs the connection: the read pump on the caller's goroutine, a
+// request handler whenever frames wait, a writer whenever there is
+// something to send. It returns once the read pump and the handler have
+// ended and the connection is closed.
+func (c *client) serve() {
+	c.mu.Lock()
+	c.serving = true
+	c.writing = true // the welcome (or a close) is queued already
+	go c.writer()
+	c.mu.Unlock()
+	c.readPump()
+	c.handled()
+	<-c.finished
+}
+
+// writer is the only writer of data frames while it runs. It coalesces
+// queued events into frames of at most proto.MaxFrameBytes, sends the
+// pings it is asked for, and closes the connection when the client is
+// closing.
+func (c *client) writer() {
 	lim := c.e.cfg.Limits
-	ping := time.NewTicker(lim.PingInterval)
-	defer ping.Stop()
 	var batch [][]byte
 	var buf []byte
-	// wrote tells whether a flush came since the last ping: a connection
-	// that went a whole ping interval without one drops its buffers, so
-	// an idle client holds none and a busy one reuses them. (Dropping them
-	// after every small flush cost a busy room of 1,000 a third of its
-	// deliveries a second: bench/results/2026-11-26T102123Z.md, C.)
-	wrote := false
 	write := func(frame []byte) error {
 		_ = c.conn.SetWriteDeadline(time.Now().Add(lim.WriteTimeout))
 		c.e.metrics.framesOut.Inc()
 		return c.conn.WriteMessage(websocket.TextMessage, frame)
 	}
-	// flush writes what is queued; it reports false once the connection is
-	// done (closing, or a write failed) and finished.
+	// flush writes what is queued and a ping when one is due; it reports
+	// false once the connection is done (closing, or a write failed) and
+	// finished.
 	flush := func() bool {
 		c.mu.Lock()
-		closing := c.closing
+		closing, ping := c.closing, c.pingDue
 		batch, c.queue = c.queue, batch[:0]
-		c.live = 0
+		c.live, c.pingDue = 0, false
 		c.space.Broadcast()
 		c.mu.Unlock()
 		if closing {
@@ -351,7 +442,9 @@ func (c *client) writePump() {
 		var err error
 		buf, err = proto.Frames(batch, proto.MaxFrameBytes, buf, write)
 		clear(batch)
-		wrote = true
+		if err == nil && ping {
+			err = c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(lim.WriteTimeout))
+		}
 		if err != nil {
 			c.close(-1, "")
 			c.finish()
@@ -359,50 +452,48 @@ func (c *client) writePump() {
 		}
 		return true
 	}
-	// With a write delay, the first event queued starts a short timer, and
-	// everything queued until it fires goes out in one frame: in a busy
-	// room a client gets a write every few milliseconds instead of one per
-	// event, and those writes are most of the server's CPU (bench/: it
-	// raised what one core sustains in a room of 1,000 from 1 to 1.5
-	// million deliveries a second).
-	delay := time.NewTimer(time.Hour)
-	delay.Stop()
-	var delayed <-chan time.Time
+	// With a write delay, everything queued within it of the first event
+	// goes out in one frame: in a busy room a client gets a write every
+	// few milliseconds instead of one per event, and those writes are
+	// most of the server's CPU (bench/: it raised what one core sustains
+	// in a room of 1,000 from 1 to 1.5 million deliveries a second).
+	timer := time.NewTimer(lim.WriteDelay)
+	defer timer.Stop()
 	for {
+		if lim.WriteDelay > 0 && !c.isClosing() {
+			<-timer.C
+		}
+		if !flush() {
+			return
+		}
+		timer.Reset(writerLinger)
 		select {
 		case <-c.wake:
-			if lim.WriteDelay > 0 && !c.isClosing() {
-				if delayed == nil {
-					delay.Reset(lim.WriteDelay)
-					delayed = delay.C
-				}
-				continue
-			}
-			if !flush() {
-				return
-			}
-		case <-delayed:
-			delayed = nil
-			if !flush() {
-				return
-			}
-		case <-ping.C:
-			if !wrote {
-				batch, buf = nil, nil
-			}
-			wrote = false
-			if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(lim.WriteTimeout)); err != nil {
-				c.close(-1, "")
-				c.finish()
-				return
-			}
+			timer.Reset(lim.WriteDelay) // (Go 1.23 timers: no stale fire is left)
+			continue
+		case <-timer.C:
 		}
+		c.mu.Lock()
+		if len(c.queue) == 0 && !c.closing && !c.pingDue {
+			// Idle: end, leaving nothing behind. A wake sent meanwhile
+			// had nothing new to say.
+			c.writing, c.queue = false, nil
+			select {
+			case <-c.wake:
+			default:
+			}
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+		timer.Reset(lim.WriteDelay)
 	}
 }
 
 // finish sends the close frame, if any, waits a moment for the peer, and
-// closes the connection.
+// closes the connection. Only the last writer calls it, once.
 func (c *client) finish() {
+	defer close(c.finished)
 	c.mu.Lock()
 	code, text := c.closeCode, c.closeText
 	c.mu.Unlock()

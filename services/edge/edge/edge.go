@@ -90,6 +90,7 @@ type Edge struct {
 
 	mu       sync.Mutex
 	clients  map[*client]struct{} // guarded by mu
+	pingNext int                  // guarded by mu: the next client's ping slot
 	open     atomic.Int64         // len(clients), for heartbeats
 	stopping bool                 // guarded by mu: no new clients once set
 	handlers sync.WaitGroup       // connection handlers; Add under mu
@@ -189,8 +190,16 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 	}()
 	rctx, stopReporter := context.WithCancel(context.Background())
 	go e.reporter.run(rctx)
+	pctx, stopPinger := context.WithCancel(context.Background())
+	pingerDone := make(chan struct{})
+	go func() {
+		defer close(pingerDone)
+		e.pinger(pctx)
+	}()
 	err := ops.Serve(ctx, ln, e.Handler(), httpShutdownWait)
 	e.closeClients()
+	stopPinger()
+	<-pingerDone
 	stopReporter()
 	<-e.reporter.done
 	e.hub.close()
@@ -227,7 +236,7 @@ func (e *Edge) closeClients() {
 }
 
 // serveWS checks a request, upgrades it and starts the connection's
-// goroutine, owned by the edge (handlers), which is its read pump.
+// goroutine, owned by the edge (handlers), which becomes its read pump.
 func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !e.originAllowed(r) {
 		e.metrics.refused.WithLabelValues("origin").Inc()
@@ -254,10 +263,22 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 		_ = conn.Close()
 		return
 	}
+	c.pingSlot = e.pingNext
+	e.pingNext = (e.pingNext + 1) % pingSlots
 	e.clients[c] = struct{}{}
 	e.open.Add(1)
 	e.handlers.Add(1)
 	e.mu.Unlock()
+	// The user's dms are subscribed to before welcome: a dm stored after
+	// it reaches this session live. This and the welcome's encoding run
+	// here, on net/http's goroutine, so that the connection's own
+	// goroutine never needs a deep stack (see take).
+	if err := e.hub.joinUser(user, c); err != nil {
+		e.log.Warn("dms not subscribed", "user", user, "err", err)
+		c.close(websocket.CloseTryAgainLater, "direct messages unavailable, try again")
+	} else {
+		c.reply(proto.Encode(proto.Welcome{Type: proto.TypeWelcome, User: user, Session: c.session}))
+	}
 	// The connection gets a goroutine of its own, and the HTTP handler
 	// returns: net/http then lets go of its per-connection buffers and
 	// of the handler's deep stack, which an idle connection would
@@ -266,14 +287,6 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 		defer e.handlers.Done()
 		e.metrics.connections.Inc()
 		defer e.metrics.connections.Dec()
-		// The user's dms are subscribed to before welcome: a dm stored
-		// after it reaches this session live.
-		if err := e.hub.joinUser(user, c); err != nil {
-			e.log.Warn("dms not subscribed", "user", user, "err", err)
-			c.close(websocket.CloseTryAgainLater, "direct messages unavailable, try again")
-		} else {
-			c.reply(proto.Encode(proto.Welcome{Type: proto.TypeWelcome, User: user, Session: c.session}))
-		}
 		c.serve()
 		c.leaveAll()
 		e.mu.Lock()

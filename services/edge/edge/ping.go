@@ -1,0 +1,45 @@
+package edge
+
+import (
+	"context"
+	"time"
+)
+
+// pingSlots is how many turns the pinger spreads the clients over: each
+// turn, a PingInterval/pingSlots apart, it asks the writers of one slot's
+// clients for a ping. A writer is started for each of them, so starting
+// them all at once would add a goroutine per connection for a moment.
+const pingSlots = 25
+
+// pinger asks every client for a ping once per PingInterval, until ctx
+// ends. It is the only timer the edge keeps for idle connections; the
+// read pump drops a client that has not answered for PongTimeout.
+func (e *Edge) pinger(ctx context.Context) {
+	tick := time.NewTicker(max(e.cfg.Limits.PingInterval/pingSlots, time.Millisecond))
+	defer tick.Stop()
+	var due []*client
+	for slot := 0; ; slot = (slot + 1) % pingSlots {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		e.mu.Lock()
+		for c := range e.clients {
+			if c.pingSlot == slot {
+				due = append(due, c)
+			}
+		}
+		e.mu.Unlock()
+		for _, c := range due {
+			c.mu.Lock()
+			if !c.closing {
+				c.pingDue = true
+				c.signal()
+			}
+			c.mu.Unlock()
+		}
+		clear(due)
+		due = due[:0]
+	}
+}
