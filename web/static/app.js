@@ -432,6 +432,8 @@ function onEvent(ev) {
       for (const r of state.rooms.values()) send(joinMessage(r));
       send({ type: "dms" });
       flushDMs();
+      // A conversation opened while offline reads its history now.
+      if (current() && current().dm && !current().historyLoaded) requestHistory(current());
       break;
     case "dms":
       for (const c of Array.isArray(ev.conversations) ? ev.conversations : []) {

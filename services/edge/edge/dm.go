@@ -173,14 +173,7 @@ func (h *hub) dispatchDM(key string, m *nats.Msg) {
 }
 
 // raiseFloor moves the dm floor up to seq, never down.
-func (h *hub) raiseFloor(seq uint64) {
-	for {
-		old := h.dmFloor.Load()
-		if seq <= old || h.dmFloor.CompareAndSwap(old, seq) {
-			return
-		}
-	}
-}
+func (h *hub) raiseFloor(seq uint64) { raise(&h.dmFloor, seq) }
 
 // readFloor reads the dm stream's newest seq into the floor, on a reader
 // of its own, at most one at a time, while users are connected.

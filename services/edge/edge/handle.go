@@ -112,7 +112,15 @@ func (c *client) join(req proto.Request) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(c.e.ctx, c.e.cfg.Limits.PostTimeout)
-	last, err := store.LastSeq(ctx, c.e.nc, store.Room(room))
+	// The room's newest seq: from the hub when it has it (the room has
+	// other local members), else from the stream, after the subscription.
+	last, known := c.e.hub.newest(room)
+	var err error
+	if !known {
+		if last, err = store.LastSeq(ctx, c.e.nc, store.Room(room)); err == nil {
+			c.e.hub.learned(room, last)
+		}
+	}
 	var replayed []store.Stored
 	var recovered *bool
 	if err == nil && req.Since != nil {

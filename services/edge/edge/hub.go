@@ -72,6 +72,14 @@ type hubRoom struct {
 	// dropped is the subscription's drop count at the last check; only
 	// the dispatcher uses it.
 	dropped int
+	// newest is a seq no older than any stored message of the room that
+	// the members were not handed: the newest one dispatched (raised
+	// before the members are taken) or read from the stream after the
+	// subscription was made. A join reads it, once it is a member,
+	// instead of asking the stream (known: it has been set since the
+	// last NATS reconnect).
+	newest atomic.Uint64
+	known  atomic.Bool
 	// members is replaced, never changed in place, so the dispatcher can
 	// use a snapshot without holding the lock. Guarded by hub.mu.
 	members []*client
@@ -159,6 +167,58 @@ func (h *hub) unsubscribe(room string, r *hubRoom) {
 	if err := r.sub.Unsubscribe(); err != nil {
 		h.log.Warn("unsubscribe room", "room", room, "err", err)
 	}
+}
+
+// newest returns room's newest seq as the hub knows it (see hubRoom), and
+// false when it does not: the caller reads it from the stream and tells
+// learned. Call it once c is a member.
+func (h *hub) newest(room string) (uint64, bool) {
+	h.mu.Lock()
+	r := h.rooms[room]
+	h.mu.Unlock()
+	if r == nil || !r.known.Load() {
+		return 0, false
+	}
+	return r.newest.Load(), true
+}
+
+// learned records room's newest seq read from the stream by a join made
+// after the subscription.
+func (h *hub) learned(room string, seq uint64) {
+	h.mu.Lock()
+	r := h.rooms[room]
+	h.mu.Unlock()
+	if r != nil {
+		raise(&r.newest, seq)
+		r.known.Store(true)
+	}
+}
+
+// raise moves v up to seq, never down.
+func raise(v *atomic.Uint64, seq uint64) {
+	for {
+		old := v.Load()
+		if seq <= old || v.CompareAndSwap(old, seq) {
+			return
+		}
+	}
+}
+
+// membersAt returns room's members (as members does), after raising the
+// room's newest seq to seq: a member added after this call is handed
+// nothing up to seq, and reads seq or more from newest.
+func (h *hub) membersAt(room string, seq uint64) []*client {
+	if _, _, ok := parties(room); ok {
+		return h.members(room)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.rooms[room]
+	if r == nil {
+		return nil
+	}
+	raise(&r.newest, seq)
+	return r.members
 }
 
 // members returns the clients that key's events go to: a room's
@@ -304,7 +364,7 @@ func (h *hub) dispatchMsg(room string, m *nats.Msg) {
 		h.log.Warn("skipping a stored message that is not an event", "subject", m.Subject, "seq", seq)
 	}
 	from, gap := uint64(0), false
-	for _, c := range h.members(room) {
+	for _, c := range h.membersAt(room, seq) {
 		if g, have := c.deliver(room, seq, prev, line); g && (!gap || have < from) {
 			from, gap = have, true
 		}

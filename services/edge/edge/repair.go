@@ -113,7 +113,7 @@ func (h *hub) finishRepair(d repairDone) {
 	}
 	for _, m := range d.msgs {
 		line := eventLine(m.Data, m.Seq) // nil: moved past, not sent
-		for _, c := range h.members(d.room) {
+		for _, c := range h.membersAt(d.room, m.Seq) {
 			c.deliver(d.room, m.Seq, 0, line)
 		}
 	}
@@ -164,6 +164,11 @@ func (h *hub) checkDrops() {
 		case <-r.ready:
 		default:
 			continue // still subscribing
+		}
+		if all {
+			// What was stored while NATS was away never reached the
+			// hub: the next join reads the newest seq from the stream.
+			r.known.Store(false)
 		}
 		if r.sub == nil {
 			continue
