@@ -37,12 +37,12 @@ type client struct {
 	// queue holds encoded events for the writer; guarded by mu.
 	// Live events (room messages) count against the slow-client limit:
 	// live is how many of them are queued. Answers to the client's own
-	// requests never cut it off: the handler waits on space instead, so
+	// requests never cut it off: the read pump waits on space instead, so
 	// a client that floods requests is slowed down by its own reading.
 	queue   [][]byte
 	live    int
 	space   *sync.Cond // on mu; signalled when the writer empties the queue or closing begins
-	waiting bool       // guarded by mu: the handler waits on space
+	waiting bool       // guarded by mu: the read pump waits on space
 	// rooms is the state of each joined (or joining) room; guarded by mu.
 	rooms map[string]*roomState
 	// convs is the state of each conversation a dm was delivered in,
@@ -61,12 +61,6 @@ type client struct {
 	closing   bool
 	closeCode int
 	closeText string
-	// inbox holds the frames read and not yet handled; handling tells
-	// whether a handler runs; taken is signalled when the handler takes a
-	// frame or ends, and when closing begins. Guarded by mu.
-	inbox    [][]byte
-	handling bool
-	taken    *sync.Cond
 	// serving is set once serve has started; from then on signal starts
 	// a writer when none runs (writing). pingDue asks the writer for a
 	// ping. Guarded by mu.
@@ -104,13 +98,12 @@ func newClient(e *Edge, conn *websocket.Conn, user, session string) *client {
 		rooms:      make(map[string]*roomState),
 	}
 	c.space = sync.NewCond(&c.mu)
-	c.taken = sync.NewCond(&c.mu)
 	return c
 }
 
 // reply queues an answer to the client's own request. It waits while the
-// queue is full; only the request handler (or the connection's goroutine
-// before it serves) calls it.
+// queue is full; only the read pump (or the HTTP handler before it) calls
+// it.
 func (c *client) reply(line []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -268,7 +261,6 @@ func (c *client) closeLocked(code int, text string) {
 	c.closing, c.closeCode, c.closeText = true, code, text
 	c.queue, c.live = nil, 0
 	c.space.Broadcast()
-	c.taken.Broadcast()
 	c.signal()
 }
 
@@ -300,70 +292,13 @@ func (c *client) readPump() {
 			return
 		}
 		c.e.metrics.framesIn.Inc()
-		if !c.take(data) {
-			return
-		}
-	}
-}
-
-// maxInbox is how many frames a client may have waiting for its handler;
-// past it the read pump waits, so a client that floods requests is
-// slowed down by its own reading.
-const maxInbox = 4
-
-// take queues a frame for the handler, starting one when none runs, and
-// waits while the inbox is full. It reports false once the client is
-// closing. The requests are handled on a goroutine of their own, one at a
-// time and in order, not on the read pump: a read pump that ran them would
-// keep the deep stack they need (a join's NATS requests) for as long as
-// the connection lives (bench/, scenario A).
-func (c *client) take(frame []byte) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for !c.closing && len(c.inbox) >= maxInbox {
-		c.taken.Wait()
-	}
-	if c.closing {
-		return false
-	}
-	c.inbox = append(c.inbox, frame)
-	if !c.handling {
-		c.handling = true
-		go c.handleInbox()
-	}
-	return true
-}
-
-// handleInbox answers the frames in the inbox, in order, and ends when it
-// is empty or the client is closing.
-func (c *client) handleInbox() {
-	for {
-		c.mu.Lock()
-		if len(c.inbox) == 0 || c.closing {
-			c.handling, c.inbox = false, nil
-			c.taken.Broadcast()
-			c.mu.Unlock()
-			return
-		}
-		frame := c.inbox[0]
-		c.inbox[0] = nil
-		c.inbox = c.inbox[1:]
-		c.taken.Broadcast()
-		c.mu.Unlock()
-		proto.Lines(frame, func(line []byte) bool {
+		proto.Lines(data, func(line []byte) bool {
 			c.handle(line)
 			return !c.isClosing()
 		})
-	}
-}
-
-// handled waits until no handler runs: the client's rooms no longer
-// change.
-func (c *client) handled() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for c.handling {
-		c.taken.Wait()
+		if c.isClosing() {
+			return
+		}
 	}
 }
 
@@ -398,9 +333,8 @@ func (c *client) signal() {
 }
 
 // serve runs the connection: the read pump on the caller's goroutine, a
-// request handler whenever frames wait, a writer whenever there is
-// something to send. It returns once the read pump and the handler have
-// ended and the connection is closed.
+// writer whenever there is something to send. It returns once the read
+// pump has ended and the connection is closed.
 func (c *client) serve() {
 	c.mu.Lock()
 	c.serving = true
@@ -408,7 +342,6 @@ func (c *client) serve() {
 	go c.writer()
 	c.mu.Unlock()
 	c.readPump()
-	c.handled()
 	<-c.finished
 }
 

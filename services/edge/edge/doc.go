@@ -9,14 +9,13 @@
 //     dispatcher.
 //   - Each connection has a goroutine started by its HTTP handler (which
 //     then returns, so net/http lets go of its buffers) and counted in the
-//     same WaitGroup: the read pump, the only reader of the socket. Two
-//     more run only while there is work, so an idle connection costs one
-//     goroutine with a shallow stack: the request handler, started when a
-//     frame is read, answers the frames one at a time and in order; the
-//     writer, started when something is queued (or the pinger asks for a
-//     ping), is the only writer of data frames, and ends after a second
-//     without any. The read pump waits for the handler, and for the
-//     connection to be closed (by the last writer), before returning.
+//     same WaitGroup: the read pump, the only reader of the socket, which
+//     also answers the requests, one at a time and in order. The writer
+//     runs only while there is work, so an idle connection costs one
+//     goroutine: started when something is queued (or the pinger asks for
+//     a ping), it is the only writer of data frames, and ends after a
+//     second without any. The read pump waits for the connection to be
+//     closed (by the last writer) before returning.
 //     Close frames go through gorilla's WriteControl, which is safe from
 //     any goroutine.
 //   - The hub keeps one NATS subscription per room with local members, and

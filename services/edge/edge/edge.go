@@ -271,8 +271,7 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	e.mu.Unlock()
 	// The user's dms are subscribed to before welcome: a dm stored after
 	// it reaches this session live. This and the welcome's encoding run
-	// here, on net/http's goroutine, so that the connection's own
-	// goroutine never needs a deep stack (see take).
+	// here, on net/http's goroutine, whose stack is let go of at once.
 	if err := e.hub.joinUser(user, c); err != nil {
 		e.log.Warn("dms not subscribed", "user", user, "err", err)
 		c.close(websocket.CloseTryAgainLater, "direct messages unavailable, try again")

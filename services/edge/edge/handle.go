@@ -12,9 +12,9 @@ import (
 	"github.com/natter-chat/natter/shared/subject"
 )
 
-// handle answers one request object. It runs on the client's one request
-// handler, so a session has at most one post in flight: its messages are
-// stored in the order it sent them.
+// handle answers one request object. It runs on the read pump, so a
+// session has at most one post in flight: its messages are stored in the
+// order it sent them.
 func (c *client) handle(line []byte) {
 	req, perr := proto.ParseRequest(line)
 	if perr != nil {
@@ -65,7 +65,7 @@ func (c *client) join(req proto.Request) {
 	room := *req.Room
 	c.mu.Lock()
 	if st := c.rooms[room]; st != nil {
-		// Only the handler joins, so st is joined, not joining.
+		// Only the read pump joins, so st is joined, not joining.
 		c.mu.Unlock()
 		users := c.presentUsers(room)
 		c.mu.Lock()
