@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/natter-chat/natter/services/edge/edge"
 	"github.com/natter-chat/natter/shared/natstest"
 	"github.com/natter-chat/natter/shared/subject"
@@ -327,5 +329,65 @@ func TestTyping(t *testing.T) {
 	bob.expect("typing")
 	if gap := time.Since(first); gap < time.Second {
 		t.Fatalf("a second typing reached bob %v after the first was sent; want a second at least", gap)
+	}
+}
+
+// A dropped dm that no later dm follows, in a conversation the session
+// has had nothing of yet, is found all the same: with a dispatch channel
+// of one, a burst of first dms from 300 senders overruns the edge's
+// subscription, and the recipient still gets every one, once.
+func TestDMDroppedFirstDMsFound(t *testing.T) {
+	t.Parallel()
+	ns := natstest.Start(t)
+	startBroadcaster(t, ns)
+	e := startEdge(t, ns, func(c *edge.Config) {
+		c.DispatchBuffer = 1
+		c.Limits.SendQueue = 100000
+	})
+	bob := dial(t, e.url, "bob")
+	nc := natstest.Connect(t, ns)
+	const n = 300
+	replies := make(chan *nats.Msg, n)
+	inbox := nats.NewInbox()
+	sub, err := nc.ChanSubscribe(inbox, replies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	for i := range n {
+		if err := nc.PublishRequest(subject.InDM("bob"), inbox, fmt.Appendf(nil, `{"from":"bot%d","text":"first"}`, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := make(map[uint64]bool)
+	for range n {
+		select {
+		case m := <-replies:
+			var r struct{ Seq uint64 }
+			if err := json.Unmarshal(m.Data, &r); err != nil || r.Seq == 0 {
+				t.Fatalf("store: %s", m.Data)
+			}
+			want[r.Seq] = true
+		case <-time.After(wait):
+			t.Fatalf("%d of %d stored", len(want), n)
+		}
+	}
+	got := make(map[uint64]bool)
+	deadline := time.Now().Add(wait)
+	for len(got) < n {
+		ev, ok := bob.nextWithin(time.Until(deadline))
+		if !ok {
+			t.Fatalf("bob has %d of %d first dms", len(got), n)
+		}
+		if ev.Type != "dm" {
+			continue
+		}
+		if got[ev.seq()] || !want[ev.seq()] {
+			t.Fatalf("dm %d doubled or unknown", ev.seq())
+		}
+		got[ev.seq()] = true
+	}
+	if gaps := counter(t, e.reg, "natter_edge_gaps_repaired_total"); gaps == 0 {
+		t.Fatal("no dm was dropped: the test did not force a gap")
 	}
 }

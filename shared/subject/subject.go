@@ -66,8 +66,9 @@ func DirectGetLast(stream, subj string) string {
 }
 
 // RoomAll is every subject of room that edges deliver to its members
-// (RoomMsg, RoomPresence): an edge holds this one subscription per room
-// with local members. Its last token says what the event is.
+// (RoomMsg, RoomPresence, RoomTyping): an edge holds this one
+// subscription per room with local members. Its last token says what the
+// event is.
 func RoomAll(room string) string { return "chat.room." + room + ".*" }
 
 // Kinds of room event, the last token of a chat.room.<room>.<kind> subject.

@@ -27,6 +27,8 @@ const state = {
   rooms: new Map(),     // name -> room, in the order they were joined
   active: "",           // the room shown, or the last one when a conversation is
   dms: new Map(),       // user -> conversation (a view shaped like a room)
+  dmsRetry: null,       // timer that asks for dms again after an error
+  dmsDelay: 1000,       // its delay, doubling to 30 s
   activeDM: "",         // the user whose conversation is shown, "" for a room
   outbox: new Map(),    // id -> {room or dm, text}: posts not yet acknowledged
   historyIDs: 0,        // history requests carry an id, so an error names its view
@@ -39,6 +41,7 @@ function newRoom(name, dm = false) {
     name,                 // the room, or the other user of a conversation
     dm,                   // a conversation, not a room
     pending: [],          // {id, kind} of the history requests out, oldest first
+    resume: null,         // a conversation: the seq it was whole up to when the connection went, until caught up
     joined: false,        // joined on the current connection
     joinedOnce: false,    // a rejoin resumes with since
     historyLoaded: false, // the newest page of history has been shown
@@ -403,9 +406,18 @@ function loadOlder() {
 }
 
 // catchUp reads what a conversation shown before got while this page was
-// away (conversations recover with dms and history after).
+// away (conversations recover with dms and history after), from the seq
+// it was whole up to: a live dm that came first must not move that on.
 function catchUp(conv) {
-  if (!conv.pending.some((p) => p.kind === "after")) askHistory(conv, "after", { after: conv.lastSeq, limit: 200 });
+  if (conv.resume === null || conv.pending.some((p) => p.kind === "after")) return;
+  askHistory(conv, "after", { after: conv.resume, limit: 200 });
+}
+
+// askDMs asks for the conversations; an error asks again later.
+function askDMs() {
+  clearTimeout(state.dmsRetry);
+  state.dmsRetry = null;
+  send({ type: "dms", id: "dms-" + ++state.historyIDs });
 }
 
 function flushOutbox(room) {
@@ -430,21 +442,27 @@ function onEvent(ev) {
       state.attempts = 0;
       setStatus("online", "online");
       for (const r of state.rooms.values()) send(joinMessage(r));
-      send({ type: "dms" });
+      askDMs();
       flushDMs();
       // A conversation opened while offline reads its history now.
       if (current() && current().dm && !current().historyLoaded) requestHistory(current());
       break;
-    case "dms":
+    case "dms": {
+      state.dmsDelay = 1000;
+      const listed = new Set();
       for (const c of Array.isArray(ev.conversations) ? ev.conversations : []) {
         if (!c || typeof c.with !== "string" || typeof c.seq !== "number") continue;
         const conv = conversation(c.with);
+        listed.add(conv);
         conv.newestTS = Math.max(conv.newestTS || 0, c.ts || 0);
         // A conversation shown before that has newer dms: read them.
-        if (conv.historyLoaded && c.seq > conv.lastSeq) catchUp(conv);
+        if (conv.resume !== null && c.seq <= conv.resume) conv.resume = null; // nothing missed
+        catchUp(conv);
       }
+      for (const conv of state.dms.values()) if (!listed.has(conv)) conv.resume = null; // no dm yet
       renderDMs();
       break;
+    }
     case "dm": {
       if (typeof ev.from !== "string" || typeof ev.to !== "string") break;
       const conv = conversation(ev.from === state.user ? ev.to : ev.from);
@@ -484,7 +502,13 @@ function onEvent(ev) {
       if (kind === "after") {
         // Missed while away: new to the reader, so counted as unread.
         for (const m of messages) addMessage(room, m, true);
-        if (ev.more) catchUp(room);
+        const seqs = messages.map((m) => m && m.seq).filter((n) => typeof n === "number");
+        if (ev.more && seqs.length) {
+          room.resume = Math.max(...seqs);
+          catchUp(room);
+        } else {
+          room.resume = null;
+        }
         break;
       }
       for (const m of messages) addMessage(room, m, false, false);
@@ -527,13 +551,24 @@ function onEvent(ev) {
       break;
     case "error":
       if (typeof ev.id === "string" && ev.id.startsWith("h")) {
-        // A history request failed: its view stops waiting for it.
+        // A history request failed: its view stops waiting for it; a
+        // catch-up is tried again later.
         for (const v of [...state.rooms.values(), ...state.dms.values()]) {
           const i = v.pending.findIndex((p) => p.id === ev.id);
           if (i < 0) continue;
           if (v.pending[i].kind === "older") v.loadingOlder = false;
+          if (v.pending[i].kind === "after") setTimeout(() => catchUp(v), 2000 + Math.random() * 2000);
           v.pending.splice(i, 1);
         }
+      }
+      if (typeof ev.id === "string" && ev.id.startsWith("dms-")) {
+        // dms failed: ask again, later and later.
+        if (!state.dmsRetry) {
+          const delay = state.dmsDelay / 2 + Math.random() * state.dmsDelay / 2;
+          state.dmsDelay = Math.min(state.dmsDelay * 2, 30000);
+          state.dmsRetry = setTimeout(askDMs, delay);
+        }
+        break;
       }
       if ((ev.code === "unavailable" || ev.code === "rate_limited") && state.outbox.has(ev.id)) {
         // The server could not take it now; the id makes a resend safe.
@@ -588,7 +623,12 @@ function connect() {
       r.joined = false;
       r.loadingOlder = false;
       r.pending = [];
+      // A conversation shown is whole up to its newest dm (or up to where
+      // its catch-up stopped): the next connection reads on from there.
+      if (r.dm && r.historyLoaded && r.resume === null) r.resume = r.lastSeq;
     }
+    clearTimeout(state.dmsRetry);
+    state.dmsRetry = null;
     state.attempts++;
     // Exponential backoff, capped at 30 s, with "equal" jitter: between
     // half the delay and all of it.

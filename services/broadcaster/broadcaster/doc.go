@@ -11,7 +11,10 @@
 // so a bot's posts keep their order too.
 //
 // Goroutines: nats.go runs each subscription's callback (one goroutine per
-// subscription, owned by the connection); Run owns the acker goroutine,
+// subscription, owned by the connection, so a room post and a dm may be
+// validated at the same moment; each subscription keeps its own order,
+// and a room's or a conversation's posts come on one of them); Run owns
+// the acker goroutine,
 // which waits for each store acknowledgement in order and answers the
 // posting edge. Run drains the subscriptions when its context ends (at
 // most the connection's drain timeout in all), then lets the acker answer

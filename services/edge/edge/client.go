@@ -34,11 +34,12 @@ type client struct {
 	pingSlot int
 
 	mu sync.Mutex
-	// queue holds encoded events for the writer; guarded by mu.
-	// Live events (room messages) count against the slow-client limit:
-	// live is how many of them are queued. Answers to the client's own
-	// requests never cut it off: the read pump waits on space instead, so
-	// a client that floods requests is slowed down by its own reading.
+	// queue holds encoded events for the writer; guarded by mu. Live
+	// events (room messages, dms, presence and typing events) count
+	// against the slow-client limit: live is how many of them are queued.
+	// Answers to the client's own requests never cut it off: the read
+	// pump waits on space instead, so a client that floods requests is
+	// slowed down by its own reading.
 	queue   [][]byte
 	live    int
 	space   *sync.Cond // on mu; signalled when the writer empties the queue or closing begins
@@ -48,10 +49,12 @@ type client struct {
 	// convs is the state of each conversation a dm was delivered in,
 	// by convKey; made on the first. Guarded by mu.
 	convs map[string]*roomState
-	// dmFloor is the hub's dm floor when the session started (dm.go); 0
-	// when unknown: then a conversation's first dm starts its gap check.
-	// Set by hub.joinUser before the client is a member, never after.
-	dmFloor uint64
+	// dmFloor is the hub's dm floor when the session started (dm.go);
+	// floorKnown is false when the hub had none (the dm stream could not
+	// be read): then a conversation's first dm starts its gap check. Set
+	// by hub.joinUser before the client is a member, never after.
+	dmFloor    uint64
+	floorKnown bool
 	// typed is when a typing signal was last published per room; made on
 	// the first. Guarded by mu.
 	typed map[string]time.Time
@@ -67,6 +70,9 @@ type client struct {
 	serving bool
 	writing bool
 	pingDue bool
+	// writers counts the writer goroutines, for serve to wait for: one at
+	// a time, and none after the one that finished the connection.
+	writers sync.WaitGroup
 }
 
 // roomState is a client's view of one room. Guarded by client.mu.
@@ -165,7 +171,7 @@ func (c *client) deliver(room string, seq, prev uint64, line []byte) (gap bool, 
 	if st == nil {
 		return false, 0
 	}
-	if st.lastSeq == 0 && c.dmFloor == 0 && c.convs[room] == st {
+	if !c.floorKnown && st.lastSeq == 0 && c.convs[room] == st {
 		prev = 0 // a conversation's first dm, with no floor: nothing to check
 	}
 	if st.joining {
@@ -217,7 +223,7 @@ func (c *client) roomSeq(key string) (uint64, bool) {
 	defer c.mu.Unlock()
 	st := c.stateLocked(key, false)
 	if st == nil {
-		if _, _, ok := parties(key); ok && c.dmFloor > 0 {
+		if _, _, ok := parties(key); ok && c.floorKnown {
 			return c.dmFloor, true
 		}
 		return 0, false
@@ -329,7 +335,7 @@ func (c *client) signal() {
 		return
 	}
 	c.writing = true
-	go c.writer()
+	c.writers.Go(c.writer)
 }
 
 // serve runs the connection: the read pump on the caller's goroutine, a
@@ -339,10 +345,11 @@ func (c *client) serve() {
 	c.mu.Lock()
 	c.serving = true
 	c.writing = true // the welcome (or a close) is queued already
-	go c.writer()
+	c.writers.Go(c.writer)
 	c.mu.Unlock()
 	c.readPump()
 	<-c.finished
+	c.writers.Wait()
 }
 
 // writer is the only writer of data frames while it runs. It coalesces

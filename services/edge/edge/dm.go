@@ -84,7 +84,16 @@ type hubUser struct {
 // flushed before it returns, so a dm stored after the session's welcome
 // reaches it live.
 func (h *hub) joinUser(user string, c *client) error {
-	// Set before c is a member: the dispatcher reads it after taking mu.
+	if !h.floorKnown.Load() {
+		// The first sessions of an edge: read the floor now rather than
+		// leave their conversations without a gap check.
+		ctx, cancel := context.WithTimeout(context.Background(), whoTimeout)
+		h.loadFloor(ctx)
+		cancel()
+	}
+	// Set before c is a member: the dispatcher reads them after taking
+	// mu. known is read first: it is set after the floor is raised.
+	c.floorKnown = h.floorKnown.Load()
 	c.dmFloor = h.dmFloor.Load()
 	h.mu.Lock()
 	u := h.users[user]
@@ -188,13 +197,93 @@ func (h *hub) readFloor() {
 		defer h.floorReader.Store(false)
 		ctx, cancel := context.WithTimeout(h.ctx, repairTimeout)
 		defer cancel()
-		last, err := store.LastSeq(ctx, h.nc, store.Log{Stream: subject.DMStream, Subject: subject.StoreDMAny, Name: "every dm"})
-		if err != nil {
-			h.log.Debug("dm floor not read", "err", err)
-			return
-		}
-		h.raiseFloor(last)
+		h.loadFloor(ctx)
 	})
+}
+
+// loadFloor reads the dm stream's newest seq into the floor.
+func (h *hub) loadFloor(ctx context.Context) {
+	last, err := store.LastSeq(ctx, h.nc, store.Log{Stream: subject.DMStream, Subject: subject.StoreDMAny, Name: "every dm"})
+	if err != nil {
+		h.log.Debug("dm floor not read", "err", err)
+		return
+	}
+	h.raiseFloor(last)
+	h.floorKnown.Store(true)
+}
+
+// maxFinders bounds the readers of users' conversations at once: after a
+// NATS reconnect every user with a local session is looked at.
+const maxFinders = 8
+
+// missedUser is a user whose dm subscriptions dropped messages, with its
+// sessions then.
+type missedUser struct {
+	user     string
+	sessions []*client
+}
+
+// findNext starts readers for the users waiting, up to maxFinders.
+func (h *hub) findNext() {
+	for h.finding < maxFinders && len(h.missQueue) > 0 {
+		m := h.missQueue[0]
+		h.missQueue[0] = missedUser{}
+		h.missQueue = h.missQueue[1:]
+		delete(h.missQueued, m.user)
+		h.finding++
+		h.findMissed(m.user, m.sessions)
+	}
+	if len(h.missQueue) == 0 {
+		h.missQueue = nil
+	}
+}
+
+// findMissed looks, on a reader, for the dms a user's subscriptions may
+// have dropped: it lists the user's conversations with their newest seq
+// and hands them to the dispatcher (readMissed). This finds a dropped dm
+// that no later one follows, in a conversation the sessions have had
+// nothing of yet as well.
+func (h *hub) findMissed(user string, sessions []*client) {
+	h.repairing.Go(func() {
+		ctx, cancel := context.WithTimeout(h.ctx, repairTimeout)
+		convs, err := store.Conversations(ctx, h.js, user)
+		cancel()
+		if err != nil {
+			// More than the store lists at once, or the store is away:
+			// read on in the conversations the sessions have had.
+			h.log.Warn("conversations not read; reading on in the known ones", "user", user, "err", err)
+			convs = nil
+			for _, c := range sessions {
+				for _, key := range c.conversations() {
+					convs = append(convs, store.Conversation{With: key}) // Seq 0: read on
+				}
+			}
+		} else {
+			for i := range convs {
+				convs[i].With = convKey(user, convs[i].With)
+			}
+		}
+		select {
+		case h.found <- convs:
+		case <-h.ctx.Done():
+		}
+	})
+}
+
+// readMissed reads on in each conversation (With holds its key) some
+// member has not had up to its newest seq (0: unknown, read on).
+func (h *hub) readMissed(convs []store.Conversation) {
+	for _, cv := range convs {
+		for _, c := range h.members(cv.With) {
+			if seq, ok := c.roomSeq(cv.With); ok && (cv.Seq == 0 || seq < cv.Seq) {
+				if cv.Seq != 0 {
+					h.metrics.gaps.Inc() // a dm the member has not had
+				}
+				h.readOn(cv.With)
+				break
+			}
+		}
+	}
 }
 
 // dispatchTyping passes a typing signal on to the room's members, except

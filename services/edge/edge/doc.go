@@ -35,8 +35,9 @@
 //     to presence; Run stops it after the clients are gone, so their
 //     leaves go out first.
 //
-// Locks: hub.mu guards the room and user tables; client.mu guards a client's send
-// queue and room states. The dispatcher takes hub.mu only to read a room's
-// member list (copy on write) and then each member's mu in turn; no lock is
-// held while writing to a socket or publishing to NATS.
+// Locks: hub.mu guards the room and user tables; client.mu guards a
+// client's send queue and its room and conversation states. The
+// dispatcher takes hub.mu only to read a room's member list (copy on
+// write; raising the room's newest seq first) and then each member's mu in
+// turn; no lock is held while writing to a socket or publishing to NATS.
 package edge

@@ -269,14 +269,14 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	e.open.Add(1)
 	e.handlers.Add(1)
 	e.mu.Unlock()
-	// The user's dms are subscribed to before welcome: a dm stored after
-	// it reaches this session live. This and the welcome's encoding run
-	// here, on net/http's goroutine, whose stack is let go of at once.
+	// welcome is queued first, then the user's dms are subscribed to; the
+	// writer starts with serve, after both, so welcome goes out first and
+	// a dm stored after it reaches this session live. This runs here, on
+	// net/http's goroutine, whose stack is let go of at once.
+	c.reply(proto.Encode(proto.Welcome{Type: proto.TypeWelcome, User: user, Session: c.session}))
 	if err := e.hub.joinUser(user, c); err != nil {
 		e.log.Warn("dms not subscribed", "user", user, "err", err)
 		c.close(websocket.CloseTryAgainLater, "direct messages unavailable, try again")
-	} else {
-		c.reply(proto.Encode(proto.Welcome{Type: proto.TypeWelcome, User: user, Session: c.session}))
 	}
 	// The connection gets a goroutine of its own, and the HTTP handler
 	// returns: net/http then lets go of its per-connection buffers and

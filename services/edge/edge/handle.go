@@ -117,8 +117,9 @@ func (c *client) join(req proto.Request) {
 	last, known := c.e.hub.newest(room)
 	var err error
 	if !known {
+		reconnects := c.e.nc.Stats().Reconnects
 		if last, err = store.LastSeq(ctx, c.e.nc, store.Room(room)); err == nil {
-			c.e.hub.learned(room, last)
+			c.e.hub.learned(room, last, reconnects)
 		}
 	}
 	var replayed []store.Stored

@@ -17,6 +17,7 @@ import (
 
 	"github.com/natter-chat/natter/shared/names"
 	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/store"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
@@ -34,8 +35,8 @@ type hub struct {
 	log     *slog.Logger
 	metrics *metrics
 
-	// msgs receives the messages of every room subscription; only run
-	// reads it.
+	// msgs receives the messages of every room and user subscription;
+	// only run reads it.
 	msgs chan *nats.Msg
 
 	// repairs are the rooms whose gaps are being filled, owned by run;
@@ -53,7 +54,16 @@ type hub struct {
 	// dmFloor is a dm stream seq no newer than the stream's newest: a
 	// session that starts now has been sent nothing after it (dm.go).
 	dmFloor     atomic.Uint64
+	floorKnown  atomic.Bool // set once the floor was read from the stream
 	floorReader atomic.Bool // a read of the dm stream's newest seq is out
+	// found receives, from a reader, the conversations of a user whose
+	// dm subscriptions dropped messages, with their newest seqs. The
+	// users wait in missQueue (missQueued) and at most maxFinders are
+	// read at once (finding); all three are owned by run.
+	found      chan []store.Conversation
+	missQueue  []missedUser
+	missQueued map[string]bool
+	finding    int
 
 	// mu guards rooms, users and their member lists. It is never held
 	// across a NATS call.
@@ -76,10 +86,13 @@ type hubRoom struct {
 	// the members were not handed: the newest one dispatched (raised
 	// before the members are taken) or read from the stream after the
 	// subscription was made. A join reads it, once it is a member,
-	// instead of asking the stream (known: it has been set since the
-	// last NATS reconnect).
-	newest atomic.Uint64
-	known  atomic.Bool
+	// instead of asking the stream (known: it has been read from the
+	// stream, and knownAt is the NATS connection's reconnect count then:
+	// what is stored while NATS is away never reaches the hub, so after
+	// a reconnect the stream is asked again).
+	newest  atomic.Uint64
+	known   atomic.Bool
+	knownAt atomic.Uint64
 	// members is replaced, never changed in place, so the dispatcher can
 	// use a snapshot without holding the lock. Guarded by hub.mu.
 	members []*client
@@ -94,8 +107,11 @@ func newHub(nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, m *metrics,
 		msgs:     make(chan *nats.Msg, buffer),
 		repairs:  make(map[string]*repair),
 		repaired: make(chan repairDone),
-		rooms:    make(map[string]*hubRoom),
-		users:    make(map[string]*hubUser),
+		found:    make(chan []store.Conversation),
+
+		missQueued: make(map[string]bool),
+		rooms:      make(map[string]*hubRoom),
+		users:      make(map[string]*hubUser),
 	}
 }
 
@@ -176,20 +192,22 @@ func (h *hub) newest(room string) (uint64, bool) {
 	h.mu.Lock()
 	r := h.rooms[room]
 	h.mu.Unlock()
-	if r == nil || !r.known.Load() {
+	if r == nil || !r.known.Load() || r.knownAt.Load() != h.nc.Stats().Reconnects {
 		return 0, false
 	}
 	return r.newest.Load(), true
 }
 
 // learned records room's newest seq read from the stream by a join made
-// after the subscription.
-func (h *hub) learned(room string, seq uint64) {
+// after the subscription; reconnects is the connection's reconnect count
+// read before the read.
+func (h *hub) learned(room string, seq, reconnects uint64) {
 	h.mu.Lock()
 	r := h.rooms[room]
 	h.mu.Unlock()
 	if r != nil {
 		raise(&r.newest, seq)
+		r.knownAt.Store(reconnects)
 		r.known.Store(true)
 	}
 }
@@ -296,6 +314,10 @@ func (h *hub) run(ctx context.Context) {
 			h.dispatch(m)
 		case d := <-h.repaired:
 			h.finishRepair(d)
+		case convs := <-h.found:
+			h.finding--
+			h.readMissed(convs)
+			h.findNext()
 		case <-check.C:
 			h.checkDrops()
 		}

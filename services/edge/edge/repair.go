@@ -165,11 +165,6 @@ func (h *hub) checkDrops() {
 		default:
 			continue // still subscribing
 		}
-		if all {
-			// What was stored while NATS was away never reached the
-			// hub: the next join reads the newest seq from the stream.
-			r.known.Store(false)
-		}
 		if r.sub == nil {
 			continue
 		}
@@ -181,41 +176,35 @@ func (h *hub) checkDrops() {
 			rooms = append(rooms, room)
 		}
 	}
-	var sessions []*client // of the users whose subscriptions dropped dms
-	for _, u := range h.users {
+	dropped := make(map[string][]*client) // users whose subscriptions dropped dms, with their sessions
+	for user, u := range h.users {
 		select {
 		case <-u.ready:
 		default:
 			continue
 		}
-		dropped := all
+		lost := all
 		for i, sub := range u.subs {
 			if n, err := sub.Dropped(); err == nil && n != u.dropped[i] {
 				u.dropped[i] = n
-				dropped = true
+				lost = true
 			}
 		}
-		if dropped {
-			sessions = append(sessions, u.members...)
+		if lost {
+			dropped[user] = u.members
 		}
 	}
 	h.mu.Unlock()
 	for _, room := range rooms {
 		h.readOn(room)
 	}
-	// A user's subscription that dropped dms: read on in every
-	// conversation its sessions have had dms in. (A dropped dm of a
-	// conversation new to the session shows with the conversation's next
-	// dm, or in the client's dms list.)
-	convs := make(map[string]bool)
-	for _, c := range sessions {
-		for _, key := range c.conversations() {
-			convs[key] = true
+	for user, sessions := range dropped {
+		if !h.missQueued[user] {
+			h.missQueued[user] = true
+			h.missQueue = append(h.missQueue, missedUser{user, sessions})
 		}
 	}
-	for key := range convs {
-		h.readOn(key)
-	}
+	h.findNext()
 	h.readFloor()
 }
 
