@@ -154,8 +154,9 @@ func (c *client) enqueueLiveLocked(line []byte) {
 }
 
 // deliver hands an event of key (a room or a conversation) to the client:
-// held back while the client is joining the room. seq is a stored message's seq, and one already sent is
-// dropped; other events (presence) have seq 0. prev is the seq of the
+// held back while the client is joining the room. seq is a stored
+// message's seq, and one already sent is dropped; other events (presence,
+// typing) have seq 0. prev is the seq of the
 // room's message stored before it (0: unknown): when the client has not
 // had that one, the event is not delivered, and deliver reports the gap
 // and the newest seq the client has, for the hub to repair. A nil line
