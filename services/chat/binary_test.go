@@ -31,11 +31,18 @@ func startMain(t *testing.T, dir string) (*Main, func()) {
 // startMainAt is startMain with its HTTP listener on httpAddr.
 func startMainAt(t *testing.T, dir, httpAddr string) (*Main, func()) {
 	t.Helper()
+	return startMainWith(t, dir, func(cfg *Config) { cfg.HTTPAddr = httpAddr })
+}
+
+// startMainWith is startMain with its configuration changed by tweak.
+func startMainWith(t *testing.T, dir string, tweak func(*Config)) (*Main, func()) {
+	t.Helper()
 	var cfg Config
 	if err := loadConfig(&cfg); err != nil {
 		t.Fatal(err)
 	}
-	cfg.HTTPAddr, cfg.NATSAddr, cfg.DataDir = httpAddr, "127.0.0.1:0", dir
+	cfg.HTTPAddr, cfg.NATSAddr, cfg.DataDir = "127.0.0.1:0", "127.0.0.1:0", dir
+	tweak(&cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	m, err := Open(ctx, cfg, io.Discard)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/nats-io/nats.go"
 
+	"github.com/natter-chat/natter/shared/auth"
 	"github.com/natter-chat/natter/shared/proto"
 	"github.com/natter-chat/natter/shared/subject"
 )
@@ -251,6 +252,46 @@ func TestBrowserDM(t *testing.T) {
 	if err != nil || !slices.Equal(texts, []string{"psst, bob", "hi alice"}) {
 		t.Fatalf("bob's conversation shows %q, %v", texts, err)
 	}
+}
+
+// On a server with CHAT_AUTH_SECRET the page takes its token from the
+// URL's fragment (and drops it from the address bar) or asks for it; the
+// name is the token's, and the note that names are not protected is gone.
+func TestBrowserTokens(t *testing.T) {
+	newTab := browser(t)
+	m, _ := startMainWith(t, t.TempDir(), func(c *Config) { c.AuthSecret = testSecret })
+	base := "http://" + m.Addr()
+	now := time.Now()
+	aliceTok, err := auth.Sign([]byte(testSecret), "alice", time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bobTok, _ := auth.Sign([]byte(testSecret), "bob", time.Hour, now)
+	alice, bob := newTab(), newTab()
+	run1(t, alice, "alice opens a link with her token",
+		chromedp.Navigate(base+"/?room=lobby#token="+aliceTok),
+		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
+		chromedp.WaitVisible(`//strong[@id="me" and text()="alice"]`))
+	hash, err := chromedp.Run(alice, chromedp.Evaluate[string](`location.hash`))
+	if err != nil || hash != "" {
+		t.Fatalf("the token stays in the address bar: %q, %v", hash, err)
+	}
+	run1(t, bob, "bob pastes his",
+		chromedp.Navigate(base+"/?room=lobby"),
+		chromedp.WaitVisible(chromedp.ID("token")),
+		chromedp.WaitNotVisible(`//form[@id="login"]/p[contains(@class, "unprotected")]`),
+		chromedp.SendKeys(chromedp.ID("token"), bobTok),
+		chromedp.Click(chromedp.ID("connect")),
+		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
+		chromedp.WaitVisible(`//strong[@id="me" and text()="bob"]`),
+		chromedp.SendKeys(chromedp.ID("text"), "signed in"), enter(),
+		chromedp.WaitVisible(textShown("signed in")))
+	run1(t, alice, "alice sees bob's message, from bob",
+		chromedp.WaitVisible(`//ol[@id="messages"]/li[span[@class="from" and text()="bob"] and span[@class="text" and text()="signed in"]]`))
+	run1(t, bob, "a reload keeps the tab's token",
+		chromedp.Navigate(base+"/?room=lobby"),
+		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
+		chromedp.WaitVisible(`//strong[@id="me" and text()="bob"]`))
 }
 
 // blockWebSockets makes the page's new WebSockets fail at once (or work

@@ -50,6 +50,7 @@ func defaultLimits() config.Limits {
 		PongTimeout:   60 * time.Second,
 		WriteTimeout:  5 * time.Second,
 		WriteDelay:    2 * time.Millisecond,
+		TypingEvery:   time.Second,
 	}
 }
 
@@ -406,8 +407,19 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// streamMsgs is the number of messages stored in the stream.
+// streamMsgs is the number of messages stored in the room stream.
 func streamMsgs(t *testing.T, nc *nats.Conn) uint64 {
+	t.Helper()
+	return streamCount(t, nc, subject.Stream)
+}
+
+// dmStreamMsgs is the number of dms stored.
+func dmStreamMsgs(t *testing.T, nc *nats.Conn) uint64 {
+	t.Helper()
+	return streamCount(t, nc, subject.DMStream)
+}
+
+func streamCount(t *testing.T, nc *nats.Conn, stream string) uint64 {
 	t.Helper()
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -415,7 +427,7 @@ func streamMsgs(t *testing.T, nc *nats.Conn) uint64 {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	s, err := js.Stream(ctx, subject.Stream)
+	s, err := js.Stream(ctx, stream)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,11 +6,16 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
+
+	"github.com/natter-chat/natter/shared/auth"
+	"github.com/natter-chat/natter/shared/config"
 )
 
 func main() {
@@ -24,8 +29,11 @@ func main() {
 
 // run is the whole program, so that a test can run it in-process.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "token" {
+		return tokenCommand(args[1:], os.Getenv(config.Prefix+"_AUTH_SECRET"), time.Now(), stdout, stderr)
+	}
 	if len(args) > 0 {
-		return fmt.Errorf("unexpected arguments %q: chat takes its configuration from CHAT_* variables (see README)", args)
+		return fmt.Errorf("unexpected arguments %q: chat takes its configuration from CHAT_* variables (see README); the one subcommand is token", args)
 	}
 	var cfg Config
 	if err := loadConfig(&cfg); err != nil {
@@ -36,4 +44,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return m.Run(ctx)
+}
+
+// tokenCommand prints a token for a user, signed with CHAT_AUTH_SECRET:
+//
+//	CHAT_AUTH_SECRET=… go run ./services/chat token -user alice -ttl 24h
+func tokenCommand(args []string, secret string, now time.Time, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("token", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	user := fs.String("user", "", "the user the token is for (its sub)")
+	ttl := fs.Duration("ttl", 24*time.Hour, "how long the token is valid")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("token: unexpected arguments %q", fs.Args())
+	}
+	if secret == "" {
+		return fmt.Errorf("token: CHAT_AUTH_SECRET is not set: the token must be signed with the edges' secret")
+	}
+	tok, err := auth.Sign([]byte(secret), *user, *ttl, now)
+	if err != nil {
+		return fmt.Errorf("token: %w", err)
+	}
+	_, err = fmt.Fprintln(stdout, tok)
+	return err
 }

@@ -29,8 +29,9 @@ type Embedded struct {
 // Web is what the edge's HTTP side accepts.
 type Web struct {
 	AllowedOrigins []string `envconfig:"ALLOWED_ORIGINS" default:"" desc:"extra allowed Origin values, comma separated; same-origin is always allowed"`
-	AuthSecret     string   `envconfig:"AUTH_SECRET" default:"" desc:"HS256 secret of WebSocket tokens; token checks are not implemented yet, so a set value stops the edge from starting"`
-	MaxConnsPerIP  int      `envconfig:"MAX_CONNS_PER_IP" default:"0" desc:"open WebSockets per client address (0: no limit); limits are not implemented yet, so a value above 0 stops the edge from starting"`
+	AuthSecret     string   `envconfig:"AUTH_SECRET" default:"" desc:"HS256 secret of WebSocket tokens; when set, /ws needs ?token=JWT and the user is its sub"`
+	MaxConnsPerIP  int      `envconfig:"MAX_CONNS_PER_IP" default:"0" desc:"open WebSockets per client address (0: no limit); over it, 429 before the upgrade"`
+	TrustedProxies []string `envconfig:"TRUSTED_PROXIES" default:"" desc:"addresses or CIDRs of proxies whose X-Forwarded-For names the client, comma separated; from anyone else the header is ignored"`
 }
 
 // Limits are the per-connection limits of PROTOCOL.md section 3.
@@ -44,6 +45,9 @@ type Limits struct {
 	PongTimeout   time.Duration `envconfig:"PONG_TIMEOUT" default:"60s" desc:"a client that has not answered for this long is dropped; must exceed the ping interval"`
 	WriteTimeout  time.Duration `envconfig:"WRITE_TIMEOUT" default:"5s" desc:"how long one write to a client may block before the client is dropped"`
 	WriteDelay    time.Duration `envconfig:"WRITE_DELAY" default:"2ms" desc:"how long a client's first queued event waits for those that follow to share its frame (0: write at once)"`
+	MessageRate   float64       `envconfig:"RATE_MESSAGES" default:"10" desc:"messages and dms a second per connection; past it (and the burst) rate_limited (0: no limit)"`
+	MessageBurst  int           `envconfig:"RATE_BURST" default:"20" desc:"messages and dms a connection may send at once above the rate"`
+	TypingEvery   time.Duration `envconfig:"TYPING_EVERY" default:"1s" desc:"least time between two typing signals of one connection for one room; the ones between are dropped"`
 }
 
 // Presence configures the presence service.

@@ -34,6 +34,10 @@ const state = {
   historyIDs: 0,        // history requests carry an id, so an error names its view
   typingSent: 0,        // when this page last sent typing
   retryDelay: 1000,     // the next resend after "unavailable" or "rate_limited", doubling to 30 s
+  auth: false,          // the server wants tokens (CHAT_AUTH_SECRET)
+  token: "",            // this tab's token, in auth mode
+  checkingToken: false, // a check of the token is out
+  stopped: false,       // no more reconnects: the token was refused
 };
 
 function newRoom(name, dm = false) {
@@ -600,7 +604,8 @@ function connect() {
   clearTimeout(state.timer);
   setStatus(state.attempts ? `reconnecting (try ${state.attempts + 1})` : "connecting", "connecting");
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  const ws = new WebSocket(`${proto}//${location.host}/ws?user=${encodeURIComponent(state.user)}`);
+  const who = state.token ? `token=${encodeURIComponent(state.token)}` : `user=${encodeURIComponent(state.user)}`;
+  const ws = new WebSocket(`${proto}//${location.host}/ws?${who}`);
   state.ws = ws;
   ws.onmessage = (m) => {
     for (const line of String(m.data).split("\n")) {
@@ -635,10 +640,11 @@ function connect() {
     const cap = Math.min(30000, 500 * 2 ** Math.min(state.attempts, 6));
     const delay = Math.round(cap / 2 + Math.random() * cap / 2);
     setStatus(`offline, retrying in ${Math.ceil(delay / 1000)} s`, "offline");
+    if (state.token && state.attempts >= 2) checkToken();
     if (state.attempts === 5) {
       showSystem("Still cannot connect. The server may be down, or it refuses this name or page origin.", undefined, true);
     }
-    state.timer = setTimeout(connect, delay);
+    if (!state.stopped) state.timer = setTimeout(connect, delay);
   };
 }
 
@@ -739,6 +745,7 @@ function setupEmoji() {
 $("login").addEventListener("submit", (e) => {
   e.preventDefault();
   const room = $("room").value.trim();
+  if (state.auth && !useToken($("token").value.trim())) return;
   start($("name").value.trim(), rememberedRooms(), room);
 });
 $("room-form").addEventListener("submit", (e) => {
@@ -779,9 +786,95 @@ function rememberedRooms() {
   }
 }
 
+// --- tokens ----------------------------------------------------------------
+//
+// On a server with CHAT_AUTH_SECRET the WebSocket needs ?token=JWT, and
+// the name is the token's sub. The page takes the token from the URL's
+// fragment (#token=…, which browsers never send to the server, so it is
+// in no log) or asks for it, and keeps it for this tab (sessionStorage).
+
+// tokenUser returns a token's sub, or "" when it does not look like a
+// token. The server checks the token; this only names the user.
+function tokenUser(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const sub = JSON.parse(atob(part + "=".repeat((4 - part.length % 4) % 4))).sub;
+    return typeof sub === "string" && USER_RE.test(sub) ? sub : "";
+  } catch {
+    return "";
+  }
+}
+
+// authMode asks whether the server wants tokens: /ws without a name or
+// a token is refused with 401 there, 400 elsewhere.
+async function authMode() {
+  try {
+    return (await fetch("/ws", { cache: "no-store" })).status === 401;
+  } catch {
+    return false;
+  }
+}
+
+// checkToken, after failed connects, asks whether the token is still
+// taken; when it is not (expired, or for another server), it asks for a
+// new one.
+async function checkToken() {
+  if (state.checkingToken) return;
+  state.checkingToken = true;
+  try {
+    const resp = await fetch(`/ws?token=${encodeURIComponent(state.token)}`, { cache: "no-store" });
+    if (resp.status === 401) {
+      sessionStorage.removeItem("natter.token");
+      showSystem("Your token is not accepted any more (expired?). Reload the page and paste a new one.", undefined, true);
+      clearTimeout(state.timer);
+      setStatus("token refused", "offline");
+      state.token = "";
+      state.stopped = true;
+    }
+  } catch {
+    // The server is away: the reconnects go on.
+  } finally {
+    state.checkingToken = false;
+  }
+}
+
+function useToken(token) {
+  const user = tokenUser(token);
+  if (!user) {
+    $("login-error").textContent = "That is not a token: ask the operator for one (chat token -user NAME).";
+    $("login-error").hidden = false;
+    return false;
+  }
+  state.token = token;
+  sessionStorage.setItem("natter.token", token);
+  $("name").value = user;
+  return true;
+}
+
 const params = new URLSearchParams(location.search);
+const fragment = new URLSearchParams(location.hash.slice(1));
+if (fragment.get("token")) {
+  sessionStorage.setItem("natter.token", fragment.get("token"));
+  history.replaceState(null, "", location.pathname + location.search); // out of sight and of the history
+}
 $("name").value = params.get("user") || localStorage.getItem("natter.user") || "";
 $("room").value = params.get("room") || localStorage.getItem("natter.active") || "lobby";
-if (params.get("user") && params.get("room")) {
-  start(params.get("user"), rememberedRooms(), params.get("room"));
-}
+authMode().then((auth) => {
+  state.auth = auth;
+  if (auth) {
+    // Names come from tokens here: the notes that they are not
+    // protected go, a token field comes.
+    for (const el of document.querySelectorAll(".unprotected")) el.hidden = true;
+    $("token-label").hidden = false;
+    $("name-label").hidden = true;
+    $("name").required = false;
+    const saved = sessionStorage.getItem("natter.token");
+    if (saved && useToken(saved)) {
+      start($("name").value, rememberedRooms(), $("room").value);
+    }
+    return;
+  }
+  if (params.get("user") && params.get("room")) {
+    start(params.get("user"), rememberedRooms(), params.get("room"));
+  }
+});

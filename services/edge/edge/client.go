@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
+	"golang.org/x/time/rate"
 
 	"github.com/natter-chat/natter/shared/proto"
 )
@@ -58,6 +59,11 @@ type client struct {
 	// typed is when a typing signal was last published per room; made on
 	// the first. Guarded by mu.
 	typed map[string]time.Time
+	// limiter is the rate limit of the client's posts, made on the first;
+	// only the read pump uses it.
+	limiter *rate.Limiter
+	// addr is the client's address, counted against MaxConnsPerIP.
+	addr string
 	// closeCode is the close code to send once closing has begun, -1
 	// when none is to be sent; closing tells whether it has begun.
 	// Guarded by mu.

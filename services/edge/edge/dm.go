@@ -39,10 +39,6 @@ import (
 // larger: so what a gap repair reads from the floor is at most a moment's
 // dms.
 
-// typingEvery is the least time between two typing signals of one session
-// for one room; the ones between are dropped silently.
-const typingEvery = time.Second
-
 // convKey names the conversation of a and b (either order) in the hub and
 // in a client's state. Room names never hold a '.', so the two kinds of
 // key never meet.
@@ -315,6 +311,10 @@ func (c *client) dm(req proto.Request) {
 		c.refuse(req, perr)
 		return
 	}
+	if !c.allowPost() {
+		c.refuse(req, rateLimited(c.e.cfg.Limits))
+		return
+	}
 	c.store(req, subject.InDM(to), proto.Post{To: to, From: c.user, Text: text, ID: id, Edge: c.e.id, Session: c.session})
 }
 
@@ -339,7 +339,7 @@ func (c *client) dms(req proto.Request) {
 }
 
 // typing publishes a typing signal for a joined room, at most one each
-// typingEvery per room; the others are dropped silently. It is never
+// Limits.TypingEvery per room; the others are dropped silently. It is never
 // stored.
 func (c *client) typing(req proto.Request) {
 	room := *req.Room
@@ -353,7 +353,7 @@ func (c *client) typing(req proto.Request) {
 		c.typed = make(map[string]time.Time)
 	}
 	last, seen := c.typed[room]
-	throttled := seen && now.Sub(last) < typingEvery
+	throttled := seen && now.Sub(last) < c.e.cfg.Limits.TypingEvery
 	if !throttled {
 		c.typed[room] = now
 	}

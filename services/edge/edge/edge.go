@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -24,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/natter-chat/natter/shared/auth"
 	"github.com/natter-chat/natter/shared/config"
 	"github.com/natter-chat/natter/shared/names"
 	"github.com/natter-chat/natter/shared/ops"
@@ -93,6 +95,8 @@ type Edge struct {
 	pingNext int                  // guarded by mu: the next client's ping slot
 	open     atomic.Int64         // len(clients), for heartbeats
 	stopping bool                 // guarded by mu: no new clients once set
+	perAddr  map[string]int       // guarded by mu: open WebSockets per client address, with MaxConnsPerIP
+	proxies  []netip.Prefix       // trusted proxies (CHAT_TRUSTED_PROXIES)
 	handlers sync.WaitGroup       // connection handlers; Add under mu
 }
 
@@ -109,12 +113,12 @@ func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus
 	if lim.WriteTimeout <= 0 || lim.PostTimeout <= 0 {
 		return nil, errors.New("edge: timeouts must be positive")
 	}
-	// Refuse what would look protected but is not (yet).
-	if cfg.Web.AuthSecret != "" {
-		return nil, errors.New("edge: CHAT_AUTH_SECRET is set, but token authentication is not implemented yet; refusing to start unprotected")
+	if cfg.Web.MaxConnsPerIP < 0 || lim.MessageRate < 0 || lim.TypingEvery < 0 {
+		return nil, errors.New("edge: CHAT_MAX_CONNS_PER_IP, CHAT_RATE_MESSAGES and CHAT_TYPING_EVERY must not be negative")
 	}
-	if cfg.Web.MaxConnsPerIP != 0 {
-		return nil, errors.New("edge: CHAT_MAX_CONNS_PER_IP is set, but per-address limits are not implemented yet; refusing to start unlimited")
+	proxies, err := parseProxies(cfg.Web.TrustedProxies)
+	if err != nil {
+		return nil, fmt.Errorf("edge: CHAT_TRUSTED_PROXIES: %w", err)
 	}
 	id := cfg.ID
 	if id == "" {
@@ -136,6 +140,8 @@ func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus
 		web:       web,
 		metrics:   m,
 		clients:   make(map[*client]struct{}),
+		perAddr:   make(map[string]int),
+		proxies:   proxies,
 		whoShared: make(map[string]sharedWho),
 		upgrader: websocket.Upgrader{
 			ReadBufferSize:  1024,
@@ -238,22 +244,50 @@ func (e *Edge) closeClients() {
 // serveWS checks a request, upgrades it and starts the connection's
 // goroutine, owned by the edge (handlers), which becomes its read pump.
 func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
+	// The contract's order: Origin (403), the per-address limit (429),
+	// then the token (401) or the user name (400).
 	if !e.originAllowed(r) {
 		e.metrics.refused.WithLabelValues("origin").Inc()
 		http.Error(w, "origin not allowed", http.StatusForbidden)
 		return
 	}
-	user := r.URL.Query().Get("user")
-	if !names.ValidUser(user) {
-		e.metrics.refused.WithLabelValues("user").Inc()
-		http.Error(w, "user must match ^[A-Za-z0-9_-]{1,32}$", http.StatusBadRequest)
+	addr := e.clientAddr(r)
+	if !e.takeAddr(addr) {
+		e.metrics.refused.WithLabelValues("address").Inc()
+		w.Header().Set("Retry-After", "10")
+		http.Error(w, "too many connections from this address", http.StatusTooManyRequests)
 		return
+	}
+	upgraded := false
+	defer func() {
+		if !upgraded {
+			e.releaseAddr(addr)
+		}
+	}()
+	var user string
+	if secret := e.cfg.Web.AuthSecret; secret != "" {
+		u, err := auth.Check([]byte(secret), r.URL.Query().Get("token"))
+		if err != nil {
+			e.metrics.refused.WithLabelValues("token").Inc()
+			http.Error(w, "a valid token is needed: /ws?token=JWT (HS256, with sub and exp)", http.StatusUnauthorized)
+			return
+		}
+		user = u
+	} else {
+		user = r.URL.Query().Get("user")
+		if !names.ValidUser(user) {
+			e.metrics.refused.WithLabelValues("user").Inc()
+			http.Error(w, "user must match ^[A-Za-z0-9_-]{1,32}$", http.StatusBadRequest)
+			return
+		}
 	}
 	conn, err := e.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader has answered
 	}
+	upgraded = true
 	c := newClient(e, conn, user, randomID())
+	c.addr = addr
 
 	e.mu.Lock()
 	if e.stopping {
@@ -261,6 +295,7 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 		_ = conn.WriteControl(websocket.CloseMessage,
 			websocket.FormatCloseMessage(websocket.CloseGoingAway, "server shutting down"), time.Now().Add(closeGrace))
 		_ = conn.Close()
+		e.releaseAddr(addr)
 		return
 	}
 	c.pingSlot = e.pingNext
@@ -292,7 +327,101 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 		delete(e.clients, c)
 		e.open.Add(-1)
 		e.mu.Unlock()
+		e.releaseAddr(c.addr)
 	}()
+}
+
+// clientAddr is the address a connection counts against: the peer's IP,
+// or, when the peer is a trusted proxy, the nearest address in
+// X-Forwarded-For that is not one (the header's entries to its right
+// were added by trusted proxies; those to its left could be forged).
+func (e *Edge) clientAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return host
+	}
+	ip = ip.Unmap()
+	if !e.trusted(ip) {
+		return ip.String()
+	}
+	var hops []string
+	for _, h := range r.Header.Values("X-Forwarded-For") {
+		hops = append(hops, strings.Split(h, ",")...)
+	}
+	for i := len(hops) - 1; i >= 0; i-- {
+		hop, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+		if err != nil {
+			break // a garbled entry: the last good address is the client
+		}
+		ip = hop.Unmap()
+		if !e.trusted(ip) {
+			break
+		}
+	}
+	return ip.String()
+}
+
+func (e *Edge) trusted(ip netip.Addr) bool {
+	for _, p := range e.proxies {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseProxies reads CHAT_TRUSTED_PROXIES: addresses or CIDRs.
+func parseProxies(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range list {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither an address nor a CIDR", s)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
+}
+
+// takeAddr counts a new connection from addr, and refuses it when addr
+// has MaxConnsPerIP open already.
+func (e *Edge) takeAddr(addr string) bool {
+	max := e.cfg.Web.MaxConnsPerIP
+	if max <= 0 {
+		return true
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.perAddr[addr] >= max {
+		return false
+	}
+	e.perAddr[addr]++
+	return true
+}
+
+func (e *Edge) releaseAddr(addr string) {
+	if e.cfg.Web.MaxConnsPerIP <= 0 {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.perAddr[addr] <= 1 {
+		delete(e.perAddr, addr)
+	} else {
+		e.perAddr[addr]--
+	}
 }
 
 // who asks presence for the users present in room. It fails at once when

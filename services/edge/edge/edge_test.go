@@ -55,11 +55,45 @@ func TestNewRejectsBadLimits(t *testing.T) {
 	if _, err := New(Config{Limits: limits(0)}, nil, fstest.MapFS{}, slog.Default(), prometheus.NewRegistry()); err == nil {
 		t.Fatal("a send queue of 0 was accepted")
 	}
-	if _, err := New(Config{Limits: limits(1), Web: config.Web{AuthSecret: "s"}}, nil, fstest.MapFS{}, slog.Default(), prometheus.NewRegistry()); err == nil {
-		t.Fatal("an auth secret was accepted although tokens are not checked yet")
+	if _, err := New(Config{Limits: limits(1), Web: config.Web{TrustedProxies: []string{"10.0.0.0/8", "proxy"}}}, nil, fstest.MapFS{}, slog.Default(), prometheus.NewRegistry()); err == nil {
+		t.Fatal("a trusted proxy that is no address was accepted")
 	}
 	if _, err := New(Config{ID: "a.b", Limits: limits(1)}, nil, fstest.MapFS{}, slog.Default(), prometheus.NewRegistry()); err == nil {
 		t.Fatal("an edge id with a dot was accepted")
+	}
+}
+
+// The address a connection counts against: the peer's, or behind a
+// trusted proxy the nearest untrusted address of X-Forwarded-For.
+func TestClientAddr(t *testing.T) {
+	e, err := New(Config{Limits: limits(1), Web: config.Web{TrustedProxies: []string{"10.0.0.0/8", "192.168.1.1"}}},
+		nil, fstest.MapFS{}, slog.Default(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		remote, xff, want string
+	}{
+		{"203.0.113.5:4000", "", "203.0.113.5"},
+		{"203.0.113.5:4000", "198.51.100.7", "203.0.113.5"}, // not a proxy: the header is ignored
+		{"10.1.2.3:4000", "198.51.100.7", "198.51.100.7"},
+		{"10.1.2.3:4000", "6.6.6.6, 198.51.100.7, 10.9.9.9", "198.51.100.7"}, // the forged left part is not reached
+		{"192.168.1.1:80", "198.51.100.7", "198.51.100.7"},
+		{"192.168.1.2:80", "198.51.100.7", "192.168.1.2"},
+		{"10.1.2.3:4000", "", "10.1.2.3"},
+		{"10.1.2.3:4000", "10.2.2.2", "10.2.2.2"}, // only proxies: the farthest one
+		{"10.1.2.3:4000", "garbage, 198.51.100.7", "198.51.100.7"},
+		{"[::ffff:10.1.2.3]:4000", "2001:db8::1", "2001:db8::1"},
+	}
+	for _, tc := range tests {
+		r := httptest.NewRequest("GET", "/ws", nil)
+		r.RemoteAddr = tc.remote
+		if tc.xff != "" {
+			r.Header.Set("X-Forwarded-For", tc.xff)
+		}
+		if got := e.clientAddr(r); got != tc.want {
+			t.Errorf("%s with X-Forwarded-For %q: %s, want %s", tc.remote, tc.xff, got, tc.want)
+		}
 	}
 }
 

@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 
 	"github.com/nats-io/nats.go"
+	"golang.org/x/time/rate"
 
+	"github.com/natter-chat/natter/shared/config"
 	"github.com/natter-chat/natter/shared/proto"
 	"github.com/natter-chat/natter/shared/store"
 	"github.com/natter-chat/natter/shared/subject"
@@ -284,6 +287,10 @@ func (c *client) post(req proto.Request) {
 		c.refuse(req, perr)
 		return
 	}
+	if !c.allowPost() {
+		c.refuse(req, rateLimited(c.e.cfg.Limits))
+		return
+	}
 	c.store(req, subject.InRoom(room), proto.Post{Room: room, From: c.user, Text: text, ID: id, Edge: c.e.id, Session: c.session})
 }
 
@@ -320,4 +327,24 @@ func (c *client) store(req proto.Request, subj string, post proto.Post) {
 	if post.ID != "" {
 		c.reply(proto.Encode(proto.Ack{Type: proto.TypeAck, ID: post.ID, Seq: reply.Seq}))
 	}
+}
+
+// allowPost takes one message or dm from the connection's rate limit
+// (Limits.MessageRate, MessageBurst); only accepted posts are counted,
+// so it is asked after every other check. The limiter is made on the
+// first post: an idle connection holds none.
+func (c *client) allowPost() bool {
+	lim := c.e.cfg.Limits
+	if lim.MessageRate <= 0 {
+		return true
+	}
+	if c.limiter == nil { // only the read pump posts
+		c.limiter = rate.NewLimiter(rate.Limit(lim.MessageRate), max(lim.MessageBurst, 1))
+	}
+	return c.limiter.Allow()
+}
+
+func rateLimited(lim config.Limits) *proto.Error {
+	return &proto.Error{Code: proto.CodeRateLimited,
+		Message: fmt.Sprintf("more than %g messages a second (bursts of %d); this one was dropped", lim.MessageRate, lim.MessageBurst)}
 }

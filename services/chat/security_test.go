@@ -1,0 +1,186 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/gorilla/websocket"
+
+	"github.com/natter-chat/natter/services/edge/edge"
+	"github.com/natter-chat/natter/shared/auth"
+	"github.com/natter-chat/natter/shared/natstest"
+)
+
+const testSecret = "a secret for the tests, 32 bytes+"
+
+// dialStatus opens /ws with query and headers and returns the HTTP status
+// of the answer (101 for an upgrade) and, when upgraded, the connection.
+func dialStatus(t *testing.T, base, query string, h http.Header) (int, *websocket.Conn) {
+	t.Helper()
+	url := strings.Replace(base, "http://", "ws://", 1) + "/ws?" + query
+	conn, resp, err := websocket.DefaultDialer.Dial(url, h)
+	if resp == nil {
+		t.Fatalf("dial %s: %v", query, err)
+	}
+	if conn != nil {
+		t.Cleanup(func() { _ = conn.Close() })
+	}
+	return resp.StatusCode, conn
+}
+
+func hs(t *testing.T, method jwt.SigningMethod, key any, c jwt.RegisteredClaims) string {
+	t.Helper()
+	s, err := jwt.NewWithClaims(method, c).SignedString(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// With CHAT_AUTH_SECRET, /ws takes an HS256 token with sub and exp, and
+// refuses everything else with 401 before the upgrade; the user is the
+// token's sub, whatever the user parameter says. Origin comes first.
+func TestTokens(t *testing.T) {
+	t.Parallel()
+	ns := natstest.Start(t)
+	startBroadcaster(t, ns)
+	e := startEdge(t, ns, func(c *edge.Config) { c.Web.AuthSecret = testSecret })
+	now := time.Now()
+	good, err := auth.Sign([]byte(testSecret), "alice", time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, _ := auth.Sign([]byte("another secret"), "alice", time.Hour, now)
+	expired, _ := auth.Sign([]byte(testSecret), "alice", time.Minute, now.Add(-time.Hour))
+	future := jwt.NewNumericDate(now.Add(time.Hour))
+	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := []struct{ name, query string }{
+		{"no token", "user=alice"},
+		{"empty token", "token="},
+		{"garbage", "token=abc.def.ghi"},
+		{"forged", "token=" + forged},
+		{"expired", "token=" + expired},
+		{"without exp", "token=" + hs(t, jwt.SigningMethodHS256, []byte(testSecret), jwt.RegisteredClaims{Subject: "alice"})},
+		{"alg none", "token=" + hs(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, jwt.RegisteredClaims{Subject: "alice", ExpiresAt: future})},
+		{"HS512", "token=" + hs(t, jwt.SigningMethodHS512, []byte(testSecret), jwt.RegisteredClaims{Subject: "alice", ExpiresAt: future})},
+		{"ES256", "token=" + hs(t, jwt.SigningMethodES256, ec, jwt.RegisteredClaims{Subject: "alice", ExpiresAt: future})},
+		{"sub not a name", "token=" + hs(t, jwt.SigningMethodHS256, []byte(testSecret), jwt.RegisteredClaims{Subject: "a.b", ExpiresAt: future})},
+	}
+	for _, tc := range refused {
+		if status, _ := dialStatus(t, e.url, tc.query, nil); status != http.StatusUnauthorized {
+			t.Errorf("%s: status %d, want 401", tc.name, status)
+		}
+	}
+	if status, _ := dialStatus(t, e.url, "token="+good, http.Header{"Origin": {"https://evil.example"}}); status != http.StatusForbidden {
+		t.Errorf("a good token from a foreign origin: status %d, want 403", status)
+	}
+	status, conn := dialStatus(t, e.url, "user=mallory&token="+good, nil)
+	if status != http.StatusSwitchingProtocols {
+		t.Fatalf("a good token: status %d", status)
+	}
+	_, data, err := conn.ReadMessage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var w event
+	if err := json.Unmarshal(data, &w); err != nil || w.Type != "welcome" || w.User != "alice" {
+		t.Fatalf("welcome %s (%v); want user alice, the token's sub", data, err)
+	}
+	if n := counter(t, e.reg, "natter_edge_upgrades_refused_total"); n != float64(len(refused)+1) {
+		t.Errorf("%v upgrades counted as refused, want %d", n, len(refused)+1)
+	}
+}
+
+// CHAT_MAX_CONNS_PER_IP: past it, 429 before the upgrade (and before the
+// token or name is looked at); a closed connection frees its place.
+func TestConnectionsPerAddress(t *testing.T) {
+	t.Parallel()
+	ns := natstest.Start(t)
+	startBroadcaster(t, ns)
+	e := startEdge(t, ns, func(c *edge.Config) { c.Web.MaxConnsPerIP = 2 })
+	a, b := dial(t, e.url, "alice"), dial(t, e.url, "bob")
+	if status, _ := dialStatus(t, e.url, "user=carol", nil); status != http.StatusTooManyRequests {
+		t.Fatalf("a third connection: status %d, want 429", status)
+	}
+	if status, _ := dialStatus(t, e.url, "user=b%20d", nil); status != http.StatusTooManyRequests {
+		t.Fatalf("a third connection with a bad name: status %d, want 429 (checked first)", status)
+	}
+	a.close()
+	waitFor(t, "alice's place freed", func() bool {
+		status, conn := dialStatus(t, e.url, "user=carol", nil)
+		if conn != nil {
+			_ = conn.Close()
+		}
+		return status == http.StatusSwitchingProtocols
+	})
+	b.join("lobby") // the others were never disturbed
+}
+
+// Messages and dms beyond the rate (10 a second, bursts of 20) are
+// refused with rate_limited, are not stored, and the connection stays.
+func TestRateLimit(t *testing.T) {
+	t.Parallel()
+	ns := natstest.Start(t)
+	startBroadcaster(t, ns)
+	e := startEdge(t, ns, func(c *edge.Config) {
+		c.Limits.MessageRate, c.Limits.MessageBurst = 10, 20
+	})
+	c := dial(t, e.url, "alice")
+	c.join("lobby")
+	nc := natstest.Connect(t, ns)
+	before := streamMsgs(t, nc)
+	const sent = 60
+	var frame strings.Builder
+	for i := range sent {
+		if i%2 == 0 {
+			fmt.Fprintf(&frame, `{"type":"message","room":"lobby","text":"flood %d","id":"m%d"}`+"\n", i, i)
+		} else {
+			fmt.Fprintf(&frame, `{"type":"dm","to":"bob","text":"flood %d","id":"m%d"}`+"\n", i, i)
+		}
+	}
+	c.sendRaw(frame.String()) // all at once, far faster than 10 a second
+	acked, limited := 0, 0
+	for acked+limited < sent {
+		switch ev := c.next(); ev.Type {
+		case "ack":
+			acked++
+		case "error":
+			if ev.Code != "rate_limited" || !strings.HasPrefix(ev.id(), "m") {
+				t.Fatalf("error %s", ev.raw)
+			}
+			limited++
+		}
+	}
+	// The burst of 20 and what the rate refilled while they were stored.
+	if acked < 20 || acked > 40 || limited != sent-acked {
+		t.Fatalf("%d acked, %d rate limited of %d", acked, limited, sent)
+	}
+	stored := streamMsgs(t, nc) - before
+	dms := dmStreamMsgs(t, nc)
+	if int(stored+dms) != acked {
+		t.Fatalf("%d room messages and %d dms stored, %d acked", stored, dms, acked)
+	}
+	// Still connected: a post is taken again once the rate allows.
+	waitFor(t, "a post taken again", func() bool {
+		c.send(map[string]any{"type": "message", "room": "lobby", "text": "later", "id": "later"})
+		for {
+			switch ev := c.next(); ev.Type {
+			case "ack":
+				return true
+			case "error":
+				return false
+			}
+		}
+	})
+}
