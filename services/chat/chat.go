@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -73,7 +74,11 @@ func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error
 	}()
 	url := cfg.URL
 	if url == "" {
-		m.ns, err = embedded.Start(embedded.Options{Addr: cfg.NATSAddr, DataDir: cfg.DataDir, Logs: cfg.NATSLogs})
+		if cfg.Creds != "" {
+			return nil, errors.New("CHAT_NATS_CREDS is for an external NATS (CHAT_NATS_URL); the embedded server takes CHAT_NATS_USER and CHAT_NATS_PASSWORD")
+		}
+		m.ns, err = embedded.Start(embedded.Options{Addr: cfg.NATSAddr, DataDir: cfg.DataDir, Logs: cfg.NATSLogs,
+			User: cfg.User, Password: cfg.Password})
 		if err != nil {
 			return nil, err
 		}
@@ -82,7 +87,7 @@ func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error
 		url = m.ns.ClientURL()
 	}
 	connect := func(name string) (*nats.Conn, error) {
-		nc, err := natsconn.Connect(url, name, cfg.DrainTimeout, m.log)
+		nc, err := natsconn.Connect(url, name, cfg.DrainTimeout, m.log, natsconn.Auth(cfg.NATS)...)
 		if err == nil {
 			m.conns = append(m.conns, nc)
 		}

@@ -80,7 +80,12 @@ func startBroadcaster(t *testing.T, ns *server.Server) *prometheus.Registry {
 // startBroadcasterWith is startBroadcaster with the stream's retention.
 func startBroadcasterWith(t *testing.T, ns *server.Server, r config.Retention) *prometheus.Registry {
 	t.Helper()
-	nc := connect(t, ns, "broadcaster")
+	return startBroadcasterOn(t, connect(t, ns, "broadcaster"), r)
+}
+
+// startBroadcasterOn is startBroadcaster on the connection nc.
+func startBroadcasterOn(t *testing.T, nc *nats.Conn, r config.Retention) *prometheus.Registry {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	b, err := broadcaster.New(broadcaster.Config{Retention: r}, nc, quietLog(), reg)
 	if err != nil {
@@ -116,14 +121,15 @@ func startEdge(t *testing.T, ns *server.Server, tweak func(*edge.Config)) *testE
 	return startEdgeAt(t, ns.ClientURL(), tweak)
 }
 
-// startEdgeAt is startEdge connecting to NATS at url.
-func startEdgeAt(t *testing.T, url string, tweak func(*edge.Config)) *testEdge {
+// startEdgeAt is startEdge connecting to NATS at url, with opts (a
+// user, say).
+func startEdgeAt(t *testing.T, url string, tweak func(*edge.Config), opts ...nats.Option) *testEdge {
 	t.Helper()
 	cfg := edge.Config{Limits: defaultLimits()}
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	nc, err := natsconn.Connect(url, "edge", 2*time.Second, quietLog())
+	nc, err := natsconn.Connect(url, "edge", 2*time.Second, quietLog(), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

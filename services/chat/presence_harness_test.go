@@ -33,11 +33,16 @@ type testPresence struct {
 // startPresence runs a presence replica until the test ends (or stop).
 func startPresence(t *testing.T, ns *server.Server, tweak func(*presence.Config)) *testPresence {
 	t.Helper()
+	return startPresenceOn(t, connect(t, ns, "presence"), tweak)
+}
+
+// startPresenceOn is startPresence on the connection nc.
+func startPresenceOn(t *testing.T, nc *nats.Conn, tweak func(*presence.Config)) *testPresence {
+	t.Helper()
 	cfg := presence.Config{MaxMembers: 500}
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	nc := connect(t, ns, "presence")
 	reg := prometheus.NewRegistry()
 	p, err := presence.New(cfg, nc, quietLog(), reg)
 	if err != nil {

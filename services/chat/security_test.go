@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -183,4 +184,27 @@ func TestRateLimit(t *testing.T) {
 			}
 		}
 	})
+}
+
+// chat token prints a token that the edges take, for the user asked,
+// signed with CHAT_AUTH_SECRET; without the secret, or for a bad name, it
+// refuses.
+func TestTokenCommand(t *testing.T) {
+	var out, errs strings.Builder
+	t.Setenv("CHAT_AUTH_SECRET", testSecret)
+	if err := run(context.Background(), []string{"token", "-user", "alice", "-ttl", "1h"}, &out, &errs); err != nil {
+		t.Fatal(err)
+	}
+	if user, err := auth.Check([]byte(testSecret), strings.TrimSpace(out.String())); err != nil || user != "alice" {
+		t.Fatalf("printed %q: %q, %v", out.String(), user, err)
+	}
+	for _, args := range [][]string{{"token", "-user", "a.b"}, {"token"}, {"token", "-user", "alice", "extra"}} {
+		if err := run(context.Background(), args, &out, &errs); err == nil {
+			t.Errorf("%q accepted", args)
+		}
+	}
+	t.Setenv("CHAT_AUTH_SECRET", "")
+	if err := run(context.Background(), []string{"token", "-user", "alice"}, &out, &errs); err == nil || !strings.Contains(err.Error(), "CHAT_AUTH_SECRET") {
+		t.Fatalf("without a secret: %v", err)
+	}
 }

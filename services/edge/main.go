@@ -45,7 +45,7 @@ func run(ctx context.Context, stderr io.Writer) error {
 	if cfg.URL == "" {
 		return fmt.Errorf("CHAT_NATS_URL is required")
 	}
-	nc, err := natsconn.Connect(cfg.URL, "edge", cfg.DrainTimeout, log)
+	nc, err := natsconn.Connect(cfg.URL, "edge", cfg.DrainTimeout, log, natsconn.Auth(cfg.NATS)...)
 	if err != nil {
 		return err
 	}

@@ -18,7 +18,13 @@ const Prefix = "CHAT"
 type NATS struct {
 	URL          string        `envconfig:"NATS_URL" default:"" desc:"NATS URL(s), comma separated; empty in single-binary mode starts the embedded server"`
 	DrainTimeout time.Duration `envconfig:"NATS_DRAIN_TIMEOUT" default:"3s" desc:"how long draining NATS may take on shutdown; inside the 10 s shutdown promise"`
+	User         string        `envconfig:"NATS_USER" default:"" desc:"NATS user name (with NATS_PASSWORD); in single-binary mode the embedded server requires it"`
+	Password     string        `envconfig:"NATS_PASSWORD" default:"" desc:"NATS password of NATS_USER"`
+	Creds        string        `envconfig:"NATS_CREDS" default:"" desc:"a NATS credentials file (JWT and nkey seed), instead of a user and password"`
 }
+
+// Credentials reports whether n names a NATS user or a credentials file.
+func (n NATS) Credentials() bool { return n.User != "" || n.Creds != "" }
 
 // Embedded configures the single binary's own NATS server.
 type Embedded struct {

@@ -21,6 +21,9 @@ type Options struct {
 	DataDir string
 	// Logs turns the server's own logging on.
 	Logs bool
+	// User and Password, when set, are required of every client. Without
+	// them the server listens on loopback only.
+	User, Password string
 }
 
 // Start starts a server and waits until it accepts clients.
@@ -36,6 +39,9 @@ func Start(o Options) (*server.Server, error) {
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
+	if o.User == "" && !loopback(host) {
+		return nil, fmt.Errorf("nats listen address %q is not loopback: set CHAT_NATS_USER and CHAT_NATS_PASSWORD, which the server then requires, or listen on 127.0.0.1", o.Addr)
+	}
 	opts := &server.Options{
 		ServerName: "natter",
 		Host:       host,
@@ -49,6 +55,8 @@ func Start(o Options) (*server.Server, error) {
 		NoSigs:            true,
 		NoLog:             !o.Logs,
 		MaxPayload:        1 << 20,
+		Username:          o.User,
+		Password:          o.Password,
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
@@ -63,6 +71,16 @@ func Start(o Options) (*server.Server, error) {
 		return nil, fmt.Errorf("nats server on %s: not ready after 10s", o.Addr)
 	}
 	return ns, nil
+}
+
+// loopback reports whether host (a listen host) reaches this machine only.
+// An empty host or 0.0.0.0 listens everywhere.
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Addr returns the address the client listener is bound to.

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/natter-chat/natter/shared/config"
 )
 
 // Connect opens a connection named name to url (comma-separated URLs are
@@ -50,6 +52,18 @@ func Connect(url, name string, drainTimeout time.Duration, log *slog.Logger, ext
 		return nil, fmt.Errorf("nats connect %s: %w", url, err)
 	}
 	return nc, nil
+}
+
+// Auth returns the options that present cfg's credentials: a credentials
+// file, or a user and password; none when neither is set.
+func Auth(cfg config.NATS) []nats.Option {
+	switch {
+	case cfg.Creds != "":
+		return []nats.Option{nats.UserCredentials(cfg.Creds)}
+	case cfg.User != "":
+		return []nats.Option{nats.UserInfo(cfg.User, cfg.Password)}
+	}
+	return nil
 }
 
 // Drain drains nc and waits until it is closed, at most its drain timeout

@@ -6,7 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"go.uber.org/goleak"
+
+	"github.com/natter-chat/natter/shared/config"
 
 	"github.com/natter-chat/natter/shared/embedded"
 )
@@ -65,4 +68,29 @@ func TestConnectsLateReconnectsAndDrains(t *testing.T) {
 		t.Fatal("not closed after Drain")
 	}
 	Drain(nc) // safe on a closed connection
+}
+
+// Auth presents the configured user and password; without them a server
+// that requires them refuses the connection.
+func TestAuth(t *testing.T) {
+	ns, err := embedded.Start(embedded.Options{Addr: "127.0.0.1:0", DataDir: t.TempDir(), User: "edge", Password: "pw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer embedded.Stop(ns)
+	if len(Auth(config.NATS{})) != 0 {
+		t.Fatal("options without credentials")
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	nc, err := Connect(ns.ClientURL(), "t", time.Second, log, Auth(config.NATS{User: "edge", Password: "pw"})...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if err := nc.FlushTimeout(5 * time.Second); err != nil {
+		t.Fatalf("with the user: %v", err)
+	}
+	if _, err := nats.Connect(ns.ClientURL(), Auth(config.NATS{User: "edge", Password: "wrong"})...); err == nil {
+		t.Fatal("a wrong password was let in")
+	}
 }

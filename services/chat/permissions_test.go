@@ -1,0 +1,223 @@
+package main
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/natter-chat/natter/services/presence/presence"
+	"github.com/natter-chat/natter/shared/natsconn"
+)
+
+// deployServer starts a NATS server from deploy/nats/nats.conf, on a
+// random port with its store in a temporary folder, the passwords set.
+func deployServer(t *testing.T) *server.Server {
+	t.Helper()
+	for _, u := range []string{"EDGE", "BROADCASTER", "PRESENCE", "OBSERVER"} {
+		t.Setenv("NATTER_"+u+"_PASSWORD", strings.ToLower(u)+"-secret")
+	}
+	opts, err := server.ProcessConfigFile("../../deploy/nats/nats.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Host, opts.Port, opts.StoreDir = "127.0.0.1", server.RANDOM_PORT, t.TempDir()
+	opts.NoSigs, opts.NoLog = true, true
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	return ns
+}
+
+// violations connects as user and collects the permission errors the
+// server reports to it.
+type violations struct {
+	mu   sync.Mutex
+	errs []string
+}
+
+func (v *violations) handler(_ *nats.Conn, _ *nats.Subscription, err error) {
+	if errors.Is(err, nats.ErrPermissionViolation) || strings.Contains(err.Error(), "Permissions Violation") {
+		v.mu.Lock()
+		v.errs = append(v.errs, err.Error())
+		v.mu.Unlock()
+	}
+}
+
+func (v *violations) list() []string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return slices.Clone(v.errs)
+}
+
+func connectAs(t *testing.T, ns *server.Server, user string, v *violations) *nats.Conn {
+	t.Helper()
+	opts := []nats.Option{nats.UserInfo(user, user+"-secret")}
+	if v != nil {
+		opts = append(opts, nats.ErrorHandler(v.handler))
+	}
+	nc, err := natsconn.Connect(ns.ClientURL(), user, 2*time.Second, quietLog(), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { natsconn.Drain(nc) })
+	if err := nc.FlushTimeout(5 * time.Second); err != nil {
+		t.Fatalf("%s: %v", user, err)
+	}
+	return nc
+}
+
+// The deploy configuration gives each service what it needs and nothing
+// more: every service runs on its own user and a chat works end to end
+// (rooms, history, presence, dms, typing) without one permission error;
+// each user is refused what belongs to the others, and the observer
+// watches everything and can publish nothing.
+func TestDeployPermissions(t *testing.T) {
+	ns := deployServer(t)
+	var bv, pv, ev violations
+	startBroadcasterOn(t, connectAs(t, ns, "broadcaster", &bv), defaultRetention())
+	p := startPresenceOn(t, connectAs(t, ns, "presence", &pv), func(c *presence.Config) { c.Fresh = true })
+	select {
+	case <-p.Live():
+	case <-time.After(wait):
+		t.Fatalf("presence not live; permission errors: %v", pv.list())
+	}
+	e := startEdgeAt(t, ns.ClientURL(), nil, nats.UserInfo("edge", "edge-secret"), nats.ErrorHandler(ev.handler))
+
+	observer := connectAs(t, ns, "observer", nil)
+	watched := make(chan *nats.Msg, 1000)
+	if _, err := observer.ChanSubscribe("chat.>", watched); err != nil {
+		t.Fatal(err)
+	}
+	if err := observer.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	alice, bob := dial(t, e.url, "alice"), dial(t, e.url, "bob")
+	alice.join("lobby")
+	if j := bob.join("lobby"); j.Users == nil {
+		t.Fatalf("joined without users: %s", j.raw)
+	}
+	seq := alice.post("lobby", "hello", "m1")
+	bob.send(map[string]any{"type": "typing", "room": "lobby"})
+	if ev := alice.expect("message"); ev.seq() != seq {
+		t.Fatalf("alice: %s", ev.raw)
+	}
+	if ev := alice.expect("typing"); ev.User != "bob" {
+		t.Fatalf("alice: %s", ev.raw)
+	}
+	dm := alice.dm("bob", "psst", "d1")
+	bob.expect("message")
+	bob.expectDM("alice", "bob", dm)
+	if h := bob.history(map[string]any{"room": "lobby"}); len(h.Messages) != 1 {
+		t.Fatalf("history: %s", h.raw)
+	}
+	if h := bob.history(map[string]any{"dm": "alice"}); len(h.Messages) != 1 {
+		t.Fatalf("dm history: %s", h.raw)
+	}
+	if newest, _ := bob.dms(); newest["alice"] != dm {
+		t.Fatalf("dms: %v", newest)
+	}
+	rejoined, j := bob.joinSince("lobby", 0)
+	if len(rejoined) != 0 || j.Recovered == nil {
+		t.Fatalf("rejoin: %v %s", rejoined, j.raw)
+	}
+	bob.send(map[string]any{"type": "who", "room": "lobby", "id": "w"})
+	if w := bob.expect("who"); !slices.Equal(w.Users, []string{"alice", "bob"}) {
+		t.Fatalf("who: %s", w.raw)
+	}
+	// The observer saw the traffic: posts, stored messages, dms, typing.
+	seen := map[string]bool{}
+	deadline := time.After(wait)
+	for len(seen) < 5 {
+		select {
+		case m := <-watched:
+			for _, kind := range []string{"chat.in.room.", "chat.in.dm.", "chat.dm.", ".msg", ".typing"} {
+				if strings.HasPrefix(m.Subject, kind) || strings.HasSuffix(m.Subject, kind) {
+					seen[kind] = true
+				}
+			}
+		case <-deadline:
+			t.Fatalf("the observer saw %v", seen)
+		}
+	}
+	for name, v := range map[string]*violations{"broadcaster": &bv, "presence": &pv, "edge": &ev} {
+		if errs := v.list(); len(errs) > 0 {
+			t.Errorf("%s hit permission errors while working: %v", name, errs)
+		}
+	}
+
+	// Each user, outside its subjects.
+	forbidden := map[string]struct{ pub, sub []string }{
+		"edge": {
+			pub: []string{"chat.store.room.lobby", "chat.room.lobby.msg", "chat.room.lobby.presence", "chat.dm.alice.bob", "$KV.CHAT_PRESENCE.leader", "$JS.API.STREAM.DELETE.CHAT", "elsewhere"},
+			sub: []string{"chat.in.room.>", "chat.presence.session.*", "chat.store.>", "$KV.>", ">"},
+		},
+		"broadcaster": {
+			pub: []string{"chat.room.lobby.msg", "chat.dm.alice.bob", "chat.room.lobby.presence", "chat.in.room.lobby", "$JS.API.STREAM.DELETE.CHAT", "$KV.CHAT_PRESENCE.leader"},
+			sub: []string{"chat.room.*.*", "chat.dm.>", "chat.presence.>", ">"},
+		},
+		"presence": {
+			pub: []string{"chat.room.lobby.msg", "chat.store.room.lobby", "chat.in.dm.bob", "chat.room.lobby.typing", "$JS.API.STREAM.DELETE.CHAT"},
+			sub: []string{"chat.room.*.*", "chat.dm.>", "chat.in.>", ">"},
+		},
+		"observer": {
+			pub: []string{"chat.in.room.lobby", "chat.room.lobby.msg", "_INBOX.x"},
+			sub: []string{"$KV.>", "_INBOX.>", ">"},
+		},
+	}
+	for user, f := range forbidden {
+		var v violations
+		nc := connectAs(t, ns, user, &v)
+		for _, subj := range f.pub {
+			if err := nc.Publish(subj, []byte(`{}`)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, subj := range f.sub {
+			if _, err := nc.SubscribeSync(subj); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The server answers each refusal asynchronously; wait until
+		// every one came, or say which did not.
+		var missing []string
+		for deadline := time.Now().Add(wait); ; {
+			_ = nc.Flush()
+			errs := v.list()
+			missing = missing[:0]
+			for _, subj := range f.pub {
+				if !slices.ContainsFunc(errs, func(e string) bool { return strings.Contains(e, "Publish to \""+subj+"\"") }) {
+					missing = append(missing, "publish "+subj)
+				}
+			}
+			for _, subj := range f.sub {
+				if !slices.ContainsFunc(errs, func(e string) bool { return strings.Contains(e, "Subscription to \""+subj+"\"") }) {
+					missing = append(missing, "subscribe "+subj)
+				}
+			}
+			if len(missing) == 0 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond) // polling for the server's asynchronous answers
+		}
+		if len(missing) > 0 {
+			t.Errorf("%s is allowed to %s", user, strings.Join(missing, ", "))
+		}
+	}
+	// Nothing the forbidden publishes tried was stored or delivered.
+	if n := streamCount(t, connectAs(t, ns, "broadcaster", nil), "CHAT"); n != 1 {
+		t.Errorf("the room stream holds %d messages, want 1", n)
+	}
+}
