@@ -162,15 +162,15 @@ func TestDeployPermissions(t *testing.T) {
 	forbidden := map[string]struct{ pub, sub []string }{
 		"edge": {
 			pub: []string{"chat.store.room.lobby", "chat.room.lobby.msg", "chat.room.lobby.presence", "chat.dm.alice.bob", "$KV.CHAT_PRESENCE.leader", "$JS.API.STREAM.DELETE.CHAT", "elsewhere"},
-			sub: []string{"chat.in.room.>", "chat.presence.session.*", "chat.store.>", "$KV.>", ">"},
+			sub: []string{"chat.in.room.>", "chat.presence.session.*", "chat.store.>", "$KV.>", "_INBOX_presence.>", "_INBOX_broadcaster.>", "_INBOX.>", ">"},
 		},
 		"broadcaster": {
 			pub: []string{"chat.room.lobby.msg", "chat.dm.alice.bob", "chat.room.lobby.presence", "chat.in.room.lobby", "$JS.API.STREAM.DELETE.CHAT", "$KV.CHAT_PRESENCE.leader"},
-			sub: []string{"chat.room.*.*", "chat.dm.>", "chat.presence.>", ">"},
+			sub: []string{"chat.room.*.*", "chat.dm.>", "chat.presence.>", "_INBOX_edge.>", "_INBOX_presence.>", ">"},
 		},
 		"presence": {
 			pub: []string{"chat.room.lobby.msg", "chat.store.room.lobby", "chat.in.dm.bob", "chat.room.lobby.typing", "$JS.API.STREAM.DELETE.CHAT"},
-			sub: []string{"chat.room.*.*", "chat.dm.>", "chat.in.>", ">"},
+			sub: []string{"chat.room.*.*", "chat.dm.>", "chat.in.>", "_INBOX_edge.>", "_INBOX_broadcaster.>", ">"},
 		},
 		"observer": {
 			pub: []string{"chat.in.room.lobby", "chat.room.lobby.msg", "_INBOX.x"},
@@ -217,7 +217,40 @@ func TestDeployPermissions(t *testing.T) {
 		}
 	}
 	// Nothing the forbidden publishes tried was stored or delivered.
-	if n := streamCount(t, connectAs(t, ns, "broadcaster", nil), "CHAT"); n != 1 {
+	bnc := connectAs(t, ns, "broadcaster", nil)
+	if n := streamCount(t, bnc, "CHAT"); n != 1 {
 		t.Errorf("the room stream holds %d messages, want 1", n)
 	}
+
+	// Replies cannot be aimed: an edge that receives its own typing
+	// signal cannot "answer" it on a subject it may not publish to, and
+	// a post whose reply subject is a JetStream request (a purge of the
+	// room stream) is stored and not answered there.
+	var v violations
+	enc := connectAs(t, ns, "edge", &v)
+	self, err := enc.Subscribe("chat.room.lobby.typing", func(m *nats.Msg) {
+		_ = m.Respond([]byte(`{"type":"message","room":"lobby","from":"admin","text":"forged"}`))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer self.Unsubscribe()
+	if err := enc.PublishRequest("chat.room.lobby.typing", "chat.room.lobby.msg", []byte(`{"type":"typing","room":"lobby","user":"bob"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := enc.PublishRequest("chat.in.room.lobby", "$JS.API.STREAM.PURGE.CHAT", []byte(`{"from":"mallory","text":"purge, please"}`)); err != nil {
+		t.Fatal(err)
+	}
+	// A request after it, on the same subject, is answered once the
+	// broadcaster has handled both.
+	if _, err := enc.Request("chat.in.room.lobby", []byte(`{"from":"bot","text":"after"}`), wait); err != nil {
+		t.Fatal(err)
+	}
+	if n := streamCount(t, bnc, "CHAT"); n != 3 {
+		t.Errorf("the room stream holds %d messages after the aimed reply, want 3 (not purged)", n)
+	}
+	waitFor(t, "the self-addressed answer refused", func() bool {
+		_ = enc.Flush()
+		return slices.ContainsFunc(v.list(), func(e string) bool { return strings.Contains(e, `Publish to "chat.room.lobby.msg"`) })
+	})
 }

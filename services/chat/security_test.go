@@ -141,6 +141,17 @@ func TestRateLimit(t *testing.T) {
 	c.join("lobby")
 	nc := natstest.Connect(t, ns)
 	before := streamMsgs(t, nc)
+	// Refused posts do not count against the rate.
+	var refusedFrame strings.Builder
+	for i := range 30 {
+		fmt.Fprintf(&refusedFrame, `{"type":"message","room":"lobby","text":"  ","id":"r%d"}`+"\n", i)
+	}
+	c.sendRaw(refusedFrame.String())
+	for range 30 {
+		if ev := c.expect("error"); ev.Code != "bad_request" {
+			t.Fatalf("a blank message: %s", ev.raw)
+		}
+	}
 	const sent = 60
 	var frame strings.Builder
 	for i := range sent {

@@ -18,10 +18,22 @@ import (
 // ErrToken is wrapped by every refusal of Check.
 var ErrToken = errors.New("invalid token")
 
+// MinSecret is the shortest secret taken: HS256 with a short secret can
+// be brute-forced offline from any token it signed.
+const MinSecret = 32
+
+// CheckSecret refuses a secret shorter than MinSecret bytes.
+func CheckSecret(secret []byte) error {
+	if len(secret) < MinSecret {
+		return fmt.Errorf("auth: the secret must be at least %d bytes (it has %d)", MinSecret, len(secret))
+	}
+	return nil
+}
+
 // Sign returns a token for user that expires after ttl.
 func Sign(secret []byte, user string, ttl time.Duration, now time.Time) (string, error) {
-	if len(secret) == 0 {
-		return "", errors.New("auth: empty secret")
+	if err := CheckSecret(secret); err != nil {
+		return "", err
 	}
 	if !names.ValidUser(user) {
 		return "", fmt.Errorf("auth: user %q breaks the name rules", user)
@@ -41,6 +53,9 @@ func Sign(secret []byte, user string, ttl time.Duration, now time.Time) (string,
 // missing, malformed or forged token, one signed with anything but HS256,
 // one without exp or past it, or one whose sub is not a valid user name.
 func Check(secret []byte, token string) (string, error) {
+	if CheckSecret(secret) != nil {
+		return "", fmt.Errorf("%w: the server's secret is too short", ErrToken)
+	}
 	if token == "" {
 		return "", fmt.Errorf("%w: none given", ErrToken)
 	}

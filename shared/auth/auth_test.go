@@ -75,6 +75,13 @@ func TestSignRefuses(t *testing.T) {
 	if _, err := Sign(nil, "alice", time.Hour, now); err == nil {
 		t.Error("empty secret accepted")
 	}
+	if _, err := Sign([]byte("short"), "alice", time.Hour, now); err == nil {
+		t.Error("short secret accepted")
+	}
+	good, _ := Sign(secret, "alice", time.Hour, now)
+	if _, err := Check(nil, good); err == nil {
+		t.Error("Check with an empty secret accepted a token")
+	}
 	if _, err := Sign(secret, "a b", time.Hour, now); err == nil {
 		t.Error("bad user accepted")
 	}

@@ -39,6 +39,9 @@ func Start(o Options) (*server.Server, error) {
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
+	if (o.User == "") != (o.Password == "") {
+		return nil, fmt.Errorf("set both CHAT_NATS_USER and CHAT_NATS_PASSWORD, or neither: a user without a password (or the reverse) protects nothing")
+	}
 	if o.User == "" && !loopback(host) {
 		return nil, fmt.Errorf("nats listen address %q is not loopback: set CHAT_NATS_USER and CHAT_NATS_PASSWORD, which the server then requires, or listen on 127.0.0.1", o.Addr)
 	}

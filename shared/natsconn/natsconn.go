@@ -11,16 +11,20 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natter-chat/natter/shared/config"
+	"github.com/natter-chat/natter/shared/subject"
 )
 
 // Connect opens a connection named name to url (comma-separated URLs are
 // allowed). It returns at once even when no server answers yet: the
 // connection keeps trying in the background, so a service can start before
-// NATS. Extra options come last and win.
+// NATS. Its replies come on subject.Inbox(name), so that the server's
+// permissions can keep each service to its own. Extra options come last
+// and win.
 func Connect(url, name string, drainTimeout time.Duration, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	log = log.With("nats", name)
 	opts := []nats.Option{
 		nats.Name(name),
+		nats.CustomInboxPrefix(subject.Inbox(name)),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(250 * time.Millisecond),

@@ -279,3 +279,19 @@ const KindTyping = "typing"
 // and delivered by the edges with members in room (RoomAll). They are
 // never stored.
 func RoomTyping(room string) string { return "chat.room." + room + "." + KindTyping }
+
+// Inbox is the prefix of the reply subjects of a natter service's NATS
+// connection (named edge, broadcaster, presence): each service has its
+// own, so that its permissions can let it read its own replies only
+// (deploy/nats/nats.conf).
+func Inbox(service string) string { return "_INBOX_" + service }
+
+// IsReply reports whether reply can be answered: a reply subject of a
+// NATS client (one of the inboxes, natter's or a client's default), not
+// any subject a requester names. A service that answered any reply
+// subject would publish, with its own rights, wherever a requester
+// pointed it.
+func IsReply(reply string) bool {
+	return (strings.HasPrefix(reply, "_INBOX.") || strings.HasPrefix(reply, "_INBOX_")) &&
+		!strings.ContainsAny(reply, "*> \t")
+}

@@ -44,6 +44,19 @@ func TestPresenceSubjects(t *testing.T) {
 	}
 }
 
+func TestIsReply(t *testing.T) {
+	for _, ok := range []string{"_INBOX.abc.1", Inbox("edge") + ".x.y"} {
+		if !IsReply(ok) {
+			t.Errorf("IsReply(%q) = false", ok)
+		}
+	}
+	for _, bad := range []string{"", "$JS.API.STREAM.PURGE.CHAT", "chat.room.lobby.msg", "$KV.CHAT_PRESENCE.leader", "_INBOX.>", "_INBOXES.x"} {
+		if IsReply(bad) {
+			t.Errorf("IsReply(%q) = true", bad)
+		}
+	}
+}
+
 func TestDMSubjects(t *testing.T) {
 	if DM("bob", "alice") != "chat.dm.alice.bob" || DM("alice", "bob") != "chat.dm.alice.bob" {
 		t.Fatalf("DM = %q", DM("bob", "alice"))

@@ -806,13 +806,19 @@ function tokenUser(token) {
 }
 
 // authMode asks whether the server wants tokens: /ws without a name or
-// a token is refused with 401 there, 400 elsewhere.
+// a token is refused with 401 there, 400 elsewhere. A 429 (too many
+// connections from here) says neither: it asks again a little later.
 async function authMode() {
-  try {
-    return (await fetch("/ws", { cache: "no-store" })).status === 401;
-  } catch {
-    return false;
+  for (let i = 0; i < 20; i++) {
+    try {
+      const status = (await fetch("/ws", { cache: "no-store" })).status;
+      if (status !== 429) return status === 401;
+    } catch {
+      return false;
+    }
+    await new Promise((r) => setTimeout(r, 3000));
   }
+  return false;
 }
 
 // checkToken, after failed connects, asks whether the token is still

@@ -397,8 +397,8 @@ func (b *Broadcaster) storeFailed(log string, err error) proto.PostReply {
 // respond answers a post that came as a request; bots publish without a
 // reply subject and get nothing.
 func (b *Broadcaster) respond(reply string, r proto.PostReply) {
-	if reply == "" {
-		return
+	if !subject.IsReply(reply) {
+		return // none, or a subject that is no inbox: never answered there
 	}
 	data, _ := json.Marshal(r)
 	if err := b.nc.Publish(reply, data); err != nil {

@@ -311,7 +311,7 @@ func (c *client) dm(req proto.Request) {
 		c.refuse(req, perr)
 		return
 	}
-	if !c.allowPost() {
+	if !c.mayPost() {
 		c.refuse(req, rateLimited(c.e.cfg.Limits))
 		return
 	}

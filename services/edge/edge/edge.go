@@ -116,6 +116,11 @@ func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus
 	if cfg.Web.MaxConnsPerIP < 0 || lim.MessageRate < 0 || lim.TypingEvery < 0 {
 		return nil, errors.New("edge: CHAT_MAX_CONNS_PER_IP, CHAT_RATE_MESSAGES and CHAT_TYPING_EVERY must not be negative")
 	}
+	if s := cfg.Web.AuthSecret; s != "" {
+		if err := auth.CheckSecret([]byte(s)); err != nil {
+			return nil, fmt.Errorf("edge: CHAT_AUTH_SECRET: %w", err)
+		}
+	}
 	proxies, err := parseProxies(cfg.Web.TrustedProxies)
 	if err != nil {
 		return nil, fmt.Errorf("edge: CHAT_TRUSTED_PROXIES: %w", err)
@@ -346,21 +351,45 @@ func (e *Edge) clientAddr(r *http.Request) string {
 	}
 	ip = ip.Unmap()
 	if !e.trusted(ip) {
-		return ip.String()
+		return bucket(ip)
 	}
 	var hops []string
 	for _, h := range r.Header.Values("X-Forwarded-For") {
 		hops = append(hops, strings.Split(h, ",")...)
 	}
 	for i := len(hops) - 1; i >= 0; i-- {
-		hop, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+		hop, err := parseHop(hops[i])
 		if err != nil {
-			break // a garbled entry: the last good address is the client
+			// Not an address: counted as it is written, not as the
+			// proxy (which would put everyone behind it together).
+			return "forwarded:" + strings.TrimSpace(hops[i])
 		}
-		ip = hop.Unmap()
+		ip = hop
 		if !e.trusted(ip) {
 			break
 		}
+	}
+	return bucket(ip)
+}
+
+// parseHop reads an X-Forwarded-For entry: an address, perhaps with a
+// port ("192.0.2.1:4711", "[2001:db8::1]:4711").
+func parseHop(s string) (netip.Addr, error) {
+	s = strings.TrimSpace(s)
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap.Addr().Unmap(), nil
+	}
+	a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]"))
+	return a.Unmap(), err
+}
+
+// bucket is what an address counts against: an IPv4 address itself, an
+// IPv6 address's /64 (one subscriber's usual allocation, which a client
+// can otherwise spread itself across).
+func bucket(ip netip.Addr) string {
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		return p.String()
 	}
 	return ip.String()
 }

@@ -287,7 +287,7 @@ func (c *client) post(req proto.Request) {
 		c.refuse(req, perr)
 		return
 	}
-	if !c.allowPost() {
+	if !c.mayPost() {
 		c.refuse(req, rateLimited(c.e.cfg.Limits))
 		return
 	}
@@ -296,6 +296,7 @@ func (c *client) post(req proto.Request) {
 
 // store sends a post (a room message or a dm) to the broadcasters on subj
 // and waits for it to be stored; the sender gets ack when it gave an id.
+// Only a stored post counts against the rate limit.
 func (c *client) store(req proto.Request, subj string, post proto.Post) {
 	if !c.e.nc.IsConnected() {
 		c.refuse(req, &proto.Error{Code: proto.CodeUnavailable, Message: "NATS unavailable, try again"})
@@ -323,17 +324,21 @@ func (c *client) store(req proto.Request, subj string, post proto.Post) {
 		c.refuse(req, &proto.Error{Code: reply.Code, Message: reply.Message})
 		return
 	}
+	if c.limiter != nil {
+		c.limiter.Allow() // counted: mayPost saw a token, and only this goroutine takes them
+	}
 	c.e.metrics.posted.Inc()
 	if post.ID != "" {
 		c.reply(proto.Encode(proto.Ack{Type: proto.TypeAck, ID: post.ID, Seq: reply.Seq}))
 	}
 }
 
-// allowPost takes one message or dm from the connection's rate limit
-// (Limits.MessageRate, MessageBurst); only accepted posts are counted,
-// so it is asked after every other check. The limiter is made on the
+// mayPost reports whether the connection's rate limit (Limits.MessageRate,
+// MessageBurst) has room for one more message or dm. It is asked after
+// every other check and takes nothing: store counts the post once it is
+// stored, so that only accepted posts count. The limiter is made on the
 // first post: an idle connection holds none.
-func (c *client) allowPost() bool {
+func (c *client) mayPost() bool {
 	lim := c.e.cfg.Limits
 	if lim.MessageRate <= 0 {
 		return true
@@ -341,7 +346,7 @@ func (c *client) allowPost() bool {
 	if c.limiter == nil { // only the read pump posts
 		c.limiter = rate.NewLimiter(rate.Limit(lim.MessageRate), max(lim.MessageBurst, 1))
 	}
-	return c.limiter.Allow()
+	return c.limiter.Tokens() >= 1
 }
 
 func rateLimited(lim config.Limits) *proto.Error {

@@ -216,8 +216,8 @@ func (r *reporter) publish(subj string, data []byte) {
 // a new snapshot; later pages come from the snapshot the request names (or
 // the newest one), so that all pages of one sync show the same moment.
 func (r *reporter) answerSync(m *nats.Msg) {
-	if m.Reply == "" {
-		return
+	if !subject.IsReply(m.Reply) {
+		return // none, or a subject that is no inbox: never answered there
 	}
 	var req proto.SyncRequest
 	if len(bytes.TrimSpace(m.Data)) > 0 {

@@ -154,7 +154,7 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer)
 		nc:        nc,
 		log:       log.With("replica", id),
 		metrics:   m,
-		inbox:     nats.NewInbox(),
+		inbox:     nc.NewInbox(), // under the connection's inbox prefix: its permissions allow it
 		msgs:      make(chan *nats.Msg, msgBuffer),
 		roles:     make(chan role),
 		batches:   make(chan batch, 1),
@@ -321,7 +321,9 @@ func (p *Presence) who(m *nats.Msg) {
 	if room, ok := subject.RoomOfPresence(m.Subject); ok && names.ValidRoom(room) {
 		users = p.st.users(room)
 	}
-	_ = m.Respond(proto.Encode(proto.WhoReply{Users: users}))
+	if subject.IsReply(m.Reply) { // never answered on a subject that is no inbox
+		_ = m.Respond(proto.Encode(proto.WhoReply{Users: users}))
+	}
 }
 
 // announce queues the events of changes when this replica is live, and
