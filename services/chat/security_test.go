@@ -59,7 +59,10 @@ func TestTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	forged, _ := auth.Sign([]byte("another secret"), "alice", time.Hour, now)
+	forged, err := auth.Sign([]byte("another secret, as long as the first one"), "alice", time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
 	expired, _ := auth.Sign([]byte(testSecret), "alice", time.Minute, now.Add(-time.Hour))
 	future := jwt.NewNumericDate(now.Add(time.Hour))
 	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
