@@ -260,6 +260,12 @@ func TestPresenceRestart(t *testing.T) {
 			}
 			// While presence is down: chat goes on, joined has no users,
 			// who is unavailable, and the changes wait to be announced.
+			// (A who that finds presence gone also ends the sharing of
+			// the last answer between joins, 250 ms at most.)
+			bob.send(map[string]any{"type": "who", "room": "lobby", "id": "w0"})
+			if ev := bob.expect("error"); ev.Code != "unavailable" {
+				t.Fatalf("who while presence is down: %s", ev.raw)
+			}
 			dave := dial(t, e2.url, "dave")
 			if j := dave.join("lobby"); strings.Contains(j.raw, "users") {
 				t.Fatalf("joined while presence is down: %s", j.raw)

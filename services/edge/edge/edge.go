@@ -463,6 +463,11 @@ func (e *Edge) who(room string) ([]string, error) {
 	defer cancel()
 	msg, err := e.nc.RequestWithContext(ctx, subject.PresenceWho(room), nil)
 	if err != nil {
+		// Presence is away: the answers shared between joins are not
+		// handed out any more either.
+		e.whoMu.Lock()
+		clear(e.whoShared)
+		e.whoMu.Unlock()
 		return nil, fmt.Errorf("who %s: %w", room, err)
 	}
 	var reply proto.WhoReply
