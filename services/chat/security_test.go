@@ -129,6 +129,39 @@ func TestConnectionsPerAddress(t *testing.T) {
 		return status == http.StatusSwitchingProtocols
 	})
 	b.join("lobby") // the others were never disturbed
+
+	// Refusals after the count (a bad token) and failed upgrades (a plain
+	// GET) give their place back.
+	ea := startEdge(t, ns, func(c *edge.Config) {
+		c.Web.MaxConnsPerIP, c.Web.AuthSecret = 2, testSecret
+	})
+	for range 5 {
+		if status, _ := dialStatus(t, ea.url, "token=bad", nil); status != http.StatusUnauthorized {
+			t.Fatalf("a bad token: status %d, want 401", status)
+		}
+	}
+	tok, err := auth.Sign([]byte(testSecret), "carol", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		resp, err := http.Get(ea.url + "/ws?token=" + tok) // no upgrade headers: the upgrade fails
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("a plain GET: status %d, want 400 from the upgrader", resp.StatusCode)
+		}
+	}
+	for i := range 2 {
+		if status, _ := dialStatus(t, ea.url, "token="+tok, nil); status != http.StatusSwitchingProtocols {
+			t.Fatalf("connection %d after the refusals: status %d", i+1, status)
+		}
+	}
+	if status, _ := dialStatus(t, ea.url, "token="+tok, nil); status != http.StatusTooManyRequests {
+		t.Fatalf("a third: status %d, want 429", status)
+	}
 }
 
 // Messages and dms beyond the rate (10 a second, bursts of 20) are
