@@ -107,6 +107,9 @@ func enter() chromedp.Action[chromedp.Void] {
 	})
 }
 
+// online is the XPath of the page's status once it is connected.
+const online = `//span[@id="status" and text()="online"]`
+
 // member is the XPath of a user in the member list (a button that
 // starts a conversation).
 func member(user string) string {
@@ -130,7 +133,7 @@ func TestBrowserTabsChat(t *testing.T) {
 	alice, bob := newTab(), newTab()
 	run1(t, alice, "open alice's page",
 		chromedp.Navigate(base+"/?user=alice&room=lobby"),
-		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`))
+		chromedp.WaitVisible(online))
 	// An alert would mean a message ran as script.
 	if _, err := chromedp.Run(alice, chromedp.Evaluate[bool](`(window.alert = () => { window.__alerted = true; }, true)`)); err != nil {
 		t.Fatal(err)
@@ -140,7 +143,7 @@ func TestBrowserTabsChat(t *testing.T) {
 		chromedp.WaitVisible(chromedp.ID("login")),
 		chromedp.SendKeys(chromedp.ID("name"), "bob"),
 		chromedp.Click(chromedp.ID("connect")),
-		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`))
+		chromedp.WaitVisible(online))
 
 	run1(t, alice, "alice sees bob join",
 		chromedp.WaitVisible(`//ol[@id="messages"]/li[@class="system" and text()="bob joined"]`),
@@ -212,7 +215,7 @@ func TestBrowserDM(t *testing.T) {
 	}{{alice, "alice"}, {bob, "bob"}} {
 		run1(t, p.tab, "open "+p.user+"'s page",
 			chromedp.Navigate(base+"/?user="+p.user+"&room=lobby"),
-			chromedp.WaitVisible(`//span[@id="status" and text()="online"]`))
+			chromedp.WaitVisible(online))
 	}
 	run1(t, alice, "alice sees bob", chromedp.WaitVisible(member("bob")))
 
@@ -244,7 +247,7 @@ func TestBrowserDM(t *testing.T) {
 
 	run1(t, bob, "after a reload bob finds the conversation and its history",
 		chromedp.Navigate(base+"/?user=bob&room=lobby"),
-		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
+		chromedp.WaitVisible(online),
 		chromedp.Click(`//button[@data-dm="alice"]`),
 		chromedp.WaitVisible(textShown("psst, bob")),
 		chromedp.WaitVisible(textShown("hi alice")))
@@ -270,7 +273,7 @@ func TestBrowserTokens(t *testing.T) {
 	alice, bob := newTab(), newTab()
 	run1(t, alice, "alice opens a link with her token",
 		chromedp.Navigate(base+"/?room=lobby#token="+aliceTok),
-		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
+		chromedp.WaitVisible(online),
 		chromedp.WaitVisible(`//strong[@id="me" and text()="alice"]`))
 	hash, err := chromedp.Run(alice, chromedp.Evaluate[string](`location.hash`))
 	if err != nil || hash != "" {
@@ -282,7 +285,7 @@ func TestBrowserTokens(t *testing.T) {
 		chromedp.WaitNotVisible(`//form[@id="login"]/p[contains(@class, "unprotected")]`),
 		chromedp.SendKeys(chromedp.ID("token"), bobTok),
 		chromedp.Click(chromedp.ID("connect")),
-		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
+		chromedp.WaitVisible(online),
 		chromedp.WaitVisible(`//strong[@id="me" and text()="bob"]`),
 		chromedp.SendKeys(chromedp.ID("text"), "signed in"), enter(),
 		chromedp.WaitVisible(textShown("signed in")))
@@ -290,7 +293,7 @@ func TestBrowserTokens(t *testing.T) {
 		chromedp.WaitVisible(`//ol[@id="messages"]/li[span[@class="from" and text()="bob"] and span[@class="text" and text()="signed in"]]`))
 	run1(t, bob, "a reload keeps the tab's token",
 		chromedp.Navigate(base+"/?room=lobby"),
-		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
+		chromedp.WaitVisible(online),
 		chromedp.WaitVisible(`//strong[@id="me" and text()="bob"]`))
 }
 
@@ -345,14 +348,14 @@ func TestBrowserRoomsAndUnread(t *testing.T) {
 	alice, bob := newTab(), newTab()
 	run1(t, alice, "alice opens lobby, then dev",
 		chromedp.Navigate(base+"/?user=alice&room=lobby"),
-		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
+		chromedp.WaitVisible(online),
 		chromedp.SendKeys(chromedp.ID("new-room"), "dev"),
 		chromedp.Click(`//form[@id="room-form"]/button`),
 		chromedp.WaitVisible(`//strong[@id="room-name" and text()="#dev"]`),
 		chromedp.WaitVisible(member("alice")))
 	run1(t, bob, "bob posts in lobby",
 		chromedp.Navigate(base+"/?user=bob&room=lobby"),
-		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
+		chromedp.WaitVisible(online),
 		chromedp.SendKeys(chromedp.ID("text"), "anyone in lobby?"), enter(),
 		chromedp.SendKeys(chromedp.ID("text"), "hello?"), enter(),
 		chromedp.WaitVisible(textShown("hello?")))
@@ -404,7 +407,7 @@ func TestBrowserReconnects(t *testing.T) {
 	}{{alice, "alice"}, {bob, "bob"}} {
 		run1(t, p.tab, "open "+p.user+"'s page",
 			chromedp.Navigate("http://"+addr+"/?user="+p.user+"&room=lobby"),
-			chromedp.WaitVisible(`//span[@id="status" and text()="online"]`))
+			chromedp.WaitVisible(online))
 	}
 	run1(t, bob, "bob says hello",
 		chromedp.SendKeys(chromedp.ID("text"), "before"), enter(),
@@ -413,7 +416,7 @@ func TestBrowserReconnects(t *testing.T) {
 
 	stop()
 	for _, tab := range []context.Context{alice, bob} {
-		run1(t, tab, "the page notices", chromedp.WaitNotPresent(`//span[@id="status" and text()="online"]`))
+		run1(t, tab, "the page notices", chromedp.WaitNotPresent(online))
 	}
 	run1(t, bob, "bob types while offline",
 		chromedp.SendKeys(chromedp.ID("text"), "offline 1"), enter(),
@@ -425,15 +428,15 @@ func TestBrowserReconnects(t *testing.T) {
 	run1(t, alice, "alice's page cannot reach the server", blockWebSockets(true))
 	startMainAt(t, dir, addr)
 	run1(t, bob, "bob's page is back and sends what was typed",
-		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
+		chromedp.WaitVisible(online),
 		chromedp.WaitVisible(textShown("offline 3")))
-	online, err := chromedp.Run(alice, chromedp.Evaluate[string](`document.getElementById("status").textContent`))
-	if err != nil || online == "online" {
-		t.Fatalf("alice's page is %q (%v) while blocked", online, err)
+	status, err := chromedp.Run(alice, chromedp.Evaluate[string](`document.getElementById("status").textContent`))
+	if err != nil || status == "online" {
+		t.Fatalf("alice's page is %q (%v) while blocked", status, err)
 	}
 	run1(t, alice, "alice's page is back with bob's messages",
 		blockWebSockets(false),
-		chromedp.WaitVisible(`//span[@id="status" and text()="online"]`),
+		chromedp.WaitVisible(online),
 		chromedp.WaitVisible(textShown("offline 3")))
 	screenshot(t, alice, "reconnected")
 	for _, tab := range []context.Context{alice, bob} {

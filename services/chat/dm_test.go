@@ -5,37 +5,20 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/natter-chat/natter/services/edge/edge"
 	"github.com/natter-chat/natter/shared/natstest"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
-// dm sends a dm with id and returns its ack's seq, keeping the events
-// that come meanwhile (its own dm echo may come first).
+// dm sends a dm with id and returns its ack's seq (see acked).
 func (c *wsClient) dm(to, text, id string) uint64 {
 	c.t.Helper()
-	c.send(map[string]any{"type": "dm", "to": to, "text": text, "id": id})
-	var ahead []event
-	defer func() { c.backlog = append(ahead, c.backlog...) }()
-	for {
-		ev := c.next()
-		switch ev.Type {
-		case "ack":
-			if ev.id() != id {
-				c.t.Fatalf("%s: ack for %s, want %s", c.name, ev.raw, id)
-			}
-			return ev.seq()
-		case "dm", "message", "typing":
-			ahead = append(ahead, ev)
-		default:
-			c.t.Fatalf("%s: got %s while waiting for ack of %s", c.name, ev.raw, id)
-		}
-	}
+	return c.acked(map[string]any{"type": "dm", "to": to, "text": text, "id": id}, id)
 }
 
 // expectDM reads the next event, a dm with seq from from to to.
@@ -80,6 +63,13 @@ func TestDMToOfflineUser(t *testing.T) {
 	}
 	note := alice.dm("alice", "remember the milk", "n1")
 	alice.expectDM("alice", "alice", note)
+	// Without an id: no ack, and the dm leaves the id field out.
+	alice.send(map[string]any{"type": "dm", "to": "alice", "text": "no id"})
+	if ev := alice.expect("dm"); ev.Text != "no id" || strings.Contains(ev.raw, `"id"`) {
+		t.Fatalf("a dm without id: %s", ev.raw)
+	} else {
+		note = ev.seq() // the newest of alice's notes
+	}
 
 	bob := dial(t, e.url, "bob")
 	newest, order := bob.dms()
@@ -221,12 +211,7 @@ func TestDMRecoveryAfterReconnect(t *testing.T) {
 // subscription, and the recipient still gets every one, in order, once.
 func TestDMLiveGapRepaired(t *testing.T) {
 	t.Parallel()
-	ns := natstest.Start(t)
-	startBroadcaster(t, ns)
-	e := startEdge(t, ns, func(c *edge.Config) {
-		c.DispatchBuffer = 1
-		c.Limits.SendQueue = 100000
-	})
+	ns, e := gappySetup(t)
 	bob := dial(t, e.url, "bob")
 	// A first dm starts bob's view of the conversation.
 	nc := natstest.Connect(t, ns)
@@ -313,8 +298,10 @@ func TestTyping(t *testing.T) {
 	}
 	// The next one goes out a second after the first, at the earliest.
 	stop := make(chan struct{})
+	var typer sync.WaitGroup
+	defer typer.Wait()
 	defer close(stop)
-	go func() {
+	typer.Go(func() {
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
 		for {
@@ -325,7 +312,7 @@ func TestTyping(t *testing.T) {
 				_ = alice.conn.WriteMessage(1, []byte(`{"type":"typing","room":"lobby"}`))
 			}
 		}
-	}()
+	})
 	bob.expect("typing")
 	if gap := time.Since(first); gap < time.Second {
 		t.Fatalf("a second typing reached bob %v after the first was sent; want a second at least", gap)
@@ -338,12 +325,7 @@ func TestTyping(t *testing.T) {
 // subscription, and the recipient still gets every one, once.
 func TestDMDroppedFirstDMsFound(t *testing.T) {
 	t.Parallel()
-	ns := natstest.Start(t)
-	startBroadcaster(t, ns)
-	e := startEdge(t, ns, func(c *edge.Config) {
-		c.DispatchBuffer = 1
-		c.Limits.SendQueue = 100000
-	})
+	ns, e := gappySetup(t)
 	bob := dial(t, e.url, "bob")
 	nc := natstest.Connect(t, ns)
 	const n = 300

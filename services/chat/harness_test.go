@@ -359,7 +359,15 @@ func (c *wsClient) join(room string) event {
 // post sends a message with id and returns its ack.
 func (c *wsClient) post(room, text, id string) uint64 {
 	c.t.Helper()
-	c.send(map[string]any{"type": "message", "room": room, "text": text, "id": id})
+	return c.acked(map[string]any{"type": "message", "room": room, "text": text, "id": id}, id)
+}
+
+// acked sends req, a post with id, and returns the seq of its ack,
+// keeping the live events that come meanwhile (its own echo may come
+// first) for next.
+func (c *wsClient) acked(req map[string]any, id string) uint64 {
+	c.t.Helper()
+	c.send(req)
 	var ahead []event
 	defer func() { c.backlog = append(ahead, c.backlog...) }()
 	for {
@@ -370,8 +378,8 @@ func (c *wsClient) post(room, text, id string) uint64 {
 				c.t.Fatalf("%s: ack for %s, want %s", c.name, ev.raw, id)
 			}
 			return ev.seq()
-		case "message":
-			ahead = append(ahead, ev) // the echo may come first
+		case "message", "dm", "typing":
+			ahead = append(ahead, ev)
 		default:
 			c.t.Fatalf("%s: got %s while waiting for ack of %s", c.name, ev.raw, id)
 		}

@@ -222,18 +222,26 @@ func diff(got, want []uint64) (bad, missing []uint64) {
 	return bad, missing
 }
 
+// gappySetup is setup with an edge whose subscriptions drop messages
+// under any burst: its dispatch channel holds one. The send queue is
+// large, as these tests are about gaps, not slow clients.
+func gappySetup(t *testing.T) (*server.Server, *testEdge) {
+	t.Helper()
+	ns := natstest.Start(t)
+	startBroadcaster(t, ns)
+	return ns, startEdge(t, ns, func(c *edge.Config) {
+		c.DispatchBuffer = 1
+		c.Limits.SendQueue = 100000
+	})
+}
+
 // An edge whose room subscription drops messages (its dispatch channel
 // holds one) notices each gap from the previous seq that RePublish names
 // and fills it from the stream before delivering further: its members get
 // every message once, in order.
 func TestLiveGapRepaired(t *testing.T) {
 	t.Parallel()
-	ns := natstest.Start(t)
-	startBroadcaster(t, ns)
-	e := startEdge(t, ns, func(c *edge.Config) {
-		c.DispatchBuffer = 1
-		c.Limits.SendQueue = 100000 // this test is about gaps, not slow clients
-	})
+	ns, e := gappySetup(t)
 	c := dial(t, e.url, "alice")
 	c.join("lobby")
 	seqs := storeMessages(t, ns, "lobby", 3000) // a burst the dispatcher cannot keep up with

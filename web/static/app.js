@@ -312,12 +312,7 @@ function activate(name) {
 // openDM shows the conversation with user, made if new; its history is
 // read when it is first shown.
 function openDM(user) {
-  if (!USER_RE.test(user)) {
-    $("dm-error").textContent = "A name is 1 to 32 letters, digits, '_' or '-'.";
-    $("dm-error").hidden = false;
-    return;
-  }
-  $("dm-error").hidden = true;
+  if (!fieldOK("dm-error", USER_RE.test(user), "A name is 1 to 32 letters, digits, '_' or '-'.")) return;
   const conv = conversation(user);
   state.activeDM = user;
   conv.unread = 0;
@@ -351,13 +346,16 @@ function joinMessage(room) {
   return { type: "join", room: room.name };
 }
 
+// fieldOK shows text in the error line id when ok is false, hides the
+// line when it is true, and returns ok.
+function fieldOK(id, ok, text) {
+  $(id).textContent = ok ? "" : text;
+  $(id).hidden = ok;
+  return ok;
+}
+
 function openRoom(name) {
-  if (!ROOM_RE.test(name)) {
-    $("room-error").textContent = "A room is 1 to 64 lower-case letters, digits, '_' or '-', starting with a letter or digit.";
-    $("room-error").hidden = false;
-    return;
-  }
-  $("room-error").hidden = true;
+  if (!fieldOK("room-error", ROOM_RE.test(name), "A room is 1 to 64 lower-case letters, digits, '_' or '-', starting with a letter or digit.")) return;
   if (!state.rooms.has(name)) {
     state.rooms.set(name, newRoom(name));
     send(joinMessage(state.rooms.get(name)));

@@ -271,13 +271,16 @@ func (b *Broadcaster) validateDM(to string, data []byte) (proto.Post, *proto.Err
 		return post, &proto.Error{Code: proto.CodeBadRequest, Message: "to in payload differs from subject"}
 	}
 	post.To = to
+	return post, b.checkSender(post)
+}
+
+// checkSender applies the rules every post shares: from a valid user
+// name, text and id within the limits.
+func (b *Broadcaster) checkSender(post proto.Post) *proto.Error {
 	if !names.ValidUser(post.From) {
-		return post, &proto.Error{Code: proto.CodeInvalidUser, Message: "invalid from"}
+		return &proto.Error{Code: proto.CodeInvalidUser, Message: "invalid from"}
 	}
-	if perr := proto.CheckPost(post.Text, post.ID, b.cfg.MaxTextChars); perr != nil {
-		return post, perr
-	}
-	return post, nil
+	return proto.CheckPost(post.Text, post.ID, b.cfg.MaxTextChars)
 }
 
 // validate checks a post as if it came from anyone: room from the subject,
@@ -298,13 +301,7 @@ func (b *Broadcaster) validate(m *nats.Msg) (proto.Post, *proto.Error) {
 		return post, &proto.Error{Code: proto.CodeBadRequest, Message: "a room message has no to"}
 	}
 	post.Room = room
-	if !names.ValidUser(post.From) {
-		return post, &proto.Error{Code: proto.CodeInvalidUser, Message: "invalid from"}
-	}
-	if perr := proto.CheckPost(post.Text, post.ID, b.cfg.MaxTextChars); perr != nil {
-		return post, perr
-	}
-	return post, nil
+	return post, b.checkSender(post)
 }
 
 // ack answers each store in publish order once JetStream acknowledged it.

@@ -132,17 +132,7 @@ func (h *hub) joinUser(user string, c *client) error {
 func (h *hub) leaveUser(user string, c *client) {
 	h.mu.Lock()
 	u := h.users[user]
-	if u == nil {
-		h.mu.Unlock()
-		return
-	}
-	i := slices.Index(u.members, c)
-	if i < 0 {
-		h.mu.Unlock()
-		return
-	}
-	u.members = slices.Delete(slices.Clone(u.members), i, i+1)
-	last := len(u.members) == 0
+	last := u != nil && dropMember(&u.members, c)
 	if last {
 		delete(h.users, user)
 	}
@@ -302,20 +292,8 @@ func (h *hub) dispatchTyping(room string, m *nats.Msg) {
 // dm sends a direct message to the broadcasters and waits for it to be
 // stored; the sender's sessions receive it like the recipient's.
 func (c *client) dm(req proto.Request) {
-	to, text := *req.To, *req.Text
-	var id string
-	if req.ID != nil {
-		id = *req.ID
-	}
-	if perr := proto.CheckPost(text, id, c.e.cfg.Limits.MaxTextChars); perr != nil {
-		c.refuse(req, perr)
-		return
-	}
-	if !c.mayPost() {
-		c.refuse(req, rateLimited(c.e.cfg.Limits))
-		return
-	}
-	c.store(req, subject.InDM(to), proto.Post{To: to, From: c.user, Text: text, ID: id, Edge: c.e.id, Session: c.session})
+	to := *req.To
+	c.store(req, subject.InDM(to), proto.Post{To: to})
 }
 
 // dms lists the user's conversations, newest first (by ts, then name).
@@ -332,10 +310,16 @@ func (c *client) dms(req proto.Request) {
 	for i, cv := range convs {
 		out[i] = proto.Conversation{With: cv.With, Seq: cv.Seq, TS: cv.TS}
 	}
-	slices.SortFunc(out, func(x, y proto.Conversation) int {
+	sortConversations(out)
+	c.reply(proto.Encode(proto.DMs{Type: proto.TypeDMs, Conversations: out}))
+}
+
+// sortConversations orders dms's answer as the contract says: newest
+// first by ts, then by name.
+func sortConversations(convs []proto.Conversation) {
+	slices.SortFunc(convs, func(x, y proto.Conversation) int {
 		return cmp.Or(cmp.Compare(y.TS, x.TS), strings.Compare(x.With, y.With))
 	})
-	c.reply(proto.Encode(proto.DMs{Type: proto.TypeDMs, Conversations: out}))
 }
 
 // typing publishes a typing signal for a joined room, at most one each

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -288,5 +289,17 @@ func TestPendingGap(t *testing.T) {
 		if got := pendingGap(tc.pending, tc.sent); got != tc.want {
 			t.Errorf("%s: %d, want %d", tc.name, got, tc.want)
 		}
+	}
+}
+
+func TestSortConversations(t *testing.T) {
+	convs := []proto.Conversation{{With: "bob", TS: 5}, {With: "zed", TS: 9}, {With: "amy", TS: 5}, {With: "Carl", TS: 5}}
+	sortConversations(convs)
+	var got []string
+	for _, cv := range convs {
+		got = append(got, cv.With)
+	}
+	if want := []string{"zed", "Carl", "amy", "bob"}; !slices.Equal(got, want) { // bytewise: 'C' < 'a'
+		t.Fatalf("order %v, want %v", got, want)
 	}
 }

@@ -274,16 +274,25 @@ func (c *client) leaveAll() {
 // post sends a room message to the broadcasters and waits for it to be
 // stored.
 func (c *client) post(req proto.Request) {
-	room, text := *req.Room, *req.Text
+	room := *req.Room
 	if !c.joined(room) {
 		c.refuse(req, &proto.Error{Code: proto.CodeNotJoined, Message: "not joined to room " + room})
 		return
 	}
-	var id string
+	c.store(req, subject.InRoom(room), proto.Post{Room: room})
+}
+
+// store checks a post (a room message or a dm: post names its room or
+// recipient), sends it to the broadcasters on subj with the sender's
+// text, id and session, and waits for it to be stored; the sender gets
+// ack when it gave an id. Only a stored post counts against the rate
+// limit.
+func (c *client) store(req proto.Request, subj string, post proto.Post) {
+	post.From, post.Text, post.Edge, post.Session = c.user, *req.Text, c.e.id, c.session
 	if req.ID != nil {
-		id = *req.ID
+		post.ID = *req.ID
 	}
-	if perr := proto.CheckPost(text, id, c.e.cfg.Limits.MaxTextChars); perr != nil {
+	if perr := proto.CheckPost(post.Text, post.ID, c.e.cfg.Limits.MaxTextChars); perr != nil {
 		c.refuse(req, perr)
 		return
 	}
@@ -291,13 +300,6 @@ func (c *client) post(req proto.Request) {
 		c.refuse(req, rateLimited(c.e.cfg.Limits))
 		return
 	}
-	c.store(req, subject.InRoom(room), proto.Post{Room: room, From: c.user, Text: text, ID: id, Edge: c.e.id, Session: c.session})
-}
-
-// store sends a post (a room message or a dm) to the broadcasters on subj
-// and waits for it to be stored; the sender gets ack when it gave an id.
-// Only a stored post counts against the rate limit.
-func (c *client) store(req proto.Request, subj string, post proto.Post) {
 	if !c.e.nc.IsConnected() {
 		c.refuse(req, &proto.Error{Code: proto.CodeUnavailable, Message: "NATS unavailable, try again"})
 		return

@@ -153,17 +153,7 @@ func (h *hub) join(room string, c *client) error {
 func (h *hub) leave(room string, c *client) {
 	h.mu.Lock()
 	r := h.rooms[room]
-	if r == nil {
-		h.mu.Unlock()
-		return
-	}
-	i := slices.Index(r.members, c)
-	if i < 0 {
-		h.mu.Unlock()
-		return
-	}
-	r.members = slices.Delete(slices.Clone(r.members), i, i+1)
-	last := len(r.members) == 0
+	last := r != nil && dropMember(&r.members, c)
 	if last {
 		delete(h.rooms, room)
 	}
@@ -171,6 +161,18 @@ func (h *hub) leave(room string, c *client) {
 	if last {
 		h.unsubscribe(room, r)
 	}
+}
+
+// dropMember removes c from *members, copying the list (the dispatcher
+// may hold the old one), and reports whether c was the last one there.
+// Called with hub.mu held.
+func dropMember(members *[]*client, c *client) (last bool) {
+	i := slices.Index(*members, c)
+	if i < 0 {
+		return false
+	}
+	*members = slices.Delete(slices.Clone(*members), i, i+1)
+	return len(*members) == 0
 }
 
 // unsubscribe drops a room's subscription once it is made.
