@@ -48,8 +48,11 @@ type client struct {
 	// rooms is the state of each joined (or joining) room; guarded by mu.
 	rooms map[string]*roomState
 	// convs is the state of each conversation a dm was delivered in,
-	// by convKey; made on the first. Guarded by mu.
-	convs map[string]*roomState
+	// by convKey; made on the first, at most maxConvs of them (the
+	// quietest goes; a conversation made again starts from convFloor).
+	// Guarded by mu.
+	convs     map[string]*roomState
+	convFloor uint64
 	// dmFloor is the hub's dm floor when the session started (dm.go);
 	// floorKnown is false when the hub had none (the dm stream could not
 	// be read): then a conversation's first dm starts its gap check. Set
@@ -216,10 +219,33 @@ func (c *client) stateLocked(key string, create bool) *roomState {
 		if c.convs == nil {
 			c.convs = make(map[string]*roomState)
 		}
-		st = &roomState{lastSeq: c.dmFloor}
+		if len(c.convs) >= maxConvs {
+			c.forgetQuietestLocked()
+		}
+		st = &roomState{lastSeq: max(c.dmFloor, c.convFloor)}
 		c.convs[key] = st
 	}
 	return st
+}
+
+// maxConvs bounds the conversations a client keeps state for: anyone can
+// start a conversation with anyone.
+const maxConvs = 4096
+
+// forgetQuietestLocked drops the state of the conversation with the
+// oldest newest dm. A conversation made again starts its gap check from
+// the newest dm so forgotten: what came before that was delivered, or
+// is found by the drop check (dm.go).
+func (c *client) forgetQuietestLocked() {
+	var quiet string
+	var seq uint64
+	for k, st := range c.convs {
+		if quiet == "" || st.lastSeq < seq {
+			quiet, seq = k, st.lastSeq
+		}
+	}
+	delete(c.convs, quiet)
+	c.convFloor = max(c.convFloor, seq)
 }
 
 // roomSeq returns the newest seq of key sent to the client, and whether

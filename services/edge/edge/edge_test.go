@@ -303,3 +303,29 @@ func TestSortConversations(t *testing.T) {
 		t.Fatalf("order %v, want %v", got, want)
 	}
 }
+
+// A client keeps state for at most maxConvs conversations: the quietest
+// goes, and one made again starts after it, so nothing already delivered
+// is taken for a gap.
+func TestConversationsBounded(t *testing.T) {
+	e := newTestEdge(t, 1<<20)
+	c := newClient(e, nil, "bob", "s")
+	c.floorKnown = true
+	for i := range maxConvs + 10 {
+		key := convKey("bob", fmt.Sprint("u", i))
+		if gap, _ := c.deliver(key, uint64(i+1), 0, []byte(`{}`)); gap {
+			t.Fatalf("conversation %d: a gap", i)
+		}
+	}
+	if len(c.convs) != maxConvs {
+		t.Fatalf("%d conversations kept, want %d", len(c.convs), maxConvs)
+	}
+	if c.convFloor != 10 {
+		t.Fatalf("floor after forgetting 10: %d", c.convFloor)
+	}
+	// A forgotten conversation's next dm, whose previous one (seq 3) was
+	// delivered, is not a gap.
+	if gap, _ := c.deliver(convKey("bob", "u2"), 20000, 3, []byte(`{}`)); gap {
+		t.Fatal("a forgotten conversation's next dm taken for a gap")
+	}
+}
