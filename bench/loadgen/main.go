@@ -23,6 +23,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"runtime"
 	"slices"
 	"strconv"
@@ -53,6 +54,7 @@ type config struct {
 	Concurrency int           `json:"-"`
 	Rejoin      bool          `json:"rejoin"`
 	Out         string        `json:"-"`
+	cpuProfile  string
 }
 
 // result is the machine-readable line of one run.
@@ -104,6 +106,7 @@ func main() {
 	failLoss := flag.Float64("fail-loss", -1, "exit with status 3 when loss in percent is above this (negative: never)")
 	report := flag.String("report", "", "print the Markdown table of the runs in this JSON-lines file, and exit")
 	command := flag.String("command", "", "with -report: the command the runs came from, for the table's header")
+	cpuProfile := flag.String("cpuprofile", "", "write the generator's own CPU profile of the connect phase to this file")
 	flag.Parse()
 	if *report != "" {
 		if err := printReport(os.Stdout, *report, *command); err != nil {
@@ -124,6 +127,7 @@ func main() {
 		c.RoomSize = c.Conns
 		c.Size = min(c.Size, 500) // its read limit is 512 bytes
 	}
+	c.cpuProfile = *cpuProfile
 	r, err := run(c)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
@@ -237,6 +241,16 @@ func run(c config) (*result, error) {
 	defer readers.Wait()
 
 	// Connect.
+	if c.cpuProfile != "" {
+		f, err := os.Create(c.cpuProfile)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return nil, err
+		}
+	}
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -269,6 +283,9 @@ func run(c config) (*result, error) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	if c.cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
 	res.Connected = int(connected.Load())
 	res.ConnectPerSec = float64(res.Connected) / elapsed.Seconds()
 	defer func() {

@@ -1,15 +1,19 @@
 package edge
 
 import (
+	"errors"
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
-	"github.com/gorilla/websocket"
+	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
+	"github.com/natter-chat/natter/services/edge/ws"
 	"github.com/natter-chat/natter/shared/proto"
 )
 
@@ -20,17 +24,27 @@ const closeGrace = time.Second
 // client is one WebSocket connection.
 type client struct {
 	e       *Edge
-	conn    *websocket.Conn
+	conn    net.Conn // upgraded: frames are read and written by ws
 	user    string
 	session string
 
-	// wake tells a running writer that the queue has events, a ping is
-	// due or the client is closing; a buffer of one coalesces wake-ups.
-	wake chan struct{}
-	// readerDone is closed when the read pump has returned; finished when
-	// the connection is closed (finish).
+	// watch is the poller's watch of conn; frames parses what the
+	// reader reads. Only the reader (readable, one turn at a time) uses
+	// frames.
+	watch  *ws.Watch
+	frames ws.Reader
+	// heard is when the client last sent anything (unix nanoseconds):
+	// the pinger drops it after PongTimeout without.
+	heard atomic.Int64
+	// ends counts down the two ends of a connection, its reading and its
+	// finish; the one that comes second lets go of the client (done).
+	ends atomic.Int32
+	done func()
+
+	// flusher writes what is queued (flush.go); readerDone is closed
+	// when the reading has ended.
+	flusher    *flusher
 	readerDone chan struct{}
-	finished   chan struct{}
 	// pingSlot is the pinger's turn for this client (ping.go).
 	pingSlot int
 
@@ -73,15 +87,17 @@ type client struct {
 	closing   bool
 	closeCode int
 	closeText string
-	// serving is set once serve has started; from then on signal starts
-	// a writer when none runs (writing). pingDue asks the writer for a
-	// ping. Guarded by mu.
-	serving bool
-	writing bool
-	pingDue bool
-	// writers counts the writer goroutines, for serve to wait for: one at
-	// a time, and none after the one that finished the connection.
-	writers sync.WaitGroup
+	// Who writes (flush.go), guarded by mu: serving is set once serve
+	// has started, and from then on signal hands the client to its
+	// flusher (scheduled), unless a slow writer owns the socket (slow),
+	// or finish does (finishing). pingDue asks for a ping, pong holds the
+	// payload of a pong to send (nil: none).
+	serving   bool
+	scheduled bool
+	slow      bool
+	finishing bool
+	pingDue   bool
+	pong      []byte
 }
 
 // roomState is a client's view of one room. Guarded by client.mu.
@@ -101,18 +117,20 @@ type pendingEvent struct {
 	line []byte
 }
 
-func newClient(e *Edge, conn *websocket.Conn, user, session string) *client {
+func newClient(e *Edge, conn net.Conn, user, session string) *client {
 	c := &client{
 		e:          e,
 		conn:       conn,
 		user:       user,
 		session:    session,
-		wake:       make(chan struct{}, 1),
+		flusher:    e.nextFlusher(),
 		readerDone: make(chan struct{}),
-		finished:   make(chan struct{}),
 		rooms:      make(map[string]*roomState),
 	}
 	c.space = sync.NewCond(&c.mu)
+	c.heard.Store(time.Now().UnixNano())
+	c.frames.Limit = int(e.cfg.Limits.MaxFrameBytes)
+	c.ends.Store(2)
 	return c
 }
 
@@ -283,8 +301,12 @@ func (c *client) conversations() []string {
 func (c *client) cutOffLocked() {
 	c.e.metrics.slowClients.Inc()
 	c.e.log.Info("cutting off slow client", "user", c.user, "session", c.session, "queued", len(c.queue))
-	c.closeLocked(websocket.ClosePolicyViolation, "slow client: send queue full")
+	c.closeLocked(ws.ClosePolicyViolation, "slow client: send queue full")
 }
+
+// closeEmpty is the close code that sends a close frame without a code:
+// the answer to a client's close frame without one.
+const closeEmpty = 0
 
 // close begins closing with code (-1: send no close frame).
 func (c *client) close(code int, text string) {
@@ -303,41 +325,91 @@ func (c *client) closeLocked(code int, text string) {
 	c.signal()
 }
 
-// readPump is the only reader of the socket. It returns when the client
-// goes away, breaks the protocol or is closed.
-func (c *client) readPump() {
-	defer close(c.readerDone)
-	lim := c.e.cfg.Limits
-	c.conn.SetReadLimit(lim.MaxFrameBytes)
-	_ = c.conn.SetReadDeadline(time.Now().Add(lim.PongTimeout))
-	c.conn.SetPongHandler(func(string) error {
-		return c.conn.SetReadDeadline(time.Now().Add(lim.PongTimeout))
-	})
-	for {
-		mt, data, err := c.conn.ReadMessage()
-		if err != nil {
-			// A frame over the limit was already answered with 1009 by
-			// gorilla; anything else is the client leaving.
-			c.close(-1, "")
-			return
+// readable is a turn of the reader, the only reader of the socket: the
+// poller runs it when the socket has something to read. It answers the
+// requests read, one at a time and in order, and asks for the next turn,
+// until the client goes away, breaks the protocol or is closed.
+func (c *client) readable(w *ws.Watch) {
+	bp := readBuffers.Get().(*[]byte)
+	n, err := w.Read(*bp)
+	if err == nil && n > 0 {
+		c.heard.Store(time.Now().UnixNano())
+		err = c.frames.Feed((*bp)[:n], c.frame)
+		if we, ok := errors.AsType[*ws.Error](err); ok {
+			c.close(we.Code, we.Text)
 		}
-		_ = c.conn.SetReadDeadline(time.Now().Add(lim.PongTimeout))
-		if mt != websocket.TextMessage {
-			c.close(websocket.CloseUnsupportedData, "binary frames are not supported")
-			return
-		}
-		if !utf8.Valid(data) {
-			c.close(websocket.CloseInvalidFramePayloadData, "text frame is not valid UTF-8")
-			return
+	}
+	readBuffers.Put(bp)
+	switch {
+	case errors.Is(err, unix.EAGAIN):
+		// Nothing to read after all.
+	case err != nil || n == 0:
+		c.close(-1, "") // gone
+	}
+	if c.isClosing() {
+		w.End()
+		c.readEnded()
+		return
+	}
+	if !w.Resume() {
+		c.readEnded()
+	}
+}
+
+// readBuffers hold what one read takes off a socket: a reader borrows
+// one for its turn, so an idle connection holds none.
+var readBuffers = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+
+// frame handles one message or control frame from the client; it reports
+// whether to go on reading.
+func (c *client) frame(op ws.Op, p []byte) bool {
+	switch op {
+	case ws.OpText:
+		if !utf8.Valid(p) {
+			c.close(ws.CloseInvalidPayload, "text frame is not valid UTF-8")
+			return false
 		}
 		c.e.metrics.framesIn.Inc()
-		proto.Lines(data, func(line []byte) bool {
+		proto.Lines(p, func(line []byte) bool {
 			c.handle(line)
 			return !c.isClosing()
 		})
-		if c.isClosing() {
-			return
+		return !c.isClosing()
+	case ws.OpBinary:
+		c.close(ws.CloseUnsupportedData, "binary frames are not supported")
+		return false
+	case ws.OpPing:
+		c.mu.Lock()
+		if !c.closing {
+			c.pong = append(c.pong[:0], p...)
+			c.signal()
 		}
+		c.mu.Unlock()
+		return true
+	case ws.OpClose:
+		// The client closes: its code goes back, and the connection ends.
+		code := ws.CloseCode(p)
+		if code == ws.CloseNoStatus {
+			code = closeEmpty
+		}
+		c.close(code, "")
+		return false
+	default: // a pong: heard already
+		return true
+	}
+}
+
+// readEnded is the end of the reading, once: with finish, the connection
+// is over.
+func (c *client) readEnded() {
+	close(c.readerDone)
+	c.ended()
+}
+
+// ended counts one end of the connection; the second lets go of it.
+func (c *client) ended() {
+	if c.ends.Add(-1) == 0 {
+		c.done()
 	}
 }
 
@@ -347,150 +419,63 @@ func (c *client) isClosing() bool {
 	return c.closing
 }
 
-// A connection has no writer goroutine while it has nothing to send: an
-// idle connection costs its read pump only (bench/, scenario A: each
-// goroutine holds a stack of several KiB). The first event queued starts a
-// writer, which stays while events keep coming and ends after
-// writerLinger without any. Pings come from the edge's pinger (ping.go),
-// which asks each connection's writer for one in turn.
-
-// writerLinger is how long a writer waits for more events before it ends.
-const writerLinger = time.Second
-
-// signal tells the writer that the queue has events, a ping is due, or the
-// client is closing, and starts one when none runs. Called with mu held.
-func (c *client) signal() {
-	if c.writing || !c.serving {
-		select {
-		case c.wake <- struct{}{}:
-		default:
-		}
-		return
+// serve starts the connection: the poller's watch for the reader, and its
+// flusher for what is queued already (the welcome, or a close). done runs
+// once the reading has ended and the connection is closed.
+func (c *client) serve(done func()) {
+	c.done = done
+	w, err := c.e.poller.Watch(c.conn.(syscall.Conn), c.readable)
+	if err != nil {
+		c.e.log.Warn("connection not watched", "user", c.user, "err", err)
+		c.close(-1, "")
+		c.readEnded()
 	}
-	c.writing = true
-	c.writers.Go(c.writer)
-}
-
-// serve runs the connection: the read pump on the caller's goroutine, a
-// writer whenever there is something to send. It returns once the read
-// pump has ended and the connection is closed.
-func (c *client) serve() {
 	c.mu.Lock()
+	c.watch = w
 	c.serving = true
-	c.writing = true // the welcome (or a close) is queued already
-	c.writers.Go(c.writer)
+	c.signal()
 	c.mu.Unlock()
-	c.readPump()
-	<-c.finished
-	c.writers.Wait()
-}
-
-// writer is the only writer of data frames while it runs. It coalesces
-// queued events into frames of at most proto.MaxFrameBytes, sends the
-// pings it is asked for, and closes the connection when the client is
-// closing.
-func (c *client) writer() {
-	lim := c.e.cfg.Limits
-	var batch [][]byte
-	var buf []byte
-	write := func(frame []byte) error {
-		_ = c.conn.SetWriteDeadline(time.Now().Add(lim.WriteTimeout))
-		c.e.metrics.framesOut.Inc()
-		return c.conn.WriteMessage(websocket.TextMessage, frame)
-	}
-	// flush writes what is queued and a ping when one is due; it reports
-	// false once the connection is done (closing, or a write failed) and
-	// finished.
-	flush := func() bool {
-		c.mu.Lock()
-		closing, ping := c.closing, c.pingDue
-		batch, c.queue = c.queue, batch[:0]
-		c.live, c.pingDue = 0, false
-		c.space.Broadcast()
-		c.mu.Unlock()
-		if closing {
-			c.finish()
-			return false
-		}
-		var err error
-		buf, err = proto.Frames(batch, proto.MaxFrameBytes, buf, write)
-		clear(batch)
-		if err == nil && ping {
-			err = c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(lim.WriteTimeout))
-		}
-		if err != nil {
-			c.close(-1, "")
-			c.finish()
-			return false
-		}
-		return true
-	}
-	// With a write delay, everything queued within it of the first event
-	// goes out in one frame: in a busy room a client gets a write every
-	// few milliseconds instead of one per event, and those writes are
-	// most of the server's CPU (bench/: it raised what one core sustains
-	// in a room of 1,000 from 1 to 1.5 million deliveries a second).
-	timer := time.NewTimer(lim.WriteDelay)
-	defer timer.Stop()
-	for {
-		if lim.WriteDelay > 0 && !c.isClosing() {
-			<-timer.C
-		}
-		if !flush() {
-			return
-		}
-		timer.Reset(writerLinger)
-		select {
-		case <-c.wake:
-			timer.Reset(lim.WriteDelay) // (Go 1.23 timers: no stale fire is left)
-			continue
-		case <-timer.C:
-		}
-		c.mu.Lock()
-		if len(c.queue) == 0 && !c.closing && !c.pingDue {
-			// Idle: end, leaving nothing behind. A wake sent meanwhile
-			// had nothing new to say.
-			c.writing, c.queue = false, nil
-			select {
-			case <-c.wake:
-			default:
-			}
-			c.mu.Unlock()
-			return
-		}
-		c.mu.Unlock()
-		timer.Reset(lim.WriteDelay)
-	}
 }
 
 // finish sends the close frame, if any, waits a moment for the peer, and
-// closes the connection. Only the last writer calls it, once.
+// closes the connection. It runs on a goroutine of its own, once: the
+// writer that found the client closing (flush.go) hands the socket to it.
 func (c *client) finish() {
-	defer close(c.finished)
 	c.mu.Lock()
 	code, text := c.closeCode, c.closeText
+	w := c.watch
 	c.mu.Unlock()
-	if code > 0 {
-		_ = c.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(closeGrace))
+	if code >= 0 {
+		frame := ws.AppendFrame(nil, ws.OpClose, nil)
+		if code != closeEmpty {
+			frame = ws.AppendClose(nil, code, text)
+		}
+		_ = c.conn.SetWriteDeadline(time.Now().Add(closeGrace))
+		_, _ = c.conn.Write(frame)
 	}
 	select {
 	case <-c.readerDone:
 		c.linger()
+		_ = c.conn.Close()
 	case <-time.After(closeGrace):
-		// The peer did not answer: closing the socket ends the read pump.
+		// The peer did not answer: the reading stops here, unless a
+		// reader is running, which finds the socket closed.
+		_ = c.conn.Close()
+		if w != nil && w.Stop() {
+			c.readEnded()
+		}
 	}
-	_ = c.conn.Close()
+	c.ended()
 }
 
-// linger reads what the peer still sends, briefly, after the read pump has
+// linger reads what the peer still sends, briefly, after the reading has
 // ended: closing a socket with unread data makes the kernel reset the
 // connection, and a reset can destroy the close frame before the peer has
 // read it.
 func (c *client) linger() {
-	nc := c.conn.UnderlyingConn()
-	if tc, ok := nc.(*net.TCPConn); ok {
+	if tc, ok := c.conn.(*net.TCPConn); ok {
 		_ = tc.CloseWrite()
 	}
-	_ = nc.SetReadDeadline(time.Now().Add(closeGrace))
-	_, _ = io.CopyN(io.Discard, nc, 1<<20)
+	_ = c.conn.SetReadDeadline(time.Now().Add(closeGrace))
+	_, _ = io.CopyN(io.Discard, c.conn, 1<<20)
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -25,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/natter-chat/natter/services/edge/ws"
 	"github.com/natter-chat/natter/shared/auth"
 	"github.com/natter-chat/natter/shared/config"
 	"github.com/natter-chat/natter/shared/names"
@@ -97,7 +99,15 @@ type Edge struct {
 	stopping bool                 // guarded by mu: no new clients once set
 	perAddr  map[string]int       // guarded by mu: open WebSockets per client address, with MaxConnsPerIP
 	proxies  []netip.Prefix       // trusted proxies (CHAT_TRUSTED_PROXIES)
-	handlers sync.WaitGroup       // connection handlers; Add under mu
+	handlers sync.WaitGroup       // connections not yet let go of; Add under mu
+
+	// poller runs the connections' readers (made by Run); flushers
+	// write to them (flush.go), and writers counts the goroutines of
+	// the slow writers and of finish.
+	poller      *ws.Poller
+	flushers    []*flusher
+	flusherNext atomic.Uint32
+	writers     sync.WaitGroup
 }
 
 // New returns an edge on nc serving the page from web; its metrics go to
@@ -148,6 +158,7 @@ func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus
 		perAddr:   make(map[string]int),
 		proxies:   proxies,
 		whoShared: make(map[string]sharedWho),
+		flushers:  newFlushers(runtime.GOMAXPROCS(0), lim.WriteDelay),
 		upgrader: websocket.Upgrader{
 			ReadBufferSize:  1024,
 			WriteBufferSize: 4096,
@@ -193,6 +204,16 @@ func (e *Edge) Ready() bool { return e.nc.IsConnected() }
 // client with 1001, reports their sessions as gone and drops its
 // subscriptions. It returns after every goroutine it started has ended.
 func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
+	poller, err := ws.NewPoller()
+	if err != nil {
+		return fmt.Errorf("edge: %w", err)
+	}
+	e.poller = poller
+	pollerDone := make(chan struct{})
+	go func() {
+		defer close(pollerDone)
+		poller.Run()
+	}()
 	dctx, stopDispatch := context.WithCancel(context.Background())
 	dispatchDone := make(chan struct{})
 	go func() {
@@ -201,14 +222,21 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 	}()
 	rctx, stopReporter := context.WithCancel(context.Background())
 	go e.reporter.run(rctx)
+	fctx, stopFlushers := context.WithCancel(context.Background())
+	flushersDone := e.runFlushers(fctx)
 	pctx, stopPinger := context.WithCancel(context.Background())
 	pingerDone := make(chan struct{})
 	go func() {
 		defer close(pingerDone)
 		e.pinger(pctx)
 	}()
-	err := ops.Serve(ctx, ln, e.Handler(), httpShutdownWait)
+	err = ops.Serve(ctx, ln, e.Handler(), httpShutdownWait)
 	e.closeClients()
+	stopFlushers()
+	flushersDone()
+	e.writers.Wait()
+	poller.Close()
+	<-pollerDone
 	stopPinger()
 	<-pingerDone
 	stopReporter()
@@ -226,7 +254,7 @@ func (e *Edge) closeClients() {
 	e.stopping = true
 	e.cancel()
 	for c := range e.clients {
-		c.close(websocket.CloseGoingAway, "server shutting down")
+		c.close(ws.CloseGoingAway, "server shutting down")
 	}
 	e.mu.Unlock()
 	done := make(chan struct{})
@@ -286,19 +314,23 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	conn, err := e.upgrader.Upgrade(w, r, nil)
+	wc, err := e.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader has answered
 	}
 	upgraded = true
+	// From here on the socket is read and written by package ws: gorilla
+	// did the handshake, and holds no data read past it (it refuses a
+	// client that sends before the handshake is complete).
+	conn := wc.NetConn()
 	c := newClient(e, conn, user, randomID())
 	c.addr = addr
 
 	e.mu.Lock()
 	if e.stopping {
 		e.mu.Unlock()
-		_ = conn.WriteControl(websocket.CloseMessage,
-			websocket.FormatCloseMessage(websocket.CloseGoingAway, "server shutting down"), time.Now().Add(closeGrace))
+		_ = conn.SetWriteDeadline(time.Now().Add(closeGrace))
+		_, _ = conn.Write(ws.AppendClose(nil, ws.CloseGoingAway, "server shutting down"))
 		_ = conn.Close()
 		e.releaseAddr(addr)
 		return
@@ -316,24 +348,23 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	c.reply(proto.Encode(proto.Welcome{Type: proto.TypeWelcome, User: user, Session: c.session}))
 	if err := e.hub.joinUser(user, c); err != nil {
 		e.log.Warn("dms not subscribed", "user", user, "err", err)
-		c.close(websocket.CloseTryAgainLater, "direct messages unavailable, try again")
+		c.close(ws.CloseTryAgainLater, "direct messages unavailable, try again")
 	}
-	// The connection gets a goroutine of its own, and the HTTP handler
-	// returns: net/http then lets go of its per-connection buffers and
-	// of the handler's deep stack, which an idle connection would
-	// otherwise hold for its whole life.
-	go func() {
-		defer e.handlers.Done()
-		e.metrics.connections.Inc()
-		defer e.metrics.connections.Dec()
-		c.serve()
+	// The connection has no goroutine of its own: the poller runs its
+	// reader when it has sent something, and a writer runs while there
+	// is something to send. The HTTP handler returns, and net/http lets
+	// go of its per-connection buffers and of the handler's stack.
+	e.metrics.connections.Inc()
+	c.serve(func() {
 		c.leaveAll()
 		e.mu.Lock()
 		delete(e.clients, c)
 		e.open.Add(-1)
 		e.mu.Unlock()
 		e.releaseAddr(c.addr)
-	}()
+		e.metrics.connections.Dec()
+		e.handlers.Done()
+	})
 }
 
 // clientAddr is the address a connection counts against: the peer's IP,

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	"github.com/natter-chat/natter/services/edge/ws"
 	"github.com/natter-chat/natter/shared/config"
 	"github.com/natter-chat/natter/shared/natstest"
 	"github.com/natter-chat/natter/shared/proto"
@@ -103,24 +105,38 @@ func TestClientAddr(t *testing.T) {
 }
 
 // serveOne serves one WebSocket connection with a client that prepare
-// sets up before its pumps start, and dials it. wait returns once the
+// sets up before it is served, and dials it. wait returns once the
 // server's side has ended.
 func serveOne(t *testing.T, e *Edge, prepare func(*client)) (conn *websocket.Conn, wait func()) {
 	t.Helper()
+	p, err := ws.NewPoller()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.poller = p
+	go p.Run()
+	ctx, stop := context.WithCancel(context.Background())
+	flushersDone := e.runFlushers(ctx)
+	t.Cleanup(func() {
+		stop()
+		flushersDone()
+		e.writers.Wait()
+		p.Close()
+	})
 	handlerDone := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		defer close(handlerDone)
-		conn, err := e.upgrader.Upgrade(w, r, nil)
+		wc, err := e.upgrader.Upgrade(w, r, nil)
 		if err != nil {
 			t.Error(err)
+			close(handlerDone)
 			return
 		}
-		c := newClient(e, conn, "u", "s")
+		c := newClient(e, wc.NetConn(), "u", "s")
 		prepare(c)
-		c.serve()
+		c.serve(func() { close(handlerDone) })
 	}))
 	t.Cleanup(srv.Close)
-	conn, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/", nil)
+	conn, _, err = websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

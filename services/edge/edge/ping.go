@@ -11,9 +11,9 @@ import (
 // them all at once would add a goroutine per connection for a moment.
 const pingSlots = 25
 
-// pinger asks every client for a ping once per PingInterval, until ctx
-// ends. It is the only timer the edge keeps for idle connections; the
-// read pump drops a client that has not answered for PongTimeout.
+// pinger asks every client for a ping once per PingInterval, and drops
+// one that has sent nothing (not even a pong) for PongTimeout, until ctx
+// ends. It is the only timer the edge keeps for idle connections.
 func (e *Edge) pinger(ctx context.Context) {
 	tick := time.NewTicker(max(e.cfg.Limits.PingInterval/pingSlots, time.Millisecond))
 	defer tick.Stop()
@@ -31,7 +31,12 @@ func (e *Edge) pinger(ctx context.Context) {
 			}
 		}
 		e.mu.Unlock()
+		silent := time.Now().Add(-e.cfg.Limits.PongTimeout).UnixNano()
 		for _, c := range due {
+			if c.heard.Load() < silent {
+				c.close(-1, "") // gone without a word: no close frame
+				continue
+			}
 			c.mu.Lock()
 			if !c.closing {
 				c.pingDue = true

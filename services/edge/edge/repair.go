@@ -5,10 +5,10 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/natter-chat/natter/services/edge/ws"
 	"github.com/natter-chat/natter/shared/store"
 )
 
@@ -144,7 +144,7 @@ func (h *hub) closeGapped(room string, m *nats.Msg) {
 	line := eventLine(m.Data, seq)
 	for _, c := range h.members(room) {
 		if gap, _ := c.deliver(room, seq, prev, line); gap {
-			c.close(websocket.CloseInternalServerErr, "missed messages could not be read; rejoin with since")
+			c.close(ws.CloseInternalError, "missed messages could not be read; rejoin with since")
 		}
 	}
 }
