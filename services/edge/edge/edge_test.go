@@ -2,6 +2,7 @@ package edge
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -344,4 +345,65 @@ func TestConversationsBounded(t *testing.T) {
 	if gap, _ := c.deliver(convKey("bob", "u2"), 20000, 3, []byte(`{}`)); gap {
 		t.Fatal("a forgotten conversation's next dm taken for a gap")
 	}
+}
+
+// waitFor waits until cond holds, at most 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s after 10 s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// A client that stops reading fills its socket: a slow writer takes it
+// over, waits for it, and hands it back to the flusher once it has caught
+// up; nothing is lost or reordered on the way.
+func TestSlowWriterCatchesUp(t *testing.T) {
+	const events, size = 8000, 4096 // 32 MiB: more than the socket buffers hold
+	e := newTestEdge(t, events+1)
+	served := make(chan *client, 1)
+	pad := strings.Repeat("x", size)
+	conn, wait := serveOne(t, e, func(c *client) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for i := range events {
+			c.enqueueLiveLocked([]byte(`{"n":` + strconv.Itoa(i) + `,"pad":"` + pad + `"}`))
+		}
+		served <- c
+	})
+	c := <-served
+	isSlow := func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.slow
+	}
+	waitFor(t, "slow writer", isSlow)
+	next := 0
+	read := func(n int) {
+		t.Helper()
+		for next < n {
+			_, data, err := conn.ReadMessage()
+			if err != nil {
+				t.Fatalf("after %d events: %v", next, err)
+			}
+			for line := range strings.SplitSeq(string(data), "\n") {
+				var ev struct{ N int }
+				if err := json.Unmarshal([]byte(line), &ev); err != nil || ev.N != next {
+					t.Fatalf("event %q, want n=%d", line[:min(len(line), 40)], next)
+				}
+				next++
+			}
+		}
+	}
+	read(events)
+	waitFor(t, "hand-back to the flusher", func() bool { return !isSlow() })
+	c.mu.Lock()
+	c.enqueueLiveLocked([]byte(`{"n":` + strconv.Itoa(events) + `}`))
+	c.mu.Unlock()
+	read(events + 1)
+	c.close(ws.CloseNormal, "")
+	wait()
 }

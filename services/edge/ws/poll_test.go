@@ -1,0 +1,220 @@
+package ws
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// pair returns both ends of a loopback TCP connection.
+func pair(t *testing.T) (server, client net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-accepted
+	if server == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { server.Close(); client.Close() })
+	return server, client
+}
+
+func newPoller(t *testing.T) *Poller {
+	t.Helper()
+	p, err := NewPoller()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Run()
+	}()
+	t.Cleanup(func() {
+		p.Close()
+		<-done
+	})
+	return p
+}
+
+// A watched socket's reader runs each time it has data, one turn at a
+// time, and reads it all, in order, across turns.
+func TestPollerReads(t *testing.T) {
+	p := newPoller(t)
+	server, client := pair(t)
+	got := make(chan string, 16)
+	var running atomic.Int32
+	_, err := p.Watch(server.(syscall.Conn), func(w *Watch) {
+		if running.Add(1) != 1 {
+			t.Error("two turns at once")
+		}
+		buf := make([]byte, 64)
+		n, err := w.Read(buf)
+		running.Add(-1)
+		switch {
+		case errors.Is(err, unix.EAGAIN):
+		case err != nil || n == 0:
+			got <- "end"
+			w.End()
+			return
+		default:
+			got <- string(buf[:n])
+		}
+		w.Resume()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"one", "two", "three"} {
+		if _, err := client.Write([]byte(s)); err != nil {
+			t.Fatal(err)
+		}
+		if g := <-got; g != s {
+			t.Fatalf("read %q, want %q", g, s)
+		}
+	}
+	client.Close()
+	if g := <-got; g != "end" {
+		t.Fatalf("read %q after the peer closed, want the end", g)
+	}
+}
+
+// Stop ends a watch that waits at once; one whose reader runs ends with
+// that reader's Resume, and exactly one of the two reports the end.
+func TestPollerStop(t *testing.T) {
+	p := newPoller(t)
+
+	server, _ := pair(t)
+	w, err := p.Watch(server.(syscall.Conn), func(*Watch) { t.Error("no data was sent") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !w.Stop() {
+		t.Fatal("Stop of a waiting watch must end it")
+	}
+	if w.Stop() {
+		t.Fatal("a second Stop must not end it again")
+	}
+
+	server2, client2 := pair(t)
+	inTurn, release := make(chan struct{}), make(chan struct{})
+	resumed := make(chan bool, 1)
+	w2, err := p.Watch(server2.(syscall.Conn), func(w *Watch) {
+		close(inTurn)
+		<-release
+		resumed <- w.Resume()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client2.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	<-inTurn
+	if w2.Stop() {
+		t.Fatal("Stop during a turn must leave the end to the reader")
+	}
+	close(release)
+	if <-resumed {
+		t.Fatal("Resume after Stop must report the end")
+	}
+}
+
+// A socket closed by its owner while its watch waits is let go of by
+// Stop; a reader that finds it closed ends it with Resume.
+func TestPollerClosedSocket(t *testing.T) {
+	p := newPoller(t)
+	server, client := pair(t)
+	resumed := make(chan bool, 1)
+	_, err := p.Watch(server.(syscall.Conn), func(w *Watch) {
+		server.Close()
+		resumed <- w.Resume()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if <-resumed {
+		t.Fatal("Resume on a closed socket must report the end")
+	}
+	p.mu.Lock()
+	n := len(p.watches)
+	p.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d watches kept after their end", n)
+	}
+}
+
+// Readers that block do not hold up the others: the pool grows, and
+// shrinks back once they are done (goleak checks that Close ends them).
+func TestPollerPoolGrows(t *testing.T) {
+	p := newPoller(t)
+	const n = 50
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(n)
+	for range n {
+		server, client := pair(t)
+		_, err := p.Watch(server.(syscall.Conn), func(w *Watch) {
+			wg.Done()
+			<-release // every reader waits for all the others
+			buf := make([]byte, 8)
+			_, _ = w.Read(buf)
+			w.End()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := client.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	close(release)
+}
+
+// Write takes what fits and never waits.
+func TestWatchWriteNeverWaits(t *testing.T) {
+	p := newPoller(t)
+	server, _ := pair(t)
+	w, err := p.Watch(server.(syscall.Conn), func(*Watch) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	big := make([]byte, 64<<20)
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		n, err := w.Write(big)
+		if errors.Is(err, unix.EAGAIN) || (err == nil && n < len(big)) {
+			return // the peer reads nothing: the socket is full, and Write said so
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Fatal("64 MiB writes to a peer that reads nothing never came back short")
+}
