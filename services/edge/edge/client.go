@@ -473,8 +473,8 @@ func (c *client) finish() {
 // connection, and a reset can destroy the close frame before the peer has
 // read it.
 func (c *client) linger() {
-	if tc, ok := c.conn.(*net.TCPConn); ok {
-		_ = tc.CloseWrite()
+	if cw, ok := c.conn.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
 	}
 	_ = c.conn.SetReadDeadline(time.Now().Add(closeGrace))
 	_, _ = io.CopyN(io.Discard, c.conn, 1<<20)

@@ -65,6 +65,9 @@ type Config struct {
 	// the room's messages for this edge and the hub fills the gap from
 	// the stream; tests make it small to force that.
 	DispatchBuffer int
+	// HandshakeTimeout bounds the time a connection may take to send its
+	// request (0: 10 s); tests make it short.
+	HandshakeTimeout time.Duration
 }
 
 // Edge serves the page and the WebSocket endpoint; see the package
@@ -105,6 +108,8 @@ type Edge struct {
 	// write to them (flush.go), and writers counts the goroutines of
 	// the slow writers and of finish.
 	poller      *ws.Poller
+	http        *handoff                // what net/http serves (upgrade.go); made by Run
+	handshakes  map[*handshake]struct{} // guarded by mu: requests being read
 	flushers    []*flusher
 	flusherNext atomic.Uint32
 	writers     sync.WaitGroup
@@ -147,18 +152,19 @@ func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus
 		return nil, fmt.Errorf("edge: %w", err)
 	}
 	e := &Edge{
-		cfg:       cfg,
-		id:        id,
-		nc:        nc,
-		log:       log.With("edge", id),
-		reg:       reg,
-		web:       web,
-		metrics:   m,
-		clients:   make(map[*client]struct{}),
-		perAddr:   make(map[string]int),
-		proxies:   proxies,
-		whoShared: make(map[string]sharedWho),
-		flushers:  newFlushers(runtime.GOMAXPROCS(0), lim.WriteDelay),
+		cfg:        cfg,
+		id:         id,
+		nc:         nc,
+		log:        log.With("edge", id),
+		reg:        reg,
+		web:        web,
+		metrics:    m,
+		clients:    make(map[*client]struct{}),
+		perAddr:    make(map[string]int),
+		proxies:    proxies,
+		whoShared:  make(map[string]sharedWho),
+		handshakes: make(map[*handshake]struct{}),
+		flushers:   newFlushers(runtime.GOMAXPROCS(0), lim.WriteDelay),
 		upgrader: websocket.Upgrader{
 			ReadBufferSize:  1024,
 			WriteBufferSize: 4096,
@@ -230,7 +236,16 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 		defer close(pingerDone)
 		e.pinger(pctx)
 	}()
-	err = ops.Serve(ctx, ln, e.Handler(), httpShutdownWait)
+	e.http = newHandoff(ln)
+	acceptDone := make(chan struct{})
+	go func() {
+		defer close(acceptDone)
+		e.acceptLoop(ln, e.http)
+	}()
+	err = ops.Serve(ctx, e.http, e.Handler(), httpShutdownWait)
+	_ = e.http.Close() // closed already, unless serving failed
+	<-acceptDone
+	e.closeHandshakes()
 	e.closeClients()
 	stopFlushers()
 	flushersDone()
@@ -274,55 +289,69 @@ func (e *Edge) closeClients() {
 	}
 }
 
-// serveWS checks a request, upgrades it and starts the connection's
-// goroutine, owned by the edge (handlers), which becomes its read pump.
+// serveWS checks a request, upgrades it and starts the connection. It
+// serves the WebSocket requests that net/http gets: those the edge's own
+// handshake (upgrade.go) passed on, because they were not plain.
 func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
-	// The contract's order: Origin (403), the per-address limit (429),
-	// then the token (401) or the user name (400).
-	if !e.originAllowed(r) {
-		e.metrics.refused.WithLabelValues("origin").Inc()
-		http.Error(w, "origin not allowed", http.StatusForbidden)
+	user, addr, no := e.admit(r)
+	if no != nil {
+		if no.status == http.StatusTooManyRequests {
+			w.Header().Set("Retry-After", "10")
+		}
+		http.Error(w, no.text, no.status)
 		return
-	}
-	addr := e.clientAddr(r)
-	if !e.takeAddr(addr) {
-		e.metrics.refused.WithLabelValues("address").Inc()
-		w.Header().Set("Retry-After", "10")
-		http.Error(w, "too many connections from this address", http.StatusTooManyRequests)
-		return
-	}
-	upgraded := false
-	defer func() {
-		if !upgraded {
-			e.releaseAddr(addr)
-		}
-	}()
-	var user string
-	if secret := e.cfg.Web.AuthSecret; secret != "" {
-		u, err := auth.Check([]byte(secret), r.URL.Query().Get("token"))
-		if err != nil {
-			e.metrics.refused.WithLabelValues("token").Inc()
-			http.Error(w, "a valid token is needed: /ws?token=JWT (HS256, with sub and exp)", http.StatusUnauthorized)
-			return
-		}
-		user = u
-	} else {
-		user = r.URL.Query().Get("user")
-		if !names.ValidUser(user) {
-			e.metrics.refused.WithLabelValues("user").Inc()
-			http.Error(w, "user must match ^[A-Za-z0-9_-]{1,32}$", http.StatusBadRequest)
-			return
-		}
 	}
 	wc, err := e.upgrader.Upgrade(w, r, nil)
 	if err != nil {
+		e.releaseAddr(addr)
 		return // the upgrader has answered
 	}
-	upgraded = true
 	// From here on the socket is read and written by package ws: gorilla
 	// did the handshake, and holds no data read past it (it refuses a
 	// client that sends before the handshake is complete).
-	conn := wc.NetConn()
+	e.start(wc.NetConn(), user, addr)
+}
+
+// refusal is the HTTP answer to a WebSocket request that is refused.
+type refusal struct {
+	status int
+	text   string
+}
+
+// admit checks a WebSocket request in the contract's order: Origin (403),
+// the per-address limit (429), then the token (401) or the user name
+// (400). On success the address is counted (takeAddr) until the
+// connection is let go of, or releaseAddr.
+func (e *Edge) admit(r *http.Request) (user, addr string, no *refusal) {
+	if !e.originAllowed(r) {
+		e.metrics.refused.WithLabelValues("origin").Inc()
+		return "", "", &refusal{http.StatusForbidden, "origin not allowed"}
+	}
+	addr = e.clientAddr(r)
+	if !e.takeAddr(addr) {
+		e.metrics.refused.WithLabelValues("address").Inc()
+		return "", "", &refusal{http.StatusTooManyRequests, "too many connections from this address"}
+	}
+	if secret := e.cfg.Web.AuthSecret; secret != "" {
+		u, err := auth.Check([]byte(secret), r.URL.Query().Get("token"))
+		if err != nil {
+			e.releaseAddr(addr)
+			e.metrics.refused.WithLabelValues("token").Inc()
+			return "", "", &refusal{http.StatusUnauthorized, "a valid token is needed: /ws?token=JWT (HS256, with sub and exp)"}
+		}
+		return u, addr, nil
+	}
+	user = r.URL.Query().Get("user")
+	if !names.ValidUser(user) {
+		e.releaseAddr(addr)
+		e.metrics.refused.WithLabelValues("user").Inc()
+		return "", "", &refusal{http.StatusBadRequest, "user must match ^[A-Za-z0-9_-]{1,32}$"}
+	}
+	return user, addr, nil
+}
+
+// start serves an upgraded connection of user from addr (counted).
+func (e *Edge) start(conn net.Conn, user, addr string) {
 	c := newClient(e, conn, user, randomID())
 	c.addr = addr
 
@@ -341,19 +370,17 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	e.open.Add(1)
 	e.handlers.Add(1)
 	e.mu.Unlock()
-	// welcome is queued first, then the user's dms are subscribed to; the
-	// writer starts with serve, after both, so welcome goes out first and
-	// a dm stored after it reaches this session live. This runs here, on
-	// net/http's goroutine, whose stack is let go of at once.
+	// welcome is queued first, then the user's dms are subscribed to;
+	// writing starts with serve, after both, so welcome goes out first
+	// and a dm stored after it reaches this session live.
 	c.reply(proto.Encode(proto.Welcome{Type: proto.TypeWelcome, User: user, Session: c.session}))
 	if err := e.hub.joinUser(user, c); err != nil {
 		e.log.Warn("dms not subscribed", "user", user, "err", err)
 		c.close(ws.CloseTryAgainLater, "direct messages unavailable, try again")
 	}
 	// The connection has no goroutine of its own: the poller runs its
-	// reader when it has sent something, and a writer runs while there
-	// is something to send. The HTTP handler returns, and net/http lets
-	// go of its per-connection buffers and of the handler's stack.
+	// reader when it has sent something, and its flusher writes what is
+	// queued for it.
 	e.metrics.connections.Inc()
 	c.serve(func() {
 		c.leaveAll()

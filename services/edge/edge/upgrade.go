@@ -1,0 +1,373 @@
+package edge
+
+import (
+	"bufio"
+	"cmp"
+	"bytes"
+	"crypto/sha1"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/natter-chat/natter/services/edge/ws"
+)
+
+// The edge's own handshake. The edge accepts its connections itself and
+// reads each one's request with the poller, without a goroutine: a plain
+// WebSocket request (GET /ws, HTTP/1.1, the upgrade headers, nothing after
+// them) is answered here, everything else is handed to net/http with the
+// bytes read so far, and net/http serves it as usual (the page, /metrics,
+// and any WebSocket request that is not plain, through serveWS and
+// gorilla). On a connect burst net/http's goroutine, buffers and request
+// per connection were a third of the edge's CPU and most of its garbage
+// (bench/, F).
+
+// handshakeTimeout bounds the time a connection may take to send its
+// request (unless Config.HandshakeTimeout says otherwise), as net/http's
+// ReadHeaderTimeout does for the rest (ops.Serve).
+const handshakeTimeout = 10 * time.Second
+
+// maxHead is the longest request head read here; a longer one goes to
+// net/http, whose limit is larger.
+const maxHead = 16 << 10
+
+// acceptLoop accepts the connections of ln until it is closed, and starts
+// each one's handshake. It backs off on errors such as running out of
+// file descriptors, as net/http does.
+func (e *Edge) acceptLoop(ln net.Listener, http *handoff) {
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || http.isClosed() {
+				return
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			e.log.Warn("accept failed; retrying", "err", err, "in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-http.done:
+				return
+			}
+			continue
+		}
+		backoff = 0
+		e.handshake(conn)
+	}
+}
+
+// handshake is a connection whose request is being read.
+type handshake struct {
+	e    *Edge
+	conn net.Conn
+	buf  []byte // the request so far; only its reader uses it
+
+	mu    sync.Mutex
+	w     *ws.Watch   // guarded by mu
+	timer *time.Timer // guarded by mu: handshakeTimeout
+	over  bool        // guarded by mu: finish has been called
+}
+
+// handshake starts reading conn's request.
+func (e *Edge) handshake(conn net.Conn) {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		e.handOff(conn, nil) // not a socket the poller can watch
+		return
+	}
+	h := &handshake{e: e, conn: conn}
+	e.mu.Lock()
+	if e.stopping {
+		e.mu.Unlock()
+		_ = conn.Close()
+		return
+	}
+	e.handshakes[h] = struct{}{}
+	e.mu.Unlock()
+	w, err := e.poller.Watch(sc, h.readable)
+	if err != nil {
+		e.log.Warn("connection not watched", "err", err)
+		h.finish()
+		_ = conn.Close()
+		return
+	}
+	h.mu.Lock()
+	h.w = w
+	if !h.over {
+		h.timer = time.AfterFunc(cmp.Or(e.cfg.HandshakeTimeout, handshakeTimeout), h.abort)
+	}
+	h.mu.Unlock()
+}
+
+// finish claims the end of the handshake: it reports false when the
+// handshake had ended already (aborted).
+func (h *handshake) finish() bool {
+	h.mu.Lock()
+	if h.over {
+		h.mu.Unlock()
+		return false
+	}
+	h.over = true
+	if h.timer != nil {
+		h.timer.Stop()
+	}
+	h.mu.Unlock()
+	h.e.mu.Lock()
+	delete(h.e.handshakes, h)
+	h.e.mu.Unlock()
+	return true
+}
+
+// abort closes a connection that took too long to send its request, or
+// that the edge closes while stopping.
+func (h *handshake) abort() {
+	if !h.finish() {
+		return
+	}
+	h.mu.Lock()
+	w := h.w
+	h.mu.Unlock()
+	if w != nil {
+		w.Stop() // a turn that is running finds the socket closed
+	}
+	_ = h.conn.Close()
+}
+
+// closeHandshakes aborts the handshakes in progress.
+func (e *Edge) closeHandshakes() {
+	e.mu.Lock()
+	hs := make([]*handshake, 0, len(e.handshakes))
+	for h := range e.handshakes {
+		hs = append(hs, h)
+	}
+	e.mu.Unlock()
+	for _, h := range hs {
+		h.abort()
+	}
+}
+
+var headEnd = []byte("\r\n\r\n")
+
+// readable is a turn of the handshake's reader: it reads what came of the
+// request, and once the head is whole, answers it or hands it on.
+func (h *handshake) readable(w *ws.Watch) {
+	bp := readBuffers.Get().(*[]byte)
+	n, err := w.Read(*bp)
+	if n > 0 {
+		h.buf = append(h.buf, (*bp)[:n]...)
+	}
+	readBuffers.Put(bp)
+	end := bytes.Index(h.buf, headEnd)
+	switch {
+	case errors.Is(err, unix.EAGAIN) || (err == nil && n > 0 && end < 0 && len(h.buf) <= maxHead):
+		if !w.Resume() && h.finish() {
+			_ = h.conn.Close()
+		}
+		return
+	case err != nil || n == 0:
+		// Gone before its request was whole.
+		w.End()
+		if h.finish() {
+			_ = h.conn.Close()
+		}
+		return
+	}
+	w.End()
+	if !h.finish() {
+		return // aborted meanwhile: the socket is closed
+	}
+	if end < 0 {
+		h.e.handOff(h.conn, h.buf) // longer than maxHead
+		return
+	}
+	req, ok := plainUpgrade(h.buf, end)
+	if !ok {
+		h.e.handOff(h.conn, h.buf)
+		return
+	}
+	req.RemoteAddr = h.conn.RemoteAddr().String()
+	h.e.upgrade(h.conn, req)
+}
+
+// upgrade answers a plain WebSocket request read by the handshake.
+func (e *Edge) upgrade(conn net.Conn, r *http.Request) {
+	user, addr, no := e.admit(r)
+	_ = conn.SetWriteDeadline(time.Now().Add(e.cfg.Limits.WriteTimeout))
+	if no != nil {
+		_, _ = conn.Write(refusalResponse(no))
+		_ = conn.Close()
+		return
+	}
+	_, err := conn.Write(switchingResponse(r.Header.Get("Sec-Websocket-Key")))
+	_ = conn.SetWriteDeadline(time.Time{}) // the flusher's writes never wait
+	if err != nil {
+		_ = conn.Close()
+		e.releaseAddr(addr)
+		return
+	}
+	e.start(conn, user, addr)
+}
+
+// heads parse request heads; a buffer is taken for each.
+var heads = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+
+// plainUpgrade parses the request head that ends at end of buf (its
+// "\r\n\r\n"), and reports whether it is a plain WebSocket request for
+// /ws with nothing after it: the checks gorilla's Upgrader makes, which
+// answers the others.
+func plainUpgrade(buf []byte, end int) (*http.Request, bool) {
+	if len(buf) != end+len(headEnd) || !bytes.HasPrefix(buf, []byte("GET /ws")) {
+		return nil, false
+	}
+	br := heads.Get().(*bufio.Reader)
+	br.Reset(bytes.NewReader(buf))
+	r, err := http.ReadRequest(br)
+	br.Reset(nil)
+	heads.Put(br)
+	if err != nil || r.URL.Path != "/ws" || r.ProtoMajor != 1 || r.ProtoMinor != 1 {
+		return nil, false
+	}
+	key := r.Header.Get("Sec-Websocket-Key")
+	if k, err := base64.StdEncoding.DecodeString(key); err != nil || len(k) != 16 {
+		return nil, false
+	}
+	ok := hasToken(r.Header, "Connection", "upgrade") && hasToken(r.Header, "Upgrade", "websocket") &&
+		r.Header.Get("Sec-Websocket-Version") == "13"
+	return r, ok
+}
+
+// hasToken reports whether a comma-separated header holds token.
+func hasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// switchingResponse is the 101 answer to a request with key (RFC 6455,
+// 4.2.2).
+func switchingResponse(key string) []byte {
+	sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+	return []byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " +
+		base64.StdEncoding.EncodeToString(sum[:]) + "\r\n\r\n")
+}
+
+// refusalResponse is what http.Error writes for no, and the connection
+// closes after it.
+func refusalResponse(no *refusal) []byte {
+	body := no.text + "\n"
+	var b strings.Builder
+	fmt.Fprintf(&b, "HTTP/1.1 %d %s\r\n", no.status, http.StatusText(no.status))
+	if no.status == http.StatusTooManyRequests {
+		b.WriteString("Retry-After: 10\r\n")
+	}
+	b.WriteString("Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n")
+	b.WriteString("Content-Length: " + strconv.Itoa(len(body)) + "\r\nConnection: close\r\n\r\n" + body)
+	return []byte(b.String())
+}
+
+// handOff gives conn to net/http, which reads read first.
+func (e *Edge) handOff(conn net.Conn, read []byte) {
+	if len(read) > 0 {
+		conn = &prefixConn{Conn: conn, prefix: read}
+	}
+	select {
+	case e.http.conns <- conn:
+	case <-e.http.done:
+		_ = conn.Close()
+	}
+}
+
+// handoff is the listener net/http serves: the connections the edge's
+// handshake hands it.
+type handoff struct {
+	ln    net.Listener
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func newHandoff(ln net.Listener) *handoff {
+	return &handoff{ln: ln, conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *handoff) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close closes the edge's listener too: net/http's shutdown stops the
+// accepting.
+func (l *handoff) Close() error {
+	var err error
+	l.once.Do(func() {
+		close(l.done)
+		err = l.ln.Close()
+	})
+	return err
+}
+
+func (l *handoff) Addr() net.Addr { return l.ln.Addr() }
+
+func (l *handoff) isClosed() bool {
+	select {
+	case <-l.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// prefixConn is a connection whose first bytes were read already.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// SyscallConn lets the poller watch the socket once net/http has read
+// the prefix (a WebSocket request upgraded by serveWS).
+func (c *prefixConn) SyscallConn() (syscall.RawConn, error) {
+	if len(c.prefix) > 0 {
+		return nil, errors.New("edge: connection has unread bytes")
+	}
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("edge: not a socket")
+	}
+	return sc.SyscallConn()
+}
+
+// CloseWrite half-closes the socket, for linger.
+func (c *prefixConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return io.ErrUnexpectedEOF
+}
