@@ -63,6 +63,7 @@ type result struct {
 	Time              string   `json:"time"`
 	Connected         int      `json:"connected"`
 	ConnectPerSec     float64  `json:"connect_per_s"`
+	ConnectCPUus      float64  `json:"connect_server_cpu_us"` // the server's CPU per connection while connecting
 	IdleRSSPerConnKiB float64  `json:"idle_rss_per_conn_kib"`
 	Sent              int64    `json:"sent"`
 	Expected          int64    `json:"expected_deliveries"`
@@ -251,6 +252,7 @@ func run(c config) (*result, error) {
 			return nil, err
 		}
 	}
+	connectCPU := cpuTime(c.PID)
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -288,6 +290,9 @@ func run(c config) (*result, error) {
 	}
 	res.Connected = int(connected.Load())
 	res.ConnectPerSec = float64(res.Connected) / elapsed.Seconds()
+	if res.Connected > 0 {
+		res.ConnectCPUus = float64((cpuTime(c.PID) - connectCPU).Microseconds()) / float64(res.Connected)
+	}
 	defer func() {
 		for _, cl := range clients {
 			if cl.conn != nil {
@@ -648,7 +653,7 @@ func ownCPU() time.Duration {
 
 func printTable(w io.Writer, r *result) {
 	fmt.Fprintf(w, "%-22s %s\n", "scenario / target", r.Scenario+" / "+r.Target)
-	fmt.Fprintf(w, "%-22s %d of %d, %.0f/s\n", "connected", r.Connected, r.Conns, r.ConnectPerSec)
+	fmt.Fprintf(w, "%-22s %d of %d, %.0f/s, server CPU %.0f µs per connection\n", "connected", r.Connected, r.Conns, r.ConnectPerSec, r.ConnectCPUus)
 	fmt.Fprintf(w, "%-22s %.1f KiB\n", "idle RSS per conn", r.IdleRSSPerConnKiB)
 	fmt.Fprintf(w, "%-22s %.0f/s of %.0f/s expected, loss %.3f%%\n", "deliveries", r.DeliveriesPerSec, r.ExpectedPerSec, r.LossPct)
 	fmt.Fprintf(w, "%-22s p50 %.2f  p90 %.2f  p99 %.2f  max %.2f ms\n", "latency", r.P50ms, r.P90ms, r.P99ms, r.Maxms)

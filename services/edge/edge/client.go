@@ -98,6 +98,9 @@ type client struct {
 	finishing bool
 	pingDue   bool
 	pong      []byte
+	// preamble is written before anything else: the handshake's answer,
+	// which goes out with the welcome (upgrade.go). Guarded by mu.
+	preamble []byte
 }
 
 // roomState is a client's view of one room. Guarded by client.mu.
@@ -444,12 +447,17 @@ func (c *client) finish() {
 	c.mu.Lock()
 	code, text := c.closeCode, c.closeText
 	w := c.watch
+	frame := c.preamble // the handshake's answer, if not sent yet
+	c.preamble = nil
 	c.mu.Unlock()
 	if code >= 0 {
-		frame := ws.AppendFrame(nil, ws.OpClose, nil)
-		if code != closeEmpty {
-			frame = ws.AppendClose(nil, code, text)
+		if code == closeEmpty {
+			frame = ws.AppendFrame(frame, ws.OpClose, nil)
+		} else {
+			frame = ws.AppendClose(frame, code, text)
 		}
+	}
+	if len(frame) > 0 {
 		_ = c.conn.SetWriteDeadline(time.Now().Add(closeGrace))
 		_, _ = c.conn.Write(frame)
 	}

@@ -309,7 +309,7 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	// From here on the socket is read and written by package ws: gorilla
 	// did the handshake, and holds no data read past it (it refuses a
 	// client that sends before the handshake is complete).
-	e.start(wc.NetConn(), user, addr)
+	e.start(wc.NetConn(), user, addr, nil)
 }
 
 // refusal is the HTTP answer to a WebSocket request that is refused.
@@ -350,16 +350,18 @@ func (e *Edge) admit(r *http.Request) (user, addr string, no *refusal) {
 	return user, addr, nil
 }
 
-// start serves an upgraded connection of user from addr (counted).
-func (e *Edge) start(conn net.Conn, user, addr string) {
+// start serves an upgraded connection of user from addr (counted);
+// preamble, when not nil, is the handshake's answer, still to be written.
+func (e *Edge) start(conn net.Conn, user, addr string, preamble []byte) {
 	c := newClient(e, conn, user, randomID())
 	c.addr = addr
+	c.preamble = preamble
 
 	e.mu.Lock()
 	if e.stopping {
 		e.mu.Unlock()
 		_ = conn.SetWriteDeadline(time.Now().Add(closeGrace))
-		_, _ = conn.Write(ws.AppendClose(nil, ws.CloseGoingAway, "server shutting down"))
+		_, _ = conn.Write(ws.AppendClose(preamble, ws.CloseGoingAway, "server shutting down"))
 		_ = conn.Close()
 		e.releaseAddr(addr)
 		return

@@ -138,12 +138,12 @@ func (f *flusher) flush(c *client) {
 		c.e.writers.Go(c.finish)
 		return
 	}
-	batch, pong, ping := c.takeLocked(f.batch)
+	batch, pre, pong, ping := c.takeLocked(f.batch)
 	spareTaken := c.queue != nil
 	c.mu.Unlock()
 
 	var err error
-	f.out, f.buf, err = c.encode(f.out[:0], f.buf, batch, pong, ping)
+	f.out, f.buf, err = c.encode(append(f.out[:0], pre...), f.buf, batch, pong, ping)
 	if kept := c.giveBack(batch); kept != nil || spareTaken {
 		f.batch = kept
 	}
@@ -172,11 +172,12 @@ func (f *flusher) flush(c *client) {
 }
 
 // takeLocked takes what is to be written: the queued events (swapped
-// with spare, an empty slice to queue into next), a pong's payload, and
-// whether a ping is due.
-func (c *client) takeLocked(spare [][]byte) (batch [][]byte, pong []byte, ping bool) {
-	batch, pong, ping = c.queue, c.pong, c.pingDue
-	c.queue, c.pong, c.live, c.pingDue = nil, nil, 0, false
+// with spare, an empty slice to queue into next), the bytes to write
+// before them (the handshake's answer, the first time), a pong's payload,
+// and whether a ping is due.
+func (c *client) takeLocked(spare [][]byte) (batch [][]byte, pre, pong []byte, ping bool) {
+	batch, pre, pong, ping = c.queue, c.preamble, c.pong, c.pingDue
+	c.queue, c.preamble, c.pong, c.live, c.pingDue = nil, nil, nil, 0, false
 	if len(batch) >= 16 {
 		// A busy client: it keeps a queue to append to, instead of
 		// growing a new one each round.
@@ -185,7 +186,7 @@ func (c *client) takeLocked(spare [][]byte) (batch [][]byte, pong []byte, ping b
 	if c.waiting {
 		c.space.Broadcast()
 	}
-	return batch, pong, ping
+	return batch, pre, pong, ping
 }
 
 // giveBack returns a written batch, emptied, as the spare for the next
@@ -250,7 +251,7 @@ func (c *client) slowWriter(rest []byte) {
 			c.finish()
 			return
 		}
-		if len(c.queue) == 0 && c.pong == nil && !c.pingDue {
+		if len(c.queue) == 0 && c.preamble == nil && c.pong == nil && !c.pingDue {
 			// Caught up: the flusher's writes never wait, and need no
 			// deadline.
 			_ = c.conn.SetWriteDeadline(time.Time{})
@@ -258,11 +259,11 @@ func (c *client) slowWriter(rest []byte) {
 			c.mu.Unlock()
 			return
 		}
-		var pong []byte
+		var pre, pong []byte
 		var ping bool
-		batch, pong, ping = c.takeLocked(batch)
+		batch, pre, pong, ping = c.takeLocked(batch)
 		c.mu.Unlock()
-		out, buf, err = c.encode(out[:0], buf, batch, pong, ping)
+		out, buf, err = c.encode(append(out[:0], pre...), buf, batch, pong, ping)
 		batch = c.giveBack(batch)
 		if err == nil {
 			err = write(out)
