@@ -2,8 +2,8 @@ package edge
 
 import (
 	"bufio"
-	"cmp"
 	"bytes"
+	"cmp"
 	"crypto/sha1"
 	"encoding/base64"
 	"errors"
