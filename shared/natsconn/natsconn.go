@@ -30,6 +30,13 @@ func Connect(url, name string, drainTimeout time.Duration, log *slog.Logger, ext
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
 		nats.DrainTimeout(drainTimeout),
+		// SubscribeSync is used only by the batch reads of JetStream
+		// (jetstreamext: a replay, a history page, the dm conversations,
+		// at most 1,025 messages each), and each one makes a channel of
+		// this many slots: nats.go's default of 65,536 allocated 512 KiB
+		// per read, which cost a rejoining crowd a fifth of the edge's
+		// CPU in the garbage collector (bench/, E).
+		nats.SyncQueueLen(2048),
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			log.Info("nats connected", "url", nc.ConnectedUrlRedacted())
 		}),
