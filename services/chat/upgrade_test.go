@@ -73,78 +73,128 @@ func expectWelcome(t *testing.T, br *bufio.Reader, user string) {
 	}
 }
 
+// handshakesBy reads natter_edge_handshakes_total{by}.
+func handshakesBy(t *testing.T, e *testEdge, by string) float64 {
+	t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "natter_edge_handshakes_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "by" && l.GetValue() == by {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
 // The edge reads WebSocket requests itself and hands every other request
-// to net/http with what it read: each kind gets the answer it always had.
+// to net/http with what it read: each kind gets the answer it always had,
+// from the path it belongs to (by: "edge" or "http").
 func TestUpgradePaths(t *testing.T) {
 	_, e := setup(t)
 	host := strings.TrimPrefix(e.url, "http://")
+	readBy := func(t *testing.T, by string, run func()) {
+		t.Helper()
+		before := handshakesBy(t, e, by)
+		run()
+		if got := handshakesBy(t, e, by) - before; got != 1 {
+			t.Fatalf("%v requests read by %s, want 1", got, by)
+		}
+	}
 
 	t.Run("a request sent a byte at a time", func(t *testing.T) {
-		conn, br := rawConn(t, e)
-		for _, b := range []byte(upgradeRequest(host, "slow", "")) {
-			if _, err := conn.Write([]byte{b}); err != nil {
-				t.Fatal(err)
+		readBy(t, "edge", func() {
+			conn, br := rawConn(t, e)
+			for _, b := range []byte(upgradeRequest(host, "slow", "")) {
+				if _, err := conn.Write([]byte{b}); err != nil {
+					t.Fatal(err)
+				}
 			}
-		}
-		expectWelcome(t, br, "slow")
+			expectWelcome(t, br, "slow")
+		})
 	})
 	t.Run("the page, then an upgrade on the same connection", func(t *testing.T) {
-		conn, br := rawConn(t, e)
-		if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: "+host+"\r\n\r\n"); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil || resp.StatusCode != http.StatusOK {
-			t.Fatalf("page: %v %v", resp, err)
-		}
-		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.WriteString(conn, upgradeRequest(host, "kept", "")); err != nil {
-			t.Fatal(err)
-		}
-		expectWelcome(t, br, "kept")
+		readBy(t, "http", func() {
+			conn, br := rawConn(t, e)
+			if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: "+host+"\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("page: %v %v", resp, err)
+			}
+			if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.WriteString(conn, upgradeRequest(host, "kept", "")); err != nil {
+				t.Fatal(err)
+			}
+			expectWelcome(t, br, "kept")
+		})
 	})
 	t.Run("a head longer than the edge reads", func(t *testing.T) {
-		conn, br := rawConn(t, e)
-		long := "X-Long: " + strings.Repeat("a", 20<<10) + "\r\n"
-		if _, err := io.WriteString(conn, upgradeRequest(host, "long", long)); err != nil {
-			t.Fatal(err)
-		}
-		expectWelcome(t, br, "long")
+		readBy(t, "http", func() {
+			conn, br := rawConn(t, e)
+			long := "X-Long: " + strings.Repeat("a", 40<<10) + "\r\n"
+			if _, err := io.WriteString(conn, upgradeRequest(host, "long", long)); err != nil {
+				t.Fatal(err)
+			}
+			expectWelcome(t, br, "long")
+		})
+	})
+	t.Run("a head of bare line feeds", func(t *testing.T) {
+		readBy(t, "http", func() {
+			conn, br := rawConn(t, e)
+			if _, err := io.WriteString(conn, strings.ReplaceAll(upgradeRequest(host, "lf", ""), "\r\n", "\n")); err != nil {
+				t.Fatal(err)
+			}
+			expectWelcome(t, br, "lf")
+		})
 	})
 
 	// status 0: closed without an answer.
 	refused := []struct {
 		name, request string
+		by            string
 		status        int
 	}{
-		{"a frame sent before the answer (gorilla closes)", upgradeRequest(host, "early", "") + "\x81\x80\x00\x00\x00\x00", 0},
-		{"no key", strings.Replace(upgradeRequest(host, "nokey", ""), "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "", 1), http.StatusBadRequest},
-		{"a bad key", strings.Replace(upgradeRequest(host, "badkey", ""), "dGhlIHNhbXBsZSBub25jZQ==", "short", 1), http.StatusBadRequest},
-		{"POST", strings.Replace(upgradeRequest(host, "post", ""), "GET", "POST", 1), http.StatusMethodNotAllowed},
-		{"a bad user, read here", upgradeRequest(host, "no%20spaces", ""), http.StatusBadRequest},
-		{"garbage", "BLAH\r\n\r\n", http.StatusBadRequest},
+		{"a frame sent before the answer (gorilla closes)", upgradeRequest(host, "early", "") + "\x81\x80\x00\x00\x00\x00", "http", 0},
+		{"a bare blank line, then more (not upgraded here)", strings.Replace(upgradeRequest(host, "smuggled", ""), "Host:", "X: y\n\nHost:", 1), "http", http.StatusBadRequest},
+		{"no key", strings.Replace(upgradeRequest(host, "nokey", ""), "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "", 1), "http", http.StatusBadRequest},
+		{"a bad key", strings.Replace(upgradeRequest(host, "badkey", ""), "dGhlIHNhbXBsZSBub25jZQ==", "short", 1), "http", http.StatusBadRequest},
+		{"POST", strings.Replace(upgradeRequest(host, "post", ""), "GET", "POST", 1), "http", http.StatusMethodNotAllowed},
+		{"a bad user", upgradeRequest(host, "no%20spaces", ""), "edge", http.StatusBadRequest},
+		{"garbage", "BLAH\r\n\r\n", "http", http.StatusBadRequest},
 	}
 	for _, tt := range refused {
 		t.Run(tt.name, func(t *testing.T) {
-			conn, br := rawConn(t, e)
-			if _, err := io.WriteString(conn, tt.request); err != nil {
-				t.Fatal(err)
-			}
-			resp, err := http.ReadResponse(br, nil)
-			if tt.status == 0 {
-				if err == nil {
-					t.Fatalf("answered %s, want the connection closed", resp.Status)
+			readBy(t, tt.by, func() {
+				conn, br := rawConn(t, e)
+				if _, err := io.WriteString(conn, tt.request); err != nil {
+					t.Fatal(err)
 				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if resp.StatusCode != tt.status {
-				t.Fatalf("status %s, want %d", resp.Status, tt.status)
-			}
+				resp, err := http.ReadResponse(br, nil)
+				if tt.status == 0 {
+					if err == nil {
+						t.Fatalf("answered %s, want the connection closed", resp.Status)
+					}
+					return
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if resp.StatusCode != tt.status {
+					t.Fatalf("status %s, want %d", resp.Status, tt.status)
+				}
+			})
 		})
 	}
 }

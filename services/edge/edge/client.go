@@ -58,7 +58,7 @@ type client struct {
 	queue   [][]byte
 	live    int
 	space   *sync.Cond // on mu; signalled when the writer empties the queue or closing begins
-	waiting bool       // guarded by mu: the read pump waits on space
+	waiting bool       // guarded by mu: the reader waits on space
 	// rooms is the state of each joined (or joining) room; guarded by mu.
 	rooms map[string]*roomState
 	// convs is the state of each conversation a dm was delivered in,
@@ -77,7 +77,7 @@ type client struct {
 	// the first. Guarded by mu.
 	typed map[string]time.Time
 	// limiter is the rate limit of the client's posts, made on the first;
-	// only the read pump uses it.
+	// only the reader uses it.
 	limiter *rate.Limiter
 	// addr is the client's address, counted against MaxConnsPerIP.
 	addr string
@@ -91,7 +91,7 @@ type client struct {
 	// has started, and from then on signal hands the client to its
 	// flusher (scheduled), unless a slow writer owns the socket (slow),
 	// or finish does (finishing). pingDue asks for a ping, pong holds the
-	// payload of a pong to send (nil: none).
+	// pong frame to send (nil: none), which answers the latest ping.
 	serving   bool
 	scheduled bool
 	slow      bool
@@ -138,8 +138,7 @@ func newClient(e *Edge, conn net.Conn, user, session string) *client {
 }
 
 // reply queues an answer to the client's own request. It waits while the
-// queue is full; only the read pump (or the HTTP handler before it) calls
-// it.
+// queue is full; only the reader (or start, before it) calls it.
 func (c *client) reply(line []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -384,7 +383,7 @@ func (c *client) frame(op ws.Op, p []byte) bool {
 	case ws.OpPing:
 		c.mu.Lock()
 		if !c.closing {
-			c.pong = append(c.pong[:0], p...)
+			c.pong = ws.AppendFrame(nil, ws.OpPong, p) // never nil, even for an empty ping
 			c.signal()
 		}
 		c.mu.Unlock()
@@ -427,7 +426,12 @@ func (c *client) isClosing() bool {
 // once the reading has ended and the connection is closed.
 func (c *client) serve(done func()) {
 	c.done = done
-	w, err := c.e.poller.Watch(c.conn.(syscall.Conn), c.readable)
+	var w *ws.Watch
+	sc, ok := c.conn.(syscall.Conn)
+	err := errors.New("not a socket")
+	if ok {
+		w, err = c.e.poller.Watch(sc, c.readable)
+	}
 	if err != nil {
 		c.e.log.Warn("connection not watched", "user", c.user, "err", err)
 		c.close(-1, "")

@@ -2,22 +2,32 @@
 //
 // Ownership and stopping:
 //
-//   - Run owns the HTTP server, the hub's dispatch goroutine, the pinger
-//     (ping.go) and, through a WaitGroup, every connection handler. When
-//     its context ends it stops accepting, closes every client with 1001,
-//     waits for their handlers, then drops the subscriptions and stops the
-//     dispatcher.
-//   - Each connection has a goroutine started by its HTTP handler (which
-//     then returns, so net/http lets go of its buffers) and counted in the
-//     same WaitGroup: the read pump, the only reader of the socket, which
-//     also answers the requests, one at a time and in order. The writer
-//     runs only while there is work, so an idle connection costs one
-//     goroutine: started when something is queued (or the pinger asks for
-//     a ping), it is the only writer of data frames, and ends after a
-//     second without any. The read pump waits for the connection to be
-//     closed (by the last writer) before returning.
-//     Close frames go through gorilla's WriteControl, which is safe from
-//     any goroutine.
+//   - Run owns the listener's accept loop (upgrade.go), the HTTP server
+//     that serves what the edge's handshake hands on, the poller
+//     (services/edge/ws), the flushers (flush.go), the hub's dispatch
+//     goroutine, the pinger (ping.go) and, through WaitGroups, every
+//     connection (handlers) and the goroutines of its writing (writers).
+//     When its context ends it stops accepting, aborts the handshakes in
+//     progress, closes every client with 1001, waits for them to be let
+//     go of, stops the flushers, the writers and the poller, then drops
+//     the subscriptions and stops the dispatcher.
+//   - A connection has no goroutine of its own. Its request is read by
+//     the poller's turns (handshake), then its frames (client.readable):
+//     the poller runs a turn on a pool goroutine when the socket has
+//     something to read, one turn at a time per connection, so the
+//     reader is the only reader of the socket and answers the requests
+//     one at a time and in order. A turn that waits (a post waiting for
+//     its ack) holds a pool goroutine, not the other connections.
+//   - Writing: what is queued for a client is written by its flusher,
+//     which writes to each client in turn without waiting; a client whose
+//     socket is full is taken over by a slow writer goroutine until it
+//     has caught up; the one that finds the client closing starts finish,
+//     which sends the close frame and closes the socket. One of the three
+//     owns the socket at a time (flush.go). Pongs and close replies go
+//     through the same queue.
+//   - A connection is let go of (its rooms left, its address released)
+//     by whichever of its two ends comes second: the end of its reading
+//     or finish.
 //   - The hub keeps one NATS subscription per room with local members, and
 //     two per user with local sessions (its dms, dm.go). All of them
 //     deliver into one channel, read by one dispatch goroutine, so

@@ -364,6 +364,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestSlowWriterCatchesUp(t *testing.T) {
 	const events, size = 8000, 4096 // 32 MiB: more than the socket buffers hold
 	e := newTestEdge(t, events+1)
+	e.cfg.Limits.WriteTimeout = 200 * time.Millisecond
 	served := make(chan *client, 1)
 	pad := strings.Repeat("x", size)
 	conn, wait := serveOne(t, e, func(c *client) {
@@ -400,10 +401,46 @@ func TestSlowWriterCatchesUp(t *testing.T) {
 	}
 	read(events)
 	waitFor(t, "hand-back to the flusher", func() bool { return !isSlow() })
+	// Past the slow writer's last deadline: a deadline left set would
+	// fail the flusher's next write.
+	time.Sleep(2 * e.cfg.Limits.WriteTimeout)
 	c.mu.Lock()
 	c.enqueueLiveLocked([]byte(`{"n":` + strconv.Itoa(events) + `}`))
 	c.mu.Unlock()
 	read(events + 1)
 	c.close(ws.CloseNormal, "")
+	wait()
+}
+
+// Every ping gets a pong with its payload, an empty one too.
+func TestPingGetsPong(t *testing.T) {
+	e := newTestEdge(t, 16)
+	conn, wait := serveOne(t, e, func(*client) {})
+	pongs := make(chan string, 2)
+	conn.SetPongHandler(func(p string) error {
+		pongs <- p
+		return nil
+	})
+	go func() {
+		for {
+			if _, _, err := conn.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}()
+	for _, payload := range []string{"", "x"} {
+		if err := conn.WriteControl(websocket.PingMessage, []byte(payload), time.Now().Add(time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case p := <-pongs:
+			if p != payload {
+				t.Fatalf("pong %q, want %q", p, payload)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no pong for the ping %q", payload)
+		}
+	}
+	_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
 	wait()
 }

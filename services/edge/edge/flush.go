@@ -173,14 +173,15 @@ func (f *flusher) flush(c *client) {
 
 // takeLocked takes what is to be written: the queued events (swapped
 // with spare, an empty slice to queue into next), the bytes to write
-// before them (the handshake's answer, the first time), a pong's payload,
+// before them (the handshake's answer, the first time), a pong frame,
 // and whether a ping is due.
 func (c *client) takeLocked(spare [][]byte) (batch [][]byte, pre, pong []byte, ping bool) {
 	batch, pre, pong, ping = c.queue, c.preamble, c.pong, c.pingDue
 	c.queue, c.preamble, c.pong, c.live, c.pingDue = nil, nil, nil, 0, false
-	if len(batch) >= 16 {
+	if len(batch) >= 16 && cap(spare) <= 128 {
 		// A busy client: it keeps a queue to append to, instead of
-		// growing a new one each round.
+		// growing a new one each round (a small one: it keeps it while
+		// idle too).
 		c.queue = spare
 	}
 	if c.waiting {
@@ -199,13 +200,11 @@ func (c *client) giveBack(batch [][]byte) [][]byte {
 	return batch[:0]
 }
 
-// encode appends to out the frames of a pong, of the events (coalesced
-// into frames of at most proto.MaxFrameBytes, built in buf) and of a
-// ping.
+// encode appends to out a pong frame, the frames of the events
+// (coalesced into frames of at most proto.MaxFrameBytes, built in buf)
+// and a ping.
 func (c *client) encode(out, buf []byte, batch [][]byte, pong []byte, ping bool) ([]byte, []byte, error) {
-	if pong != nil {
-		out = ws.AppendFrame(out, ws.OpPong, pong)
-	}
+	out = append(out, pong...)
 	buf, err := proto.Frames(batch, proto.MaxFrameBytes, buf, func(frame []byte) error {
 		c.e.metrics.framesOut.Inc()
 		out = ws.AppendFrame(out, ws.OpText, frame)
@@ -231,16 +230,24 @@ func (c *client) writeNow(b []byte) (int, error) {
 // slowWriter owns the socket of a client that fell behind: it writes rest
 // (the end of what the flusher could not write), then whatever is queued,
 // waiting for the socket each time, until the queue is empty; then the
-// client goes back to its flusher. A write that takes longer than
-// WriteTimeout drops the client.
+// client goes back to its flusher. A client that takes no 64 KiB within
+// WriteTimeout is dropped.
 func (c *client) slowWriter(rest []byte) {
 	lim := c.e.cfg.Limits
 	var batch [][]byte
 	var buf, out []byte
+	// WriteTimeout bounds each 64 KiB: a client that reads slowly but
+	// steadily catches up, one that stops is dropped.
 	write := func(b []byte) error {
-		_ = c.conn.SetWriteDeadline(time.Now().Add(lim.WriteTimeout))
-		_, err := c.conn.Write(b)
-		return err
+		for len(b) > 0 {
+			n := min(len(b), 64<<10)
+			_ = c.conn.SetWriteDeadline(time.Now().Add(lim.WriteTimeout))
+			if _, err := c.conn.Write(b[:n]); err != nil {
+				return err
+			}
+			b = b[n:]
+		}
+		return nil
 	}
 	err := write(rest)
 	for err == nil {

@@ -15,7 +15,7 @@ import (
 	"github.com/natter-chat/natter/shared/subject"
 )
 
-// handle answers one request object. It runs on the read pump, so a
+// handle answers one request object. It runs on the reader, so a
 // session has at most one post in flight: its messages are stored in the
 // order it sent them.
 func (c *client) handle(line []byte) {
@@ -68,7 +68,7 @@ func (c *client) join(req proto.Request) {
 	room := *req.Room
 	c.mu.Lock()
 	if st := c.rooms[room]; st != nil {
-		// Only the read pump joins, so st is joined, not joining.
+		// Only the reader joins, so st is joined, not joining.
 		c.mu.Unlock()
 		users := c.presentUsers(room)
 		c.mu.Lock()
@@ -345,7 +345,7 @@ func (c *client) mayPost() bool {
 	if lim.MessageRate <= 0 {
 		return true
 	}
-	if c.limiter == nil { // only the read pump posts
+	if c.limiter == nil { // only the reader posts
 		c.limiter = rate.NewLimiter(rate.Limit(lim.MessageRate), max(lim.MessageBurst, 1))
 	}
 	return c.limiter.Tokens() >= 1

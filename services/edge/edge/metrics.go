@@ -8,6 +8,7 @@ type metrics struct {
 	roomSubs    prometheus.Gauge
 	userSubs    prometheus.Gauge
 	refused     *prometheus.CounterVec
+	handshakes  *prometheus.CounterVec
 	framesIn    prometheus.Counter
 	framesOut   prometheus.Counter
 	posted      prometheus.Counter
@@ -29,6 +30,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "natter_edge_user_subscriptions", Help: "Users with local sessions whose dms the edge subscribes to (two NATS subscriptions each)."}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "natter_edge_upgrades_refused_total", Help: "WebSocket upgrades refused, by reason."}, []string{"reason"}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "natter_edge_handshakes_total", Help: "Connections by who read their request: edge (a plain WebSocket request, answered by the edge) or http (handed to net/http)."}, []string{"by"}),
 		framesIn: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "natter_edge_frames_received_total", Help: "Text frames received from clients."}),
 		framesOut: prometheus.NewCounter(prometheus.CounterOpts{
@@ -48,7 +51,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		gapFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "natter_edge_gaps_failed_total", Help: "Gaps that could not be read from the stream; the members missing them were closed to rejoin with since."}),
 	}
-	for _, c := range []prometheus.Collector{m.connections, m.roomSubs, m.userSubs, m.refused, m.framesIn, m.framesOut,
+	for _, c := range []prometheus.Collector{m.connections, m.roomSubs, m.userSubs, m.refused, m.handshakes, m.framesIn, m.framesOut,
 		m.posted, m.delivered, m.slowClients, m.errors, m.reports, m.gaps, m.gapFailures} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

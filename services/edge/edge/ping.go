@@ -6,9 +6,9 @@ import (
 )
 
 // pingSlots is how many turns the pinger spreads the clients over: each
-// turn, a PingInterval/pingSlots apart, it asks the writers of one slot's
-// clients for a ping. A writer is started for each of them, so starting
-// them all at once would add a goroutine per connection for a moment.
+// turn, a PingInterval/pingSlots apart, it asks the flushers to ping one
+// slot's clients, so that the pings (and the pongs read back) come as a
+// steady trickle, not as a burst of every connection at once.
 const pingSlots = 25
 
 // pinger asks every client for a ping once per PingInterval, and drops

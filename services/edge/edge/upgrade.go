@@ -71,6 +71,7 @@ type handshake struct {
 	e    *Edge
 	conn net.Conn
 	buf  []byte // the request so far; only its reader uses it
+	seen int    // how much of buf was searched for the head's end
 
 	mu    sync.Mutex
 	w     *ws.Watch   // guarded by mu
@@ -103,10 +104,14 @@ func (e *Edge) handshake(conn net.Conn) {
 	}
 	h.mu.Lock()
 	h.w = w
-	if !h.over {
+	aborted := h.over // by closeHandshakes, before the watch was known
+	if !aborted {
 		h.timer = time.AfterFunc(cmp.Or(e.cfg.HandshakeTimeout, handshakeTimeout), h.abort)
 	}
 	h.mu.Unlock()
+	if aborted {
+		w.Stop()
+	}
 }
 
 // finish claims the end of the handshake: it reports false when the
@@ -156,7 +161,10 @@ func (e *Edge) closeHandshakes() {
 	}
 }
 
-var headEnd = []byte("\r\n\r\n")
+var (
+	headEnd   = []byte("\r\n\r\n")
+	bareBlank = []byte("\n\n") // a head that ends with bare line feeds: net/http's
+)
 
 // readable is a turn of the handshake's reader: it reads what came of the
 // request, and once the head is whole, answers it or hands it on.
@@ -167,9 +175,15 @@ func (h *handshake) readable(w *ws.Watch) {
 		h.buf = append(h.buf, (*bp)[:n]...)
 	}
 	readBuffers.Put(bp)
-	end := bytes.Index(h.buf, headEnd)
+	// Search what came, and the three bytes before it.
+	from := max(h.seen-3, 0)
+	end, bare := bytes.Index(h.buf[from:], headEnd), bytes.Contains(h.buf[from:], bareBlank)
+	if end >= 0 {
+		end += from
+	}
+	h.seen = len(h.buf)
 	switch {
-	case errors.Is(err, unix.EAGAIN) || (err == nil && n > 0 && end < 0 && len(h.buf) <= maxHead):
+	case errors.Is(err, unix.EAGAIN) || (err == nil && n > 0 && end < 0 && !bare && len(h.buf) <= maxHead):
 		if !w.Resume() && h.finish() {
 			_ = h.conn.Close()
 		}
@@ -187,7 +201,7 @@ func (h *handshake) readable(w *ws.Watch) {
 		return // aborted meanwhile: the socket is closed
 	}
 	if end < 0 {
-		h.e.handOff(h.conn, h.buf) // longer than maxHead
+		h.e.handOff(h.conn, h.buf) // longer than maxHead, or not ended by CRLF
 		return
 	}
 	req, ok := plainUpgrade(h.buf, end)
@@ -196,6 +210,7 @@ func (h *handshake) readable(w *ws.Watch) {
 		return
 	}
 	req.RemoteAddr = h.conn.RemoteAddr().String()
+	h.e.metrics.handshakes.WithLabelValues("edge").Inc()
 	h.e.upgrade(h.conn, req)
 }
 
@@ -227,9 +242,10 @@ func plainUpgrade(buf []byte, end int) (*http.Request, bool) {
 	br := heads.Get().(*bufio.Reader)
 	br.Reset(bytes.NewReader(buf))
 	r, err := http.ReadRequest(br)
+	rest := br.Buffered() // what ReadRequest did not take as the head (a bare "\n\n" ends it sooner)
 	br.Reset(nil)
 	heads.Put(br)
-	if err != nil || r.URL.Path != "/ws" || r.ProtoMajor != 1 || r.ProtoMinor != 1 {
+	if err != nil || rest > 0 || r.URL.Path != "/ws" || r.ProtoMajor != 1 || r.ProtoMinor != 1 {
 		return nil, false
 	}
 	key := r.Header.Get("Sec-Websocket-Key")
@@ -277,6 +293,7 @@ func refusalResponse(no *refusal) []byte {
 
 // handOff gives conn to net/http, which reads read first.
 func (e *Edge) handOff(conn net.Conn, read []byte) {
+	e.metrics.handshakes.WithLabelValues("http").Inc()
 	if len(read) > 0 {
 		conn = &prefixConn{Conn: conn, prefix: read}
 	}

@@ -94,8 +94,11 @@ func (r *Reader) Feed(data []byte, fn func(op Op, payload []byte) bool) error {
 	case len(buf) == 0:
 		r.rest = nil // an idle connection holds no buffer
 	case len(r.rest) > 0:
-		// Keep the unfinished frame at the start of the buffer it is in.
-		r.rest = r.rest[:copy(r.rest, buf)]
+		// Keep the unfinished frame at the start of the buffer it is in
+		// (where it is already, when no frame was taken from it).
+		if len(buf) < len(r.rest) {
+			r.rest = r.rest[:copy(r.rest, buf)]
+		}
 	default:
 		r.rest = append(make([]byte, 0, len(buf)), buf...)
 	}

@@ -133,15 +133,17 @@ func (p *Poller) Watch(conn syscall.Conn, fn func(*Watch)) (*Watch, error) {
 		return nil, err
 	}
 	w := &Watch{p: p, rc: rc, fn: fn}
-	var fd int32
-	if err := rc.Control(func(f uintptr) { fd = int32(f) }); err != nil {
+	// The entry is made while Control keeps the fd from being closed and
+	// reused by another socket.
+	if err := rc.Control(func(f uintptr) {
+		p.mu.Lock()
+		p.gen++
+		w.fd, w.gen = int32(f), p.gen
+		p.watches[w.fd] = w
+		p.mu.Unlock()
+	}); err != nil {
 		return nil, err
 	}
-	p.mu.Lock()
-	p.gen++
-	w.fd, w.gen = fd, p.gen
-	p.watches[fd] = w
-	p.mu.Unlock()
 	if err := w.ctl(unix.EPOLL_CTL_ADD); err != nil {
 		w.forget()
 		return nil, fmt.Errorf("epoll: %w", err)

@@ -142,12 +142,32 @@ func TestPollerStop(t *testing.T) {
 }
 
 // A socket closed by its owner while its watch waits is let go of by
-// Stop; a reader that finds it closed ends it with Resume.
+// Stop; a reader that finds it closed ends it with Resume. Neither leaves
+// the watch behind.
 func TestPollerClosedSocket(t *testing.T) {
 	p := newPoller(t)
+	watches := func() int {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.watches)
+	}
+
+	waiting, _ := pair(t)
+	w, err := p.Watch(waiting.(syscall.Conn), func(*Watch) { t.Error("no data was sent") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiting.Close()
+	if !w.Stop() {
+		t.Fatal("Stop of a waiting watch of a closed socket must end it")
+	}
+	if n := watches(); n != 0 {
+		t.Fatalf("%d watches kept after Stop", n)
+	}
+
 	server, client := pair(t)
 	resumed := make(chan bool, 1)
-	_, err := p.Watch(server.(syscall.Conn), func(w *Watch) {
+	_, err = p.Watch(server.(syscall.Conn), func(w *Watch) {
 		server.Close()
 		resumed <- w.Resume()
 	})
@@ -160,10 +180,7 @@ func TestPollerClosedSocket(t *testing.T) {
 	if <-resumed {
 		t.Fatal("Resume on a closed socket must report the end")
 	}
-	p.mu.Lock()
-	n := len(p.watches)
-	p.mu.Unlock()
-	if n != 0 {
+	if n := watches(); n != 0 {
 		t.Fatalf("%d watches kept after their end", n)
 	}
 }
