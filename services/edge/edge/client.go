@@ -421,27 +421,35 @@ func (c *client) isClosing() bool {
 	return c.closing
 }
 
-// serve starts the connection: the poller's watch for the reader, and its
-// flusher for what is queued already (the welcome, or a close). done runs
-// once the reading has ended and the connection is closed.
-func (c *client) serve(done func()) {
+// serve starts the connection: the poller's watch for the reader (w, the
+// handshake's, in its turn, or a new one), and its flusher for what is
+// queued already (the welcome, or a close). done runs once the reading
+// has ended and the connection is closed.
+func (c *client) serve(w *ws.Watch, done func()) {
 	c.done = done
-	var w *ws.Watch
-	sc, ok := c.conn.(syscall.Conn)
-	err := errors.New("not a socket")
-	if ok {
-		w, err = c.e.poller.Watch(sc, c.readable)
-	}
-	if err != nil {
-		c.e.log.Warn("connection not watched", "user", c.user, "err", err)
-		c.close(-1, "")
-		c.readEnded()
+	handed := w != nil
+	if handed {
+		w.Hand(c.readable)
+	} else {
+		sc, ok := c.conn.(syscall.Conn)
+		err := errors.New("not a socket")
+		if ok {
+			w, err = c.e.poller.Watch(sc, c.readable)
+		}
+		if err != nil {
+			c.e.log.Warn("connection not watched", "user", c.user, "err", err)
+			c.close(-1, "")
+			c.readEnded()
+		}
 	}
 	c.mu.Lock()
 	c.watch = w
 	c.serving = true
 	c.signal()
 	c.mu.Unlock()
+	if handed && !w.Resume() {
+		c.readEnded() // closed meanwhile
+	}
 }
 
 // finish sends the close frame, if any, waits a moment for the peer, and

@@ -309,7 +309,7 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	// From here on the socket is read and written by package ws: gorilla
 	// did the handshake, and holds no data read past it (it refuses a
 	// client that sends before the handshake is complete).
-	e.start(wc.NetConn(), user, addr, nil)
+	e.start(wc.NetConn(), user, addr, nil, nil)
 }
 
 // refusal is the HTTP answer to a WebSocket request that is refused.
@@ -351,8 +351,9 @@ func (e *Edge) admit(r *http.Request) (user, addr string, no *refusal) {
 }
 
 // start serves an upgraded connection of user from addr (counted);
-// preamble, when not nil, is the handshake's answer, still to be written.
-func (e *Edge) start(conn net.Conn, user, addr string, preamble []byte) {
+// preamble, when not nil, is the handshake's answer, still to be written,
+// and w, when not nil, the handshake's watch of conn, in its turn.
+func (e *Edge) start(conn net.Conn, user, addr string, preamble []byte, w *ws.Watch) {
 	c := newClient(e, conn, user, randomID())
 	c.addr = addr
 	c.preamble = preamble
@@ -360,6 +361,9 @@ func (e *Edge) start(conn net.Conn, user, addr string, preamble []byte) {
 	e.mu.Lock()
 	if e.stopping {
 		e.mu.Unlock()
+		if w != nil {
+			w.End()
+		}
 		_ = conn.SetWriteDeadline(time.Now().Add(closeGrace))
 		_, _ = conn.Write(ws.AppendClose(preamble, ws.CloseGoingAway, "server shutting down"))
 		_ = conn.Close()
@@ -384,7 +388,7 @@ func (e *Edge) start(conn net.Conn, user, addr string, preamble []byte) {
 	// reader when it has sent something, and its flusher writes what is
 	// queued for it.
 	e.metrics.connections.Inc()
-	c.serve(func() {
+	c.serve(w, func() {
 		c.leaveAll()
 		e.mu.Lock()
 		delete(e.clients, c)

@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -134,7 +136,7 @@ func serveOne(t *testing.T, e *Edge, prepare func(*client)) (conn *websocket.Con
 		}
 		c := newClient(e, wc.NetConn(), "u", "s")
 		prepare(c)
-		c.serve(func() { close(handlerDone) })
+		c.serve(nil, func() { close(handlerDone) })
 	}))
 	t.Cleanup(srv.Close)
 	conn, _, err = websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/", nil)
@@ -443,4 +445,35 @@ func TestPingGetsPong(t *testing.T) {
 	}
 	_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
 	wait()
+}
+
+// A shared flush serves every caller with a flush that starts after it
+// called: the callers that come while one runs share the next one.
+func TestSharedFlush(t *testing.T) {
+	var s sharedFlush
+	var flushes atomic.Int32
+	release := make(chan struct{})
+	flush := func() error {
+		if flushes.Add(1) == 1 {
+			<-release // the first one runs while the others gather
+		}
+		return nil
+	}
+	const callers = 50
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = s.do(flush) })
+	waitFor(t, "the first flush", func() bool { return flushes.Load() == 1 })
+	for range callers - 1 {
+		wg.Go(func() { _ = s.do(flush) })
+	}
+	waitFor(t, "the callers to gather", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.waiting == callers-1
+	})
+	close(release)
+	wg.Wait()
+	if n := flushes.Load(); n != 2 {
+		t.Fatalf("%d flushes for %d callers, want 2: the first, and one for all who came while it ran", n, callers)
+	}
 }

@@ -38,6 +38,8 @@ type hub struct {
 	// msgs receives the messages of every room and user subscription;
 	// only run reads it.
 	msgs chan *nats.Msg
+	// flushes shares a NATS flush between the users subscribed at once.
+	flushes sharedFlush
 
 	// repairs are the rooms whose gaps are being filled, owned by run;
 	// repaired receives the reads; repairing counts the readers.

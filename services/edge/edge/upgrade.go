@@ -196,28 +196,31 @@ func (h *handshake) readable(w *ws.Watch) {
 		}
 		return
 	}
-	w.End()
 	if !h.finish() {
+		w.End()
 		return // aborted meanwhile: the socket is closed
 	}
-	if end < 0 {
-		h.e.handOff(h.conn, h.buf) // longer than maxHead, or not ended by CRLF
-		return
+	var req *http.Request
+	ok := end >= 0 // else longer than maxHead, or not ended by CRLF
+	if ok {
+		req, ok = plainUpgrade(h.buf, end)
 	}
-	req, ok := plainUpgrade(h.buf, end)
 	if !ok {
+		w.End()
 		h.e.handOff(h.conn, h.buf)
 		return
 	}
 	req.RemoteAddr = h.conn.RemoteAddr().String()
 	h.e.metrics.handshakes.WithLabelValues("edge").Inc()
-	h.e.upgrade(h.conn, req)
+	h.e.upgrade(h.conn, req, w)
 }
 
-// upgrade answers a plain WebSocket request read by the handshake.
-func (e *Edge) upgrade(conn net.Conn, r *http.Request) {
+// upgrade answers a plain WebSocket request read by the handshake, whose
+// watch, in its turn, goes on as the client's.
+func (e *Edge) upgrade(conn net.Conn, r *http.Request, w *ws.Watch) {
 	user, addr, no := e.admit(r)
 	if no != nil {
+		w.End()
 		_ = conn.SetWriteDeadline(time.Now().Add(e.cfg.Limits.WriteTimeout))
 		_, _ = conn.Write(refusalResponse(no))
 		_ = conn.Close()
@@ -225,7 +228,7 @@ func (e *Edge) upgrade(conn net.Conn, r *http.Request) {
 	}
 	// The answer goes out with the welcome, in one write: a syscall less
 	// per connection (bench/, F).
-	e.start(conn, user, addr, switchingResponse(r.Header.Get("Sec-Websocket-Key")))
+	e.start(conn, user, addr, switchingResponse(r.Header.Get("Sec-Websocket-Key")), w)
 }
 
 // heads parse request heads; a buffer is taken for each.

@@ -202,6 +202,12 @@ func (w *Watch) Resume() bool {
 	return true
 }
 
+// Hand gives the watch to another reader, from the reader at the end of a
+// turn (before its Resume): the next turns run fn.
+func (w *Watch) Hand(fn func(*Watch)) {
+	w.fn = fn // read by the next turn, after Resume's CompareAndSwap
+}
+
 // End lets go of the socket, from its reader, which is over.
 func (w *Watch) End() {
 	w.state.Store(stopped)
