@@ -57,7 +57,7 @@ type client struct {
 	// slowed down by its own reading.
 	queue   [][]byte
 	live    int
-	space   *sync.Cond // on mu; signalled when the writer empties the queue or closing begins
+	space   *sync.Cond // on mu; signalled when the queue is taken to be written (flush.go) or closing begins
 	waiting bool       // guarded by mu: the reader waits on space
 	// rooms is the state of each joined (or joining) room; guarded by mu.
 	rooms map[string]*roomState
@@ -332,7 +332,7 @@ func (c *client) closeLocked(code int, text string) {
 // requests read, one at a time and in order, and asks for the next turn,
 // until the client goes away, breaks the protocol or is closed.
 func (c *client) readable(w *ws.Watch) {
-	bp := readBuffers.Get().(*[]byte)
+	bp := c.e.readBuffers.Get().(*[]byte)
 	n, err := w.Read(*bp)
 	if err == nil && n > 0 {
 		c.heard.Store(time.Now().UnixNano())
@@ -341,7 +341,7 @@ func (c *client) readable(w *ws.Watch) {
 			c.close(we.Code, we.Text)
 		}
 	}
-	readBuffers.Put(bp)
+	c.e.readBuffers.Put(bp)
 	switch {
 	case errors.Is(err, unix.EAGAIN):
 		// Nothing to read after all.
@@ -357,10 +357,6 @@ func (c *client) readable(w *ws.Watch) {
 		c.readEnded()
 	}
 }
-
-// readBuffers hold what one read takes off a socket: a reader borrows
-// one for its turn, so an idle connection holds none.
-var readBuffers = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
 
 // frame handles one message or control frame from the client; it reports
 // whether to go on reading.

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -113,6 +114,11 @@ type Edge struct {
 	flushers    []*flusher
 	flusherNext atomic.Uint32
 	writers     sync.WaitGroup
+	// readBuffers hold what one read takes off a socket: a reader
+	// borrows one for its turn, so an idle connection holds none. heads
+	// parse request heads (upgrade.go).
+	readBuffers sync.Pool
+	heads       sync.Pool
 }
 
 // New returns an edge on nc serving the page from web; its metrics go to
@@ -175,6 +181,8 @@ func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
 	}
+	e.readBuffers.New = func() any { b := make([]byte, 16<<10); return &b }
+	e.heads.New = func() any { return bufio.NewReaderSize(nil, 4096) }
 	if nc != nil {
 		if e.js, err = jetstream.New(nc); err != nil {
 			return nil, fmt.Errorf("edge: jetstream: %w", err)

@@ -366,7 +366,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestSlowWriterCatchesUp(t *testing.T) {
 	const events, size = 8000, 4096 // 32 MiB: more than the socket buffers hold
 	e := newTestEdge(t, events+1)
-	e.cfg.Limits.WriteTimeout = 200 * time.Millisecond
+	e.cfg.Limits.WriteTimeout = time.Second // each 64 KiB is read well within it, even under -race
 	served := make(chan *client, 1)
 	pad := strings.Repeat("x", size)
 	conn, wait := serveOne(t, e, func(c *client) {
@@ -405,7 +405,7 @@ func TestSlowWriterCatchesUp(t *testing.T) {
 	waitFor(t, "hand-back to the flusher", func() bool { return !isSlow() })
 	// Past the slow writer's last deadline: a deadline left set would
 	// fail the flusher's next write.
-	time.Sleep(2 * e.cfg.Limits.WriteTimeout)
+	time.Sleep(e.cfg.Limits.WriteTimeout + 500*time.Millisecond)
 	c.mu.Lock()
 	c.enqueueLiveLocked([]byte(`{"n":` + strconv.Itoa(events) + `}`))
 	c.mu.Unlock()

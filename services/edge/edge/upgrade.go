@@ -169,12 +169,12 @@ var (
 // readable is a turn of the handshake's reader: it reads what came of the
 // request, and once the head is whole, answers it or hands it on.
 func (h *handshake) readable(w *ws.Watch) {
-	bp := readBuffers.Get().(*[]byte)
+	bp := h.e.readBuffers.Get().(*[]byte)
 	n, err := w.Read(*bp)
 	if n > 0 {
 		h.buf = append(h.buf, (*bp)[:n]...)
 	}
-	readBuffers.Put(bp)
+	h.e.readBuffers.Put(bp)
 	// Search what came, and the three bytes before it.
 	from := max(h.seen-3, 0)
 	end, bare := bytes.Index(h.buf[from:], headEnd), bytes.Contains(h.buf[from:], bareBlank)
@@ -203,7 +203,7 @@ func (h *handshake) readable(w *ws.Watch) {
 	var req *http.Request
 	ok := end >= 0 // else longer than maxHead, or not ended by CRLF
 	if ok {
-		req, ok = plainUpgrade(h.buf, end)
+		req, ok = h.e.plainUpgrade(h.buf, end)
 	}
 	if !ok {
 		w.End()
@@ -231,23 +231,20 @@ func (e *Edge) upgrade(conn net.Conn, r *http.Request, w *ws.Watch) {
 	e.start(conn, user, addr, switchingResponse(r.Header.Get("Sec-Websocket-Key")), w)
 }
 
-// heads parse request heads; a buffer is taken for each.
-var heads = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
-
 // plainUpgrade parses the request head that ends at end of buf (its
 // "\r\n\r\n"), and reports whether it is a plain WebSocket request for
 // /ws with nothing after it: the checks gorilla's Upgrader makes, which
 // answers the others.
-func plainUpgrade(buf []byte, end int) (*http.Request, bool) {
+func (e *Edge) plainUpgrade(buf []byte, end int) (*http.Request, bool) {
 	if len(buf) != end+len(headEnd) || !bytes.HasPrefix(buf, []byte("GET /ws")) {
 		return nil, false
 	}
-	br := heads.Get().(*bufio.Reader)
+	br := e.heads.Get().(*bufio.Reader)
 	br.Reset(bytes.NewReader(buf))
 	r, err := http.ReadRequest(br)
 	rest := br.Buffered() // what ReadRequest did not take as the head (a bare "\n\n" ends it sooner)
 	br.Reset(nil)
-	heads.Put(br)
+	e.heads.Put(br)
 	if err != nil || rest > 0 || r.URL.Path != "/ws" || r.ProtoMajor != 1 || r.ProtoMinor != 1 {
 		return nil, false
 	}
