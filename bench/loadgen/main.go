@@ -54,6 +54,7 @@ type config struct {
 	SourceBase  int           `json:"source_base"`
 	Concurrency int           `json:"-"`
 	Rejoin      bool          `json:"rejoin"`
+	NoJoin      bool          `json:"no_join,omitempty"`
 	Out         string        `json:"-"`
 	cpuProfile  string
 }
@@ -103,6 +104,7 @@ func main() {
 	flag.IntVar(&c.SourceBase, "source-base", 1, "the last byte of the first source address: a run right after another uses others, whose ports are still in TIME_WAIT")
 	flag.IntVar(&c.Concurrency, "concurrency", 200, "connections being opened at once")
 	flag.BoolVar(&c.Rejoin, "rejoin", false, "natter: at the window's start every client drops and rejoins with since")
+	flag.BoolVar(&c.NoJoin, "no-join", false, "natter: connect without joining a room (the connect alone, as gorilla's runs measure it); no publishing")
 	flag.StringVar(&c.Out, "out", "", "append the JSON line to this file too")
 	failP99 := flag.Duration("fail-p99", 0, "exit with status 3 when p99 latency is above this (0: never)")
 	failLoss := flag.Float64("fail-loss", -1, "exit with status 3 when loss in percent is above this (negative: never)")
@@ -119,6 +121,10 @@ func main() {
 	}
 	if c.SourceBase < 1 || c.SourceBase+c.Sources > 255 {
 		fmt.Fprintln(os.Stderr, "loadgen: -source-base and -sources must keep the addresses within 127.0.0.1-254")
+		os.Exit(2)
+	}
+	if c.NoJoin && (c.Publishers > 0 || c.Rejoin) {
+		fmt.Fprintln(os.Stderr, "loadgen: -no-join connects only: it needs -publishers 0 and no -rejoin")
 		os.Exit(2)
 	}
 	if c.Sources <= 0 {
@@ -188,8 +194,12 @@ func printReport(w io.Writer, path, command string) error {
 	fmt.Fprintln(w, "| scenario | target | conns | room | pubs x rate | connect/s | idle KiB/conn | deliveries/s (expected) | loss % | p50 / p99 / max ms | server cores | server MiB | closed |")
 	fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 	for _, r := range runs {
-		fmt.Fprintf(w, "| %s | %s | %d/%d | %d | %d x %g | %.0f | %.1f | %.0f (%.0f) | %.3f | %.1f / %.1f / %.1f | %.2f | %.0f | %d |\n",
-			r.Scenario, r.Target, r.Connected, r.Conns, r.RoomSize, r.Publishers, r.Rate, r.ConnectPerSec, r.IdleRSSPerConnKiB,
+		room := strconv.Itoa(r.RoomSize)
+		if r.NoJoin {
+			room = "none"
+		}
+		fmt.Fprintf(w, "| %s | %s | %d/%d | %s | %d x %g | %.0f | %.1f | %.0f (%.0f) | %.3f | %.1f / %.1f / %.1f | %.2f | %.0f | %d |\n",
+			r.Scenario, r.Target, r.Connected, r.Conns, room, r.Publishers, r.Rate, r.ConnectPerSec, r.IdleRSSPerConnKiB,
 			r.DeliveriesPerSec, r.ExpectedPerSec, r.LossPct, r.P50ms, r.P99ms, r.Maxms, r.ServerCPU, r.ServerRSSMiB, r.Closed)
 		if r.Rejoin {
 			fmt.Fprintf(w, "|  | (rejoin) | all back in %.2f s, %d recovered |  |  |  |  |  |  |  |  |  |  |\n", r.RejoinSeconds, r.Recovered)
@@ -277,7 +287,7 @@ func run(c config) (*result, error) {
 				}
 				connected.Add(1)
 				readers.Go(func() { read(c, cl, st) })
-				if c.Target != "natter" {
+				if c.Target != "natter" || c.NoJoin {
 					continue
 				}
 				if err := cl.send(fmt.Sprintf(`{"type":"join","room":%q}`, cl.room)); err != nil {
