@@ -95,23 +95,26 @@ func (e *Edge) handshake(conn net.Conn) {
 	}
 	e.handshakes[h] = struct{}{}
 	e.mu.Unlock()
+	// The watch is made under mu: a turn that runs at once (the request
+	// came with the connection) waits in finish until the watch and the
+	// timer are known, and so does an abort.
+	h.mu.Lock()
+	if h.over {
+		h.mu.Unlock()
+		return // aborted already (closeHandshakes), which closed the socket
+	}
 	w, err := e.poller.Watch(sc, h.readable)
 	if err != nil {
+		h.mu.Unlock()
 		e.log.Warn("connection not watched", "err", err)
-		h.finish()
-		_ = conn.Close()
+		if h.finish() {
+			_ = conn.Close()
+		}
 		return
 	}
-	h.mu.Lock()
 	h.w = w
-	aborted := h.over // by closeHandshakes, before the watch was known
-	if !aborted {
-		h.timer = time.AfterFunc(cmp.Or(e.cfg.HandshakeTimeout, handshakeTimeout), h.abort)
-	}
+	h.timer = time.AfterFunc(cmp.Or(e.cfg.HandshakeTimeout, handshakeTimeout), h.abort)
 	h.mu.Unlock()
-	if aborted {
-		w.Stop()
-	}
 }
 
 // finish claims the end of the handshake: it reports false when the
