@@ -76,8 +76,15 @@ func (p *Poller) Run() {
 		var n int
 		err := rc.Read(func(fd uintptr) bool {
 			var werr error
-			n, werr = unix.EpollWait(int(fd), events, 0)
-			return werr == nil && n > 0 // otherwise wait for Go's poller
+			for {
+				n, werr = unix.EpollWait(int(fd), events, 0)
+				if werr != unix.EINTR {
+					break
+				}
+			}
+			// Nothing ready: wait for Go's poller, which wakes Run when
+			// an event is added.
+			return werr == nil && n > 0
 		})
 		if err != nil {
 			return // Close
