@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -213,7 +212,7 @@ type client struct {
 	id        int
 	user      string
 	room      string
-	conn      *websocket.Conn
+	conn      *wsConn
 	lastSeq   atomic.Uint64 // natter: the newest seq received
 	joined    chan struct{} // natter: closed at joined
 	recovered atomic.Bool   // natter: the last joined said recovered
@@ -382,23 +381,12 @@ func run(c config) (*result, error) {
 // dial opens cl's connection from one of the source addresses.
 func dial(ctx context.Context, c config, cl *client) error {
 	src := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(c.SourceBase+cl.id%c.Sources))}
-	d := websocket.Dialer{
-		HandshakeTimeout: 30 * time.Second,
-		ReadBufferSize:   4096,
-		WriteBufferSize:  4096,
-		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return (&net.Dialer{LocalAddr: src, Timeout: 30 * time.Second}).DialContext(ctx, network, addr)
-		},
-	}
-	url := "ws://" + c.Addr + "/ws"
+	path := "/ws"
 	if c.Target == "natter" {
-		url += "?user=" + cl.user
+		path += "?user=" + cl.user
 	}
-	conn, resp, err := d.DialContext(ctx, url, http.Header{})
+	conn, err := dialWS(ctx, src, c.Addr, path)
 	if err != nil {
-		if resp != nil {
-			return fmt.Errorf("%s: %w (HTTP %d)", cl.user, err, resp.StatusCode)
-		}
 		return fmt.Errorf("%s: %w", cl.user, err)
 	}
 	cl.conn = conn
@@ -406,8 +394,7 @@ func dial(ctx context.Context, c config, cl *client) error {
 }
 
 func (cl *client) send(s string) error {
-	_ = cl.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	return cl.conn.WriteMessage(websocket.TextMessage, []byte(s))
+	return cl.conn.WriteText([]byte(s))
 }
 
 // read is cl's receiver: it finds each message's send time and counts it.
@@ -415,10 +402,10 @@ func read(c config, cl *client, st *stats) {
 	conn := cl.conn
 	joined := cl.joined
 	for {
-		_, data, err := conn.ReadMessage()
+		data, err := conn.ReadMessage()
 		if err != nil {
-			var ce *websocket.CloseError
-			if errors.As(err, &ce) && ce.Code != websocket.CloseNormalClosure {
+			var ce *closeError
+			if errors.As(err, &ce) && ce.code != websocket.CloseNormalClosure {
 				st.closed.Add(1)
 			}
 			return
