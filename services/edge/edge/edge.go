@@ -119,6 +119,11 @@ type Edge struct {
 	// parse request heads (upgrade.go).
 	readBuffers sync.Pool
 	heads       sync.Pool
+
+	// testHookWatched, when set by a test, runs in handshake right after
+	// the connection is watched, to widen the window in which its reader
+	// may run first.
+	testHookWatched func()
 }
 
 // New returns an edge on nc serving the page from web; its metrics go to

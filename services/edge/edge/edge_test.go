@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -476,4 +477,64 @@ func TestSharedFlush(t *testing.T) {
 	if n := flushes.Load(); n != 2 {
 		t.Fatalf("%d flushes for %d callers, want 2: the first, and one for all who came while it ran", n, callers)
 	}
+}
+
+// A request that comes with its connection may be read by the poller
+// while the accept loop is still making its handshake: the handshake
+// must still end as one, and the client go on reading (its ping gets a
+// pong), and the edge still stop. (The accept loop once took such a
+// handshake for an aborted one and stopped the client's reading.)
+func TestRequestReadBeforeHandshakeIsMade(t *testing.T) {
+	nc := natstest.Connect(t, natstest.Start(t))
+	e, err := New(Config{Limits: limits(64)}, nc, fstest.MapFS{}, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The window is widened, not waited on: the reader may run in it.
+	e.testHookWatched = func() { time.Sleep(100 * time.Millisecond) }
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx, ln) }()
+
+	conn, _, err := websocket.DefaultDialer.Dial("ws://"+ln.Addr().String()+"/ws?user=early", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	pong := make(chan struct{}, 1)
+	conn.SetPongHandler(func(string) error {
+		pong <- struct{}{}
+		return nil
+	})
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		for {
+			if _, _, err := conn.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}()
+	if err := conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-pong:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no pong: the client's reading was stopped")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the edge did not stop")
+	}
+	<-read
 }

@@ -104,6 +104,9 @@ func (e *Edge) handshake(conn net.Conn) {
 		return // aborted already (closeHandshakes), which closed the socket
 	}
 	w, err := e.poller.Watch(sc, h.readable)
+	if e.testHookWatched != nil {
+		e.testHookWatched()
+	}
 	if err != nil {
 		h.mu.Unlock()
 		e.log.Warn("connection not watched", "err", err)
