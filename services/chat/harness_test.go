@@ -113,6 +113,9 @@ type testEdge struct {
 	nc  *nats.Conn
 	reg *prometheus.Registry
 	url string // http://host:port
+	// stop stops the edge and returns what Run returned; the test's
+	// cleanup calls it too.
+	stop func() error
 }
 
 // startEdge runs an edge on a random port until the test ends.
@@ -146,13 +149,21 @@ func startEdgeAt(t *testing.T, url string, tweak func(*edge.Config), opts ...nat
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx, ln) }()
+	var once sync.Once
+	var runErr error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			runErr = <-done
+		})
+		return runErr
+	}
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("edge: %v", err)
 		}
 	})
-	return &testEdge{Edge: e, nc: nc, reg: reg, url: "http://" + ln.Addr().String()}
+	return &testEdge{Edge: e, nc: nc, reg: reg, url: "http://" + ln.Addr().String(), stop: stop}
 }
 
 // event is any server event, with every field the contract names.

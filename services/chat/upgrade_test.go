@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"io"
 	"net"
 	"net/http"
@@ -11,11 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/natter-chat/natter/services/edge/edge"
 	"github.com/natter-chat/natter/shared/natstest"
-	"github.com/natter-chat/natter/web"
 )
 
 // upgradeRequest is a WebSocket request for user, as a client sends it.
@@ -215,41 +211,24 @@ func TestHandshakeTimeout(t *testing.T) {
 		}
 	}
 
-	// Stopping: an edge of its own, with a handshake pending.
-	nc := natstest.Connect(t, ns)
-	stopped, err := edge.New(edge.Config{Limits: defaultLimits()}, nc, web.FS(), quietLog(), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- stopped.Run(ctx, ln) }()
-	conn, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	// Stopping: another edge, with a handshake pending.
+	stopped := startEdge(t, ns, nil)
+	conn, br := rawConn(t, stopped)
 	if _, err := io.WriteString(conn, "GET /ws?user=x HTTP/1.1\r\n"); err != nil {
 		t.Fatal(err)
 	}
 	// The connection is pending when the edge stops: the edge accepts in
 	// order, so a health check on the same listener is answered after
 	// the handshake has begun.
-	if resp, err := http.Get("http://" + ln.Addr().String() + "/healthz"); err != nil {
+	if resp, err := http.Get(stopped.url + "/healthz"); err != nil {
 		t.Fatal(err)
 	} else {
 		resp.Body.Close()
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stopped.stop(); err != nil {
 		t.Fatal(err)
 	}
-	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := conn.Read(make([]byte, 1)); err != io.EOF {
+	if _, err := br.ReadByte(); err != io.EOF {
 		t.Fatalf("pending handshake after the edge stopped: %v, want EOF", err)
 	}
 }
