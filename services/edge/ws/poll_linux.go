@@ -1,3 +1,5 @@
+//go:build linux && !natter_portable
+
 package ws
 
 import (
@@ -113,14 +115,6 @@ func (p *Poller) Close() {
 	_ = p.file.Close()
 }
 
-// The states of a Watch.
-const (
-	armed    int32 = iota // waiting in epoll
-	running               // its reader runs
-	stopping              // Stop came while the reader ran
-	stopped               // let go of
-)
-
 // Watch is one socket watched by a Poller.
 type Watch struct {
 	p     *Poller
@@ -158,38 +152,6 @@ func (p *Poller) Watch(conn syscall.Conn, fn func(*Watch)) (*Watch, error) {
 	return w, nil
 }
 
-// Read reads what the socket holds into buf without waiting: 0 and
-// unix.EAGAIN when it holds nothing, io.EOF-like 0 and nil at its end.
-func (w *Watch) Read(buf []byte) (n int, err error) {
-	cerr := w.rc.Read(func(fd uintptr) bool {
-		n, err = unix.Read(int(fd), buf)
-		return true // never wait: the poller does
-	})
-	if cerr != nil {
-		return 0, cerr
-	}
-	if n < 0 {
-		n = 0
-	}
-	return n, err
-}
-
-// Write writes what the socket takes of buf without waiting: a short
-// count, and perhaps unix.EAGAIN, when its buffer is full.
-func (w *Watch) Write(buf []byte) (n int, err error) {
-	cerr := w.rc.Write(func(fd uintptr) bool {
-		n, err = unix.Write(int(fd), buf)
-		return true // never wait: a slow writer does
-	})
-	if cerr != nil {
-		return 0, cerr
-	}
-	if n < 0 {
-		n = 0
-	}
-	return n, err
-}
-
 // Resume asks for the next turn, from the reader at the end of one. It
 // reports false when the reader is over: the watch was stopped
 // meanwhile, or the socket is closed. When it reports true, the reader
@@ -207,12 +169,6 @@ func (w *Watch) Resume() bool {
 		}
 	}
 	return true
-}
-
-// Hand gives the watch to another reader, from the reader at the end of a
-// turn (before its Resume): the next turns run fn.
-func (w *Watch) Hand(fn func(*Watch)) {
-	w.fn = fn // read by the next turn, after Resume's CompareAndSwap
 }
 
 // End lets go of the socket, from its reader, which is over.
