@@ -50,6 +50,11 @@ func TestBadInputGetsItsError(t *testing.T) {
 		{"typing in a room not joined", `{"type":"typing","room":"elsewhere"}`, "not_joined", ""},
 		{"text too long", fmt.Sprintf(`{"type":"message","room":"lobby","text":%q,"id":"l"}`, strings.Repeat("é", 4001)), "too_long", `"l"`},
 		{"id too long", fmt.Sprintf(`{"type":"message","room":"lobby","text":"x","id":%q}`, strings.Repeat("i", 65)), "too_long", fmt.Sprintf("%q", strings.Repeat("i", 65))},
+		{"typing without room", `{"type":"typing"}`, "bad_request", ""},
+		{"typing in an invalid room", `{"type":"typing","room":"Bad Room"}`, "invalid_room", ""},
+		{"dm id too long", fmt.Sprintf(`{"type":"dm","to":"bob","text":"x","id":%q}`, strings.Repeat("i", 65)), "too_long", fmt.Sprintf("%q", strings.Repeat("i", 65))},
+		{"dm text too long, its id echoed", fmt.Sprintf(`{"type":"dm","to":"bob","text":%q,"id":"t"}`, strings.Repeat("é", 4001)), "too_long", `"t"`},
+		{"dm to an invalid user, its id echoed", `{"type":"dm","to":"a.b","text":"x","id":"d"}`, "invalid_user", `"d"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

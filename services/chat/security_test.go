@@ -101,6 +101,10 @@ func TestTokens(t *testing.T) {
 	if err := json.Unmarshal(data, &w); err != nil || w.Type != "welcome" || w.User != "alice" {
 		t.Fatalf("welcome %s (%v); want user alice, the token's sub", data, err)
 	}
+	// A user parameter that breaks the name rules is ignored as well.
+	if status, _ := dialStatus(t, e.url, "user=b%20d&token="+good, nil); status != http.StatusSwitchingProtocols {
+		t.Errorf("a good token with a bad user parameter: status %d, want 101 (the parameter is ignored)", status)
+	}
 	if n := counter(t, e.reg, "natter_edge_upgrades_refused_total"); n != float64(len(refused)+1) {
 		t.Errorf("%v upgrades counted as refused, want %d", n, len(refused)+1)
 	}
@@ -161,6 +165,15 @@ func TestConnectionsPerAddress(t *testing.T) {
 	}
 	if status, _ := dialStatus(t, ea.url, "token="+tok, nil); status != http.StatusTooManyRequests {
 		t.Fatalf("a third: status %d, want 429", status)
+	}
+	// The contract's order at the limit: Origin (403) before the address
+	// (429) before the token (401).
+	if status, _ := dialStatus(t, ea.url, "token=bad", nil); status != http.StatusTooManyRequests {
+		t.Fatalf("a bad token over the limit: status %d, want 429 (checked before the token)", status)
+	}
+	foreign := http.Header{"Origin": {"https://elsewhere.example"}}
+	if status, _ := dialStatus(t, ea.url, "token="+tok, foreign); status != http.StatusForbidden {
+		t.Fatalf("a foreign origin over the limit: status %d, want 403 (checked first)", status)
 	}
 }
 
