@@ -82,6 +82,12 @@ func TestNATSOutageAndReturn(t *testing.T) {
 		t.Fatalf("join during the outage: %s", ev.raw)
 	}
 
+	// Typing is not kept for later either: it is refused.
+	b.send(map[string]any{"type": "typing", "room": "lobby"})
+	if ev := b.next(); ev.Type != "error" || ev.Code != "unavailable" {
+		t.Fatalf("typing during the outage: %s", ev.raw)
+	}
+
 	ns, err = embedded.Start(embedded.Options{Addr: addr, DataDir: dir})
 	if err != nil {
 		t.Fatal(err)

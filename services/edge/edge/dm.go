@@ -346,9 +346,16 @@ func (c *client) typing(req proto.Request) {
 	if throttled {
 		return
 	}
+	// While NATS is away a signal would wait in nats.go's reconnect
+	// buffer and arrive stale: the client is told instead.
+	unavailable := &proto.Error{Code: proto.CodeUnavailable, Message: "NATS unavailable, try again"}
+	if !c.e.nc.IsConnected() {
+		c.refuse(req, unavailable)
+		return
+	}
 	data := proto.Encode(proto.Typing{Type: proto.TypeTyping, Room: room, User: c.user})
 	if err := c.e.nc.Publish(subject.RoomTyping(room), data); err != nil {
-		c.e.log.Debug("typing not published", "room", room, "err", err)
+		c.refuse(req, unavailable)
 	}
 }
 
