@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -161,6 +162,8 @@ func TestUpgradeRefusals(t *testing.T) {
 	e := startEdge(t, ns, func(c *edge.Config) { c.Web.AllowedOrigins = []string{"https://chat.example"} })
 	host := strings.TrimPrefix(e.url, "http://")
 	_, port, _ := net.SplitHostPort(host)
+	p, _ := strconv.Atoi(port)
+	otherPort := strconv.Itoa(p%65535 + 1) // a real port, not this one
 	tests := []struct {
 		name, user, origin string
 		status             int
@@ -169,7 +172,7 @@ func TestUpgradeRefusals(t *testing.T) {
 		{"same origin", "alice", "http://" + host, http.StatusSwitchingProtocols},
 		{"allowed origin", "alice", "https://chat.example", http.StatusSwitchingProtocols},
 		{"foreign origin", "alice", "https://evil.example", http.StatusForbidden},
-		{"same host other port", "alice", "http://127.0.0.1:1" + port, http.StatusForbidden},
+		{"same host other port", "alice", "http://127.0.0.1:" + otherPort, http.StatusForbidden},
 		{"origin checked before the name", "bad name", "https://evil.example", http.StatusForbidden},
 		{"missing user", "", "", http.StatusBadRequest},
 		{"invalid user", "a.b", "", http.StatusBadRequest},
