@@ -42,9 +42,12 @@ func Handle(mux *http.ServeMux, ready func() bool, reg *prometheus.Registry) {
 }
 
 // Listen opens addr and logs the line the contract promises: the word
-// listening, the kind and the bound host:port.
+// listening, the kind and the bound host:port. Accepted connections get no
+// TCP keep-alive: four setsockopt calls per connection that nothing needs,
+// since WebSockets are pinged (CHAT_PING_INTERVAL) and idle HTTP
+// connections time out (Serve).
 func Listen(addr string, log *slog.Logger) (net.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
+	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("http listen %s: %w", addr, err)
 	}
@@ -52,13 +55,17 @@ func Listen(addr string, log *slog.Logger) (net.Listener, error) {
 	return ln, nil
 }
 
+// idleTimeout closes a keep-alive HTTP connection idle this long: the
+// listener's connections have no TCP keep-alive to find dead peers.
+const idleTimeout = 2 * time.Minute
+
 // Serve serves h on ln until ctx ends, then shuts down: it waits up to
 // timeout for requests in progress, then closes what is left (an idle or
 // half-sent connection must not turn a clean stop into a failure).
 // Hijacked connections (WebSockets) are not its business: their owner
 // closes them. It returns an error only when serving failed.
 func Serve(ctx context.Context, ln net.Listener, h http.Handler, timeout time.Duration) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: idleTimeout}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
