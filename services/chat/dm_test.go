@@ -319,6 +319,90 @@ func TestTyping(t *testing.T) {
 	}
 }
 
+// typing is throttled per session and room, not per session: signals for
+// two rooms sent back to back both go out, each to its own room's other
+// members only, none to the sender's sessions. A room not joined is
+// refused with not_joined, and its members get nothing.
+func TestTypingPerRoom(t *testing.T) {
+	t.Parallel()
+	_, e := setup(t)
+	alice, alice2 := dial(t, e.url, "alice"), dial(t, e.url, "alice")
+	bob, carol, dave := dial(t, e.url, "bob"), dial(t, e.url, "carol"), dial(t, e.url, "dave")
+	// erin is in the room alice has not joined: a signal let through
+	// there would reach her.
+	erin := dial(t, e.url, "erin")
+	for _, m := range []struct {
+		c     *wsClient
+		rooms []string
+	}{
+		{alice, []string{"r1", "r2"}},
+		{alice2, []string{"r1", "r2"}},
+		{bob, []string{"r1", "r2"}},
+		{carol, []string{"r1"}},
+		{dave, []string{"r2"}},
+		{erin, []string{"r3"}},
+	} {
+		for _, room := range m.rooms {
+			m.c.join(room)
+		}
+	}
+	// expectTyping reads the next len(rooms) events of c: a typing from
+	// alice for each of rooms, in any order.
+	expectTyping := func(c *wsClient, rooms ...string) {
+		t.Helper()
+		var got []string
+		for range rooms {
+			ev := c.expect("typing")
+			if ev.User != "alice" || !slices.Contains(rooms, ev.Room) || slices.Contains(got, ev.Room) {
+				t.Fatalf("%s: %s after typing for %v; want one typing from alice for each of %v", c.name, ev.raw, got, rooms)
+			}
+			got = append(got, ev.Room)
+		}
+	}
+	// expectMessages reads the next len(seqs) events of c: the messages
+	// with seqs, in any order (they are in different rooms). A message
+	// coming next shows that no further typing came before it.
+	expectMessages := func(c *wsClient, seqs ...uint64) {
+		t.Helper()
+		var got []uint64
+		for range seqs {
+			ev := c.expect("message")
+			if !slices.Contains(seqs, ev.seq()) || slices.Contains(got, ev.seq()) {
+				t.Fatalf("%s: %s after messages %v; want the messages %v", c.name, ev.raw, got, seqs)
+			}
+			got = append(got, ev.seq())
+		}
+	}
+
+	alice.send(map[string]any{"type": "typing", "room": "r1"})
+	alice.send(map[string]any{"type": "typing", "room": "r2"})
+	m1 := alice.post("r1", "done typing in r1", "m1")
+	m2 := alice.post("r2", "done typing in r2", "m2")
+	expectTyping(bob, "r1", "r2")
+	expectMessages(bob, m1, m2)
+	expectTyping(carol, "r1")
+	expectMessages(carol, m1)
+	expectTyping(dave, "r2")
+	expectMessages(dave, m2)
+	for _, c := range []*wsClient{alice, alice2} {
+		expectMessages(c, m1, m2) // the sender's sessions get no typing
+	}
+
+	alice.send(map[string]any{"type": "typing", "room": "r3", "id": "t3"})
+	if ev := alice.expect("error"); ev.Code != "not_joined" || ev.id() != "t3" {
+		t.Fatalf("typing in a room not joined: %s, want not_joined for t3", ev.raw)
+	}
+	m3 := erin.post("r3", "anyone typing?", "m3")
+	expectMessages(erin, m3)
+	m4 := alice.post("r1", "after r3", "m4")
+	m5 := alice.post("r2", "after r3", "m5")
+	for _, c := range []*wsClient{alice, alice2, bob} {
+		expectMessages(c, m4, m5)
+	}
+	expectMessages(carol, m4)
+	expectMessages(dave, m5)
+}
+
 // A dropped dm that no later dm follows, in a conversation the session
 // has had nothing of yet, is found all the same: with a dispatch channel
 // of one, a burst of first dms from 300 senders overruns the edge's
