@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -115,10 +114,8 @@ type Edge struct {
 	flusherNext atomic.Uint32
 	writers     sync.WaitGroup
 	// readBuffers hold what one read takes off a socket: a reader
-	// borrows one for its turn, so an idle connection holds none. heads
-	// parse request heads (upgrade.go).
+	// borrows one for its turn, so an idle connection holds none.
 	readBuffers sync.Pool
-	heads       sync.Pool
 
 	// testHookWatched, when set by a test, runs in handshake right after
 	// the connection is watched, to widen the window in which its reader
@@ -187,7 +184,6 @@ func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus
 		},
 	}
 	e.readBuffers.New = func() any { b := make([]byte, 16<<10); return &b }
-	e.heads.New = func() any { return bufio.NewReaderSize(nil, 4096) }
 	if nc != nil {
 		if e.js, err = jetstream.New(nc); err != nil {
 			return nil, fmt.Errorf("edge: jetstream: %w", err)
@@ -306,7 +302,7 @@ func (e *Edge) closeClients() {
 // serves the WebSocket requests that net/http gets: those the edge's own
 // handshake (upgrade.go) passed on, because they were not plain.
 func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
-	user, addr, no := e.admit(r)
+	user, addr, no := e.admit(requestOf(r))
 	if no != nil {
 		if no.status == http.StatusTooManyRequests {
 			w.Header().Set("Retry-After", "10")
@@ -335,7 +331,7 @@ type refusal struct {
 // the per-address limit (429), then the token (401) or the user name
 // (400). On success the address is counted (takeAddr) until the
 // connection is let go of, or releaseAddr.
-func (e *Edge) admit(r *http.Request) (user, addr string, no *refusal) {
+func (e *Edge) admit(r upgradeRequest) (user, addr string, no *refusal) {
 	if !e.originAllowed(r) {
 		e.metrics.refused.WithLabelValues("origin").Inc()
 		return "", "", &refusal{http.StatusForbidden, "origin not allowed"}
@@ -346,7 +342,7 @@ func (e *Edge) admit(r *http.Request) (user, addr string, no *refusal) {
 		return "", "", &refusal{http.StatusTooManyRequests, "too many connections from this address"}
 	}
 	if secret := e.cfg.Web.AuthSecret; secret != "" {
-		u, err := auth.Check([]byte(secret), r.URL.Query().Get("token"))
+		u, err := auth.Check([]byte(secret), queryValue(r.query, "token"))
 		if err != nil {
 			e.releaseAddr(addr)
 			e.metrics.refused.WithLabelValues("token").Inc()
@@ -354,7 +350,7 @@ func (e *Edge) admit(r *http.Request) (user, addr string, no *refusal) {
 		}
 		return u, addr, nil
 	}
-	user = r.URL.Query().Get("user")
+	user = queryValue(r.query, "user")
 	if !names.ValidUser(user) {
 		e.releaseAddr(addr)
 		e.metrics.refused.WithLabelValues("user").Inc()
@@ -417,10 +413,10 @@ func (e *Edge) start(conn net.Conn, user, addr string, preamble []byte, w *ws.Wa
 // or, when the peer is a trusted proxy, the nearest address in
 // X-Forwarded-For that is not one (the header's entries to its right
 // were added by trusted proxies; those to its left could be forged).
-func (e *Edge) clientAddr(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
+func (e *Edge) clientAddr(r upgradeRequest) string {
+	host, _, err := net.SplitHostPort(r.remote)
 	if err != nil {
-		host = r.RemoteAddr
+		host = r.remote
 	}
 	ip, err := netip.ParseAddr(host)
 	if err != nil {
@@ -431,7 +427,7 @@ func (e *Edge) clientAddr(r *http.Request) string {
 		return bucket(ip)
 	}
 	var hops []string
-	for _, h := range r.Header.Values("X-Forwarded-For") {
+	for _, h := range r.forwarded {
 		hops = append(hops, strings.Split(h, ",")...)
 	}
 	for i := len(hops) - 1; i >= 0; i-- {
@@ -609,8 +605,8 @@ func (e *Edge) forgetWho(room string) {
 
 // originAllowed applies PROTOCOL.md section 3: no Origin (not a browser),
 // the request's own host, or an entry of the allowed list.
-func (e *Edge) originAllowed(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
+func (e *Edge) originAllowed(r upgradeRequest) bool {
+	origin := r.origin
 	if origin == "" {
 		return true
 	}
@@ -621,7 +617,7 @@ func (e *Edge) originAllowed(r *http.Request) bool {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Path != "" || u.RawQuery != "" {
 		return false
 	}
-	return strings.EqualFold(u.Host, r.Host)
+	return strings.EqualFold(u.Host, r.host)
 }
 
 // Subscriptions is the number of room subscriptions the edge holds.

@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"bufio"
 	"bytes"
 	"cmp"
 	"crypto/sha1"
@@ -206,24 +205,27 @@ func (h *handshake) readable(w *ws.Watch) {
 		w.End()
 		return // aborted meanwhile: the socket is closed
 	}
-	var req *http.Request
-	ok := end >= 0 // else longer than maxHead, or not ended by CRLF
-	if ok {
-		req, ok = h.e.plainUpgrade(h.buf, end)
+	var req upgradeRequest
+	var key string
+	ok := false
+	// Else longer than maxHead, not ended by CRLF, or with something
+	// (early frames) after the head.
+	if end >= 0 && len(h.buf) == end+len(headEnd) {
+		req, key, ok = parsePlain(h.buf)
 	}
 	if !ok {
 		w.End()
 		h.e.handOff(h.conn, h.buf)
 		return
 	}
-	req.RemoteAddr = h.conn.RemoteAddr().String()
+	req.remote = h.conn.RemoteAddr().String()
 	h.e.metrics.handshakes.WithLabelValues("edge").Inc()
-	h.e.upgrade(h.conn, req, w)
+	h.e.upgrade(h.conn, req, key, w)
 }
 
 // upgrade answers a plain WebSocket request read by the handshake, whose
 // watch, in its turn, goes on as the client's.
-func (e *Edge) upgrade(conn net.Conn, r *http.Request, w *ws.Watch) {
+func (e *Edge) upgrade(conn net.Conn, r upgradeRequest, key string, w *ws.Watch) {
 	user, addr, no := e.admit(r)
 	if no != nil {
 		w.End()
@@ -234,53 +236,21 @@ func (e *Edge) upgrade(conn net.Conn, r *http.Request, w *ws.Watch) {
 	}
 	// The answer goes out with the welcome, in one write: a syscall less
 	// per connection (bench/, F).
-	e.start(conn, user, addr, switchingResponse(r.Header.Get("Sec-Websocket-Key")), w)
-}
-
-// plainUpgrade parses the request head that ends at end of buf (its
-// "\r\n\r\n"), and reports whether it is a plain WebSocket request for
-// /ws with nothing after it: the checks gorilla's Upgrader makes, which
-// answers the others.
-func (e *Edge) plainUpgrade(buf []byte, end int) (*http.Request, bool) {
-	if len(buf) != end+len(headEnd) || !bytes.HasPrefix(buf, []byte("GET /ws")) {
-		return nil, false
-	}
-	br := e.heads.Get().(*bufio.Reader)
-	br.Reset(bytes.NewReader(buf))
-	r, err := http.ReadRequest(br)
-	rest := br.Buffered() // what ReadRequest did not take as the head (a bare "\n\n" ends it sooner)
-	br.Reset(nil)
-	e.heads.Put(br)
-	if err != nil || rest > 0 || r.URL.Path != "/ws" || r.ProtoMajor != 1 || r.ProtoMinor != 1 {
-		return nil, false
-	}
-	key := r.Header.Get("Sec-Websocket-Key")
-	if k, err := base64.StdEncoding.DecodeString(key); err != nil || len(k) != 16 {
-		return nil, false
-	}
-	ok := hasToken(r.Header, "Connection", "upgrade") && hasToken(r.Header, "Upgrade", "websocket") &&
-		r.Header.Get("Sec-Websocket-Version") == "13"
-	return r, ok
-}
-
-// hasToken reports whether a comma-separated header holds token.
-func hasToken(h http.Header, name, token string) bool {
-	for _, v := range h.Values(name) {
-		for t := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(t), token) {
-				return true
-			}
-		}
-	}
-	return false
+	e.start(conn, user, addr, switchingResponse(key), w)
 }
 
 // switchingResponse is the 101 answer to a request with key (RFC 6455,
 // 4.2.2).
 func switchingResponse(key string) []byte {
-	sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
-	return []byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " +
-		base64.StdEncoding.EncodeToString(sum[:]) + "\r\n\r\n")
+	const (
+		guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+		head = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
+	)
+	var in [64]byte
+	sum := sha1.Sum(append(append(in[:0], key...), guid...))
+	out := make([]byte, 0, len(head)+base64.StdEncoding.EncodedLen(len(sum))+len(headEnd))
+	out = base64.StdEncoding.AppendEncode(append(out, head...), sum[:])
+	return append(out, headEnd...)
 }
 
 // refusalResponse is what http.Error writes for no, and the connection

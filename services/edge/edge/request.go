@@ -1,0 +1,203 @@
+package edge
+
+import (
+	"bytes"
+	"encoding/base64"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// upgradeRequest is what admitting a WebSocket request looks at. It comes
+// from net/http's request (requestOf) or from the edge's own parse of a
+// plain one (parsePlain), so both are admitted alike.
+type upgradeRequest struct {
+	host      string   // the Host header
+	origin    string   // the Origin header, empty when there is none
+	forwarded []string // the X-Forwarded-For headers, in order
+	query     string   // the raw query of the request's target
+	remote    string   // the peer's host:port
+}
+
+// requestOf is the upgradeRequest of a request read by net/http.
+func requestOf(r *http.Request) upgradeRequest {
+	return upgradeRequest{
+		host:      r.Host,
+		origin:    r.Header.Get("Origin"),
+		forwarded: r.Header.Values("X-Forwarded-For"),
+		query:     r.URL.RawQuery,
+		remote:    r.RemoteAddr,
+	}
+}
+
+// queryValue is the first value of key in the raw query q, as
+// url.ParseQuery and url.Values.Get find it: pairs that do not unescape,
+// or that hold a semicolon, are skipped.
+func queryValue(q, key string) string {
+	for q != "" {
+		var pair string
+		pair, q, _ = strings.Cut(q, "&")
+		if pair == "" || strings.Contains(pair, ";") {
+			continue
+		}
+		k, v, _ := strings.Cut(pair, "=")
+		if k, err := url.QueryUnescape(k); err != nil || k != key {
+			continue
+		}
+		if v, err := url.QueryUnescape(v); err == nil {
+			return v
+		}
+	}
+	return ""
+}
+
+// parsePlain parses a request head (up to and including its blank line)
+// when it is a plain WebSocket request for /ws: the request line exactly
+// "GET /ws[?query] HTTP/1.1", each header a "Name: value" line of visible
+// characters, one Host, at most one Origin, key and version, a key of 16
+// bytes, version 13, Connection naming upgrade and Upgrade websocket, and
+// no body. It reports the request and its key. Anything else is left to
+// net/http (ok false), which answers it as it answers every request: this
+// is a strict subset of what net/http and gorilla's Upgrader accept, read
+// without net/http's allocations (bench/, F).
+func parsePlain(head []byte) (r upgradeRequest, key string, ok bool) {
+	rest, ok := bytes.CutSuffix(head, headEnd)
+	if !ok {
+		return r, "", false
+	}
+	line, rest, _ := bytes.Cut(rest, crlf)
+	target, ok := bytes.CutPrefix(line, []byte("GET "))
+	if !ok {
+		return r, "", false
+	}
+	if target, ok = bytes.CutSuffix(target, []byte(" HTTP/1.1")); !ok || !visible(target) ||
+		bytes.IndexByte(target, '#') >= 0 {
+		return r, "", false
+	}
+	path, query, _ := bytes.Cut(target, []byte("?"))
+	if string(path) != "/ws" {
+		return r, "", false
+	}
+	var hosts, origins, keys, versions int
+	var upgrade, connection bool
+	var version string
+	for len(rest) > 0 {
+		line, rest, _ = bytes.Cut(rest, crlf)
+		name, value, found := bytes.Cut(line, []byte(":"))
+		if !found || !isToken(name) {
+			return r, "", false // a bare CR or LF, a folded line, no name
+		}
+		value = bytes.Trim(value, " \t")
+		if !headerValue(value) {
+			return r, "", false
+		}
+		switch {
+		case equalFold(name, "Host"):
+			hosts++
+			r.host = string(value)
+		case equalFold(name, "Origin"):
+			origins++
+			r.origin = string(value)
+		case equalFold(name, "X-Forwarded-For"):
+			r.forwarded = append(r.forwarded, string(value))
+		case equalFold(name, "Connection"):
+			connection = connection || hasListToken(value, "upgrade")
+		case equalFold(name, "Upgrade"):
+			upgrade = upgrade || hasListToken(value, "websocket")
+		case equalFold(name, "Sec-WebSocket-Key"):
+			keys++
+			key = string(value)
+		case equalFold(name, "Sec-WebSocket-Version"):
+			versions++
+			version = string(value)
+		case equalFold(name, "Content-Length"), equalFold(name, "Transfer-Encoding"):
+			return r, "", false
+		}
+	}
+	if hosts != 1 || !validHost(r.host) || origins > 1 || keys != 1 || versions != 1 ||
+		version != "13" || !upgrade || !connection {
+		return r, "", false
+	}
+	var k [18]byte
+	if len(key) != 24 {
+		return r, "", false
+	}
+	if n, err := base64.StdEncoding.Decode(k[:], []byte(key)); err != nil || n != 16 {
+		return r, "", false
+	}
+	r.query = string(query)
+	return r, key, true
+}
+
+var crlf = []byte("\r\n")
+
+// visible reports whether b is only visible ASCII: no space, no control.
+func visible(b []byte) bool {
+	for _, c := range b {
+		if c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// isToken reports whether b is a header name (RFC 9110's token).
+func isToken(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	for _, c := range b {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// headerValue reports whether b may be a header's value here: tabs and
+// visible ASCII, spaces between. Other bytes go to net/http.
+func headerValue(b []byte) bool {
+	for _, c := range b {
+		if (c < ' ' && c != '\t') || c >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// validHost reports whether h is a host[:port] made of the characters a
+// host may have (RFC 3986's reg-name, IP literals and a port).
+func validHost(h string) bool {
+	if h == "" {
+		return false
+	}
+	for i := range len(h) {
+		c := h[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("-._~!$&'()*+,;=:[]%", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// equalFold reports whether the header name b is name, in any case.
+func equalFold(b []byte, name string) bool {
+	return len(b) == len(name) && strings.EqualFold(string(b), name)
+}
+
+// hasListToken reports whether the comma-separated list v holds token, in
+// any case.
+func hasListToken(v []byte, token string) bool {
+	for t := range bytes.SplitSeq(v, []byte(",")) {
+		if equalFold(bytes.TrimSpace(t), token) {
+			return true
+		}
+	}
+	return false
+}
