@@ -97,10 +97,11 @@ for s in "${scenarios[@]}"; do
 		gen natter D -conns 5000 -room-size 10 -publishers 5000 -rate 1 -measure 10s -concurrency 500 -source-base 31 ;;
 	E) # 5,000 clients of one room drop at once and rejoin with since, 100 msgs/s going on (natter only)
 		gen natter E -conns 5000 -room-size 5000 -publishers 1 -rate 100 -measure 10s -rejoin -concurrency 500 -source-base 41 ;;
-	F) # connect rate; natter's connects join a room of 10, and are measured
-		# once more without joining (F-connect), as gorilla's are
-		for t in natter gorilla; do gen $t F -conns 15000 -room-size 10 -publishers 0 -warmup 0s -measure 1s -drain 0s -concurrency 500 -source-base "$(base $t 101)"; done
-		gen natter F-connect -conns 15000 -no-join -publishers 0 -warmup 0s -measure 1s -drain 0s -concurrency 500 -source-base 111 ;;
+	F) # connect rate: the connect alone, as gorilla's; then natter's
+		# connects each joining a room of 10 as well (F-join)
+		gen natter F -conns 15000 -no-join -publishers 0 -warmup 0s -measure 1s -drain 0s -concurrency 500 -source-base "$(base natter 101)"
+		gen gorilla F -conns 15000 -publishers 0 -warmup 0s -measure 1s -drain 0s -concurrency 500 -source-base "$(base gorilla 101)"
+		gen natter F-join -conns 15000 -room-size 10 -publishers 0 -warmup 0s -measure 1s -drain 0s -concurrency 500 -source-base 111 ;;
 	esac
 done
 
