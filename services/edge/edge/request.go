@@ -61,10 +61,11 @@ func queryValue(q, key string) string {
 // is a strict subset of what net/http and gorilla's Upgrader accept, read
 // without net/http's allocations (bench/, F).
 func parsePlain(head []byte) (r upgradeRequest, key string, ok bool) {
-	rest, ok := bytes.CutSuffix(head, headEnd)
-	if !ok {
+	// The head ends at its first blank line, and nothing follows it.
+	if bytes.Index(head, headEnd) != len(head)-len(headEnd) {
 		return r, "", false
 	}
+	rest := head[:len(head)-len(headEnd)]
 	line, rest, _ := bytes.Cut(rest, crlf)
 	target, ok := bytes.CutPrefix(line, []byte("GET "))
 	if !ok {

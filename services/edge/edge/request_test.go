@@ -75,6 +75,8 @@ func TestParsePlain(t *testing.T) {
 		{"control in a value", plainHead("/ws", "X-A: a\x00b\r\n")},
 		{"8-bit value", plainHead("/ws", "X-A: caf\xc3\xa9\r\n")},
 		{"not ended", strings.TrimSuffix(plainHead("/ws"), "\r\n")},
+		{"a blank line more", plainHead("/ws") + "\r\n"},
+		{"a frame after", plainHead("/ws") + "\x81\x80abcd"},
 	}
 	for _, tc := range refused {
 		if r, _, ok := parsePlain([]byte(tc.head)); ok {
