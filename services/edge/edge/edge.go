@@ -342,7 +342,7 @@ func (e *Edge) admit(r upgradeRequest) (user, addr string, no *refusal) {
 		return "", "", &refusal{http.StatusTooManyRequests, "too many connections from this address"}
 	}
 	if secret := e.cfg.Web.AuthSecret; secret != "" {
-		u, err := auth.Check([]byte(secret), queryValue(r.query, "token"))
+		u, err := auth.Check([]byte(secret), r.token)
 		if err != nil {
 			e.releaseAddr(addr)
 			e.metrics.refused.WithLabelValues("token").Inc()
@@ -350,7 +350,7 @@ func (e *Edge) admit(r upgradeRequest) (user, addr string, no *refusal) {
 		}
 		return u, addr, nil
 	}
-	user = queryValue(r.query, "user")
+	user = r.user
 	if !names.ValidUser(user) {
 		e.releaseAddr(addr)
 		e.metrics.refused.WithLabelValues("user").Inc()

@@ -15,7 +15,8 @@ type upgradeRequest struct {
 	host      string   // the Host header
 	origin    string   // the Origin header, empty when there is none
 	forwarded []string // the X-Forwarded-For headers, in order
-	query     string   // the raw query of the request's target
+	user      string   // the query's user parameter
+	token     string   // the query's token parameter
 	remote    string   // the peer's host:port
 }
 
@@ -25,14 +26,21 @@ func requestOf(r *http.Request) upgradeRequest {
 		host:      r.Host,
 		origin:    r.Header.Get("Origin"),
 		forwarded: r.Header.Values("X-Forwarded-For"),
-		query:     r.URL.RawQuery,
+		user:      r.URL.Query().Get("user"),
+		token:     r.URL.Query().Get("token"),
 		remote:    r.RemoteAddr,
 	}
 }
 
+// maxParams is the most parameters a plain request's query may have: a
+// longer query goes to net/http, whose url.ParseQuery has limits of its
+// own (GODEBUG urlmaxqueryparams) that queryValue does not copy.
+const maxParams = 16
+
 // queryValue is the first value of key in the raw query q, as
-// url.ParseQuery and url.Values.Get find it: pairs that do not unescape,
-// or that hold a semicolon, are skipped.
+// url.ParseQuery and url.Values.Get find it in a query of at most
+// maxParams parameters: pairs that do not unescape, or that hold a
+// semicolon, are skipped.
 func queryValue(q, key string) string {
 	for q != "" {
 		var pair string
@@ -55,14 +63,14 @@ func queryValue(q, key string) string {
 // when it is a plain WebSocket request for /ws: the request line exactly
 // "GET /ws[?query] HTTP/1.1", each header a "Name: value" line of visible
 // characters, one Host, at most one Origin, key and version, a key of 16
-// bytes, version 13, Connection naming upgrade and Upgrade websocket, and
-// no body. It reports the request and its key. Anything else is left to
+// bytes, version 13, Connection naming upgrade and Upgrade websocket in
+// lists of tokens, at most maxParams query parameters, and no body. It reports the request and its key. Anything else is left to
 // net/http (ok false), which answers it as it answers every request: this
 // is a strict subset of what net/http and gorilla's Upgrader accept, read
 // without net/http's allocations (bench/, F).
 func parsePlain(head []byte) (r upgradeRequest, key string, ok bool) {
 	// The head ends at its first blank line, and nothing follows it.
-	if bytes.Index(head, headEnd) != len(head)-len(headEnd) {
+	if i := bytes.Index(head, headEnd); i < 0 || i != len(head)-len(headEnd) {
 		return r, "", false
 	}
 	rest := head[:len(head)-len(headEnd)]
@@ -101,10 +109,20 @@ func parsePlain(head []byte) (r upgradeRequest, key string, ok bool) {
 			r.origin = string(value)
 		case equalFold(name, "X-Forwarded-For"):
 			r.forwarded = append(r.forwarded, string(value))
-		case equalFold(name, "Connection"):
-			connection = connection || hasListToken(value, "upgrade")
-		case equalFold(name, "Upgrade"):
-			upgrade = upgrade || hasListToken(value, "websocket")
+		case equalFold(name, "Connection"), equalFold(name, "Upgrade"):
+			want := "upgrade"
+			if equalFold(name, "Upgrade") {
+				want = "websocket"
+			}
+			has, wellFormed := hasListToken(value, want)
+			if !wellFormed {
+				return r, "", false // gorilla refuses a list it cannot read
+			}
+			if want == "upgrade" {
+				connection = connection || has
+			} else {
+				upgrade = upgrade || has
+			}
 		case equalFold(name, "Sec-WebSocket-Key"):
 			keys++
 			key = string(value)
@@ -126,7 +144,10 @@ func parsePlain(head []byte) (r upgradeRequest, key string, ok bool) {
 	if n, err := base64.StdEncoding.Decode(k[:], []byte(key)); err != nil || n != 16 {
 		return r, "", false
 	}
-	r.query = string(query)
+	if bytes.Count(query, []byte("&")) >= maxParams {
+		return r, "", false
+	}
+	r.user, r.token = queryValue(string(query), "user"), queryValue(string(query), "token")
 	return r, key, true
 }
 
@@ -192,13 +213,19 @@ func equalFold(b []byte, name string) bool {
 	return len(b) == len(name) && strings.EqualFold(string(b), name)
 }
 
-// hasListToken reports whether the comma-separated list v holds token, in
-// any case.
-func hasListToken(v []byte, token string) bool {
+// hasListToken reports whether the comma-separated list of tokens v holds
+// token, in any case, and whether v is such a list up to where token was
+// found, as gorilla/websocket reads it (an empty or malformed element
+// before token: not well formed).
+func hasListToken(v []byte, token string) (has, wellFormed bool) {
 	for t := range bytes.SplitSeq(v, []byte(",")) {
-		if equalFold(bytes.TrimSpace(t), token) {
-			return true
+		t = bytes.Trim(t, " \t")
+		if !isToken(t) {
+			return false, false
+		}
+		if equalFold(t, token) {
+			return true, true
 		}
 	}
-	return false
+	return false, true
 }
