@@ -64,10 +64,11 @@ func queryValue(q, key string) string {
 // "GET /ws[?query] HTTP/1.1", each header a "Name: value" line of visible
 // characters, one Host, at most one Origin, key and version, a key of 16
 // bytes, version 13, Connection naming upgrade and Upgrade websocket in
-// lists of tokens, at most maxParams query parameters, and no body. It reports the request and its key. Anything else is left to
-// net/http (ok false), which answers it as it answers every request: this
-// is a strict subset of what net/http and gorilla's Upgrader accept, read
-// without net/http's allocations (bench/, F).
+// lists of tokens, at most maxParams query parameters, and no body. It
+// reports the request and its key. Anything else is left to net/http (ok
+// false), which answers it as it answers every request: this is a strict
+// subset of what net/http and gorilla's Upgrader accept, read without
+// net/http's allocations (bench/, F).
 func parsePlain(head []byte) (r upgradeRequest, key string, ok bool) {
 	// The head ends at its first blank line, and nothing follows it.
 	if i := bytes.Index(head, headEnd); i < 0 || i != len(head)-len(headEnd) {
@@ -109,20 +110,18 @@ func parsePlain(head []byte) (r upgradeRequest, key string, ok bool) {
 			r.origin = string(value)
 		case equalFold(name, "X-Forwarded-For"):
 			r.forwarded = append(r.forwarded, string(value))
-		case equalFold(name, "Connection"), equalFold(name, "Upgrade"):
-			want := "upgrade"
-			if equalFold(name, "Upgrade") {
-				want = "websocket"
-			}
-			has, wellFormed := hasListToken(value, want)
+		case equalFold(name, "Connection"):
+			has, wellFormed := hasListToken(value, "upgrade")
 			if !wellFormed {
 				return r, "", false // gorilla refuses a list it cannot read
 			}
-			if want == "upgrade" {
-				connection = connection || has
-			} else {
-				upgrade = upgrade || has
+			connection = connection || has
+		case equalFold(name, "Upgrade"):
+			has, wellFormed := hasListToken(value, "websocket")
+			if !wellFormed {
+				return r, "", false
 			}
+			upgrade = upgrade || has
 		case equalFold(name, "Sec-WebSocket-Key"):
 			keys++
 			key = string(value)
@@ -137,10 +136,10 @@ func parsePlain(head []byte) (r upgradeRequest, key string, ok bool) {
 		version != "13" || !upgrade || !connection {
 		return r, "", false
 	}
-	var k [18]byte
 	if len(key) != 24 {
 		return r, "", false
 	}
+	var k [18]byte
 	if n, err := base64.StdEncoding.Decode(k[:], []byte(key)); err != nil || n != 16 {
 		return r, "", false
 	}
