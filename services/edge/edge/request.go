@@ -164,18 +164,7 @@ func visible(b []byte) bool {
 
 // isToken reports whether b is a header name (RFC 9110's token).
 func isToken(b []byte) bool {
-	if len(b) == 0 {
-		return false
-	}
-	for _, c := range b {
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
+	return len(b) > 0 && alnumOr(b, "!#$%&'*+-.^_`|~")
 }
 
 // headerValue reports whether b may be a header's value here: tabs and
@@ -192,15 +181,15 @@ func headerValue(b []byte) bool {
 // validHost reports whether h is a host[:port] made of the characters a
 // host may have (RFC 3986's reg-name, IP literals and a port).
 func validHost(h string) bool {
-	if h == "" {
-		return false
-	}
-	for i := range len(h) {
-		c := h[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("-._~!$&'()*+,;=:[]%", c) >= 0:
-		default:
+	return h != "" && alnumOr(h, "-._~!$&'()*+,;=:[]%")
+}
+
+// alnumOr reports whether each byte of s is an ASCII letter, a digit or
+// one of extra.
+func alnumOr[T string | []byte](s T, extra string) bool {
+	for i := range len(s) {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte(extra, c) >= 0) {
 			return false
 		}
 	}
