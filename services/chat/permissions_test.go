@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"strings"
@@ -10,9 +11,11 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natter-chat/natter/services/presence/presence"
 	"github.com/natter-chat/natter/shared/natsconn"
+	"github.com/natter-chat/natter/shared/subject"
 )
 
 // deployServer starts a NATS server from deploy/nats/nats.conf, on a
@@ -59,6 +62,20 @@ func (v *violations) list() []string {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return slices.Clone(v.errs)
+}
+
+// presenceBucket is presence's key-value bucket, read as nc's user.
+func presenceBucket(t *testing.T, nc *nats.Conn) jetstream.KeyValue {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(context.Background(), "CHAT_PRESENCE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
 }
 
 func connectAs(t *testing.T, ns *server.Server, user string, v *violations) *nats.Conn {
@@ -241,13 +258,60 @@ func TestDeployPermissions(t *testing.T) {
 	if err := enc.PublishRequest("chat.in.room.lobby", "$JS.API.STREAM.PURGE.CHAT", []byte(`{"from":"mallory","text":"purge, please"}`)); err != nil {
 		t.Fatal(err)
 	}
-	// A request after it, on the same subject, is answered once the
-	// broadcaster has handled both.
+	// Each service answers only inboxes, even where its user may publish:
+	// the broadcaster's answer aimed at the room's store subject would be
+	// stored as a message, presence's who answer aimed at its own bucket
+	// would be a key, the edge's sync answer aimed at a room's typing
+	// subject would reach the room.
+	if err := enc.PublishRequest("chat.in.room.lobby", "chat.store.room.lobby", []byte(`{"from":"mallory","text":"store my answer"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := enc.PublishRequest("chat.presence.who.lobby", "$KV.CHAT_PRESENCE.aimed", nil); err != nil {
+		t.Fatal(err)
+	}
+	typing := make(chan *nats.Msg, 10)
+	if _, err := observer.ChanSubscribe("chat.room.lobby.typing", typing); err != nil {
+		t.Fatal(err)
+	}
+	if err := observer.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	pnc := connectAs(t, ns, "presence", nil)
+	if err := pnc.PublishRequest(subject.EdgeSync(e.ID()), "chat.room.lobby.typing", nil); err != nil {
+		t.Fatal(err)
+	}
+	// A request after each, on the same subject, is answered once its
+	// service has handled what came before it.
 	if _, err := enc.Request("chat.in.room.lobby", []byte(`{"from":"bot","text":"after"}`), wait); err != nil {
 		t.Fatal(err)
 	}
-	if n := streamCount(t, bnc, "CHAT"); n != 3 {
-		t.Errorf("the room stream holds %d messages after the aimed reply, want 3 (not purged)", n)
+	if _, err := enc.Request("chat.presence.who.lobby", nil, wait); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pnc.Request(subject.EdgeSync(e.ID()), nil, wait); err != nil {
+		t.Fatal(err)
+	}
+	// Answers published before those are stored, or delivered, by now:
+	// a stream takes what one connection sends in order (the put below
+	// is acknowledged after the aimed answer would have been stored), and
+	// the observer's flush returns after what was sent to it before.
+	kv := presenceBucket(t, pnc)
+	if _, err := kv.Put(context.Background(), "probe", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(context.Background(), "aimed"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("presence answered who into its bucket: %v", err)
+	}
+	if n := streamCount(t, bnc, "CHAT"); n != 4 {
+		t.Errorf("the room stream holds %d messages after the aimed replies, want 4 (not purged, no answer stored)", n)
+	}
+	if err := observer.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-typing:
+		t.Errorf("the edge answered a sync on a room's typing subject: %s", m.Data)
+	default:
 	}
 	waitFor(t, "the self-addressed answer refused", func() bool {
 		_ = enc.Flush()
