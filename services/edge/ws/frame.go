@@ -54,7 +54,7 @@ func protocolError(text string) *Error { return &Error{Code: CloseProtocolError,
 type Reader struct {
 	// Limit is the largest message payload accepted, fragments summed;
 	// a larger one is an Error with CloseMessageTooBig, raised as soon
-	// as its header is read.
+	// as its header is read. 0 or less accepts empty messages only.
 	Limit int
 
 	rest  []byte // the start of a frame not yet complete
@@ -155,13 +155,15 @@ func (r *Reader) frame(buf []byte, fn func(op Op, payload []byte) bool) (int, er
 	default:
 		return 0, protocolError(fmt.Sprintf("unknown opcode %d", op))
 	}
-	if op < OpClose && size > uint64(r.Limit-len(r.msg)) {
-		return 0, &Error{Code: CloseMessageTooBig, Text: fmt.Sprintf("message larger than %d bytes", r.Limit)}
+	// In uint64, so that no limit and no length can overflow: a Limit of
+	// 0 or less takes empty messages only.
+	if op < OpClose && size > uint64(max(r.Limit-len(r.msg), 0)) {
+		return 0, &Error{Code: CloseMessageTooBig, Text: fmt.Sprintf("message larger than %d bytes", max(r.Limit, 0))}
 	}
-	total := head + 4 + int(size)
-	if len(buf) < total {
+	if len(buf) < head+4 || uint64(len(buf)-head-4) < size {
 		return 0, nil
 	}
+	total := head + 4 + int(size) // size < len(buf): no overflow
 	payload := buf[head+4 : total]
 	unmask(payload, [4]byte(buf[head:head+4]))
 

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"testing"
 )
 
@@ -128,15 +129,45 @@ func TestReaderRefuses(t *testing.T) {
 		{"top bit of the length", cat([]byte{0x81, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 1}, make([]byte, 4)), 100, CloseProtocolError},
 		{"too big", clientFrame(true, OpText, make([]byte, 101)), 100, CloseMessageTooBig},
 		{"too big in fragments", cat(clientFrame(false, OpText, make([]byte, 60)), clientFrame(true, OpContinuation, make([]byte, 41))), 100, CloseMessageTooBig},
+		{"reserved bit 2", func() []byte { f := clientFrame(true, OpText, []byte("x")); f[0] |= 0x20; return f }(), 100, CloseProtocolError},
+		{"reserved bit 3", func() []byte { f := clientFrame(true, OpText, []byte("x")); f[0] |= 0x10; return f }(), 100, CloseProtocolError},
+		{"fragmented close", clientFrame(false, OpClose, closePayload(1000, "")), 100, CloseProtocolError},
+		{"long close", clientFrame(true, OpClose, closePayload(1000, string(make([]byte, 124)))), 1000, CloseProtocolError},
+		{"no limit, 2^63-1 bytes announced", cat([]byte{0x81, 0x80 | 127, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, make([]byte, 4)), math.MaxInt, 0},
+		{"negative limit", clientFrame(true, OpText, []byte("x")), -1, CloseMessageTooBig},
+	}
+	for _, code := range []int{0, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535} {
+		tests = append(tests, struct {
+			name   string
+			stream []byte
+			limit  int
+			code   int
+		}{fmt.Sprint("close code ", code), clientFrame(true, OpClose, closePayload(code, "")), 100, CloseProtocolError})
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := feed(tt.stream, tt.limit, 0)
+			if tt.code == 0 { // only the header came: wait for the rest, no panic
+				if err != nil {
+					t.Fatalf("error %v, want none yet", err)
+				}
+				return
+			}
 			var we *Error
 			if !errors.As(err, &we) || we.Code != tt.code {
 				t.Fatalf("error %v, want close code %d", err, tt.code)
 			}
 		})
+	}
+}
+
+// The close codes a peer may send (RFC 6455 7.4) pass, with their reason.
+func TestReaderTakesCloseCodes(t *testing.T) {
+	for _, code := range []int{1000, 1003, 1007, 1014, 3000, 4999} {
+		out, err := feed(clientFrame(true, OpClose, closePayload(code, "bye")), 100, 0)
+		if err != nil || len(out) != 1 || out[0].op != OpClose || CloseCode([]byte(out[0].payload)) != code {
+			t.Errorf("close code %d: %v %v", code, out, err)
+		}
 	}
 }
 
