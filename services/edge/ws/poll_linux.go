@@ -27,8 +27,8 @@ import (
 // epoll_wait: with GOMAXPROCS=1 a blocked thread would keep the one P
 // until sysmon took it back, up to 10 ms later.
 type Poller struct {
-	epfd int
-	file *os.File // epfd, for Go's poller
+	file *os.File        // the epoll instance, for Go's poller
+	ep   syscall.RawConn // file's: its Control keeps the fd from closing
 
 	mu      sync.Mutex
 	watches map[int32]*Watch // by fd; guarded by mu
@@ -56,10 +56,13 @@ func NewPoller() (*Poller, error) {
 		return nil, fmt.Errorf("epoll: %w", err)
 	}
 	p := &Poller{
-		epfd:    epfd,
 		file:    os.NewFile(uintptr(epfd), "epoll"),
 		watches: make(map[int32]*Watch),
 		runDone: make(chan struct{}),
+	}
+	if p.ep, err = p.file.SyscallConn(); err != nil {
+		p.file.Close()
+		return nil, fmt.Errorf("epoll: %w", err)
 	}
 	p.pool.init()
 	return p, nil
@@ -69,10 +72,7 @@ func NewPoller() (*Poller, error) {
 // until Close.
 func (p *Poller) Run() {
 	defer close(p.runDone)
-	rc, err := p.file.SyscallConn()
-	if err != nil {
-		panic(fmt.Sprintf("ws: epoll file: %v", err)) // an *os.File always has one
-	}
+	rc := p.ep
 	events := make([]unix.EpollEvent, 256)
 	for {
 		var n int
@@ -200,13 +200,19 @@ func (w *Watch) Stop() bool {
 	}
 }
 
-// ctl changes the socket's registration, unless it is closed: Control
-// keeps the fd from being closed (and reused) meanwhile.
+// ctl changes the socket's registration, unless the socket or the poller
+// is closed: each Control keeps its fd from being closed (and its number
+// reused by another file) meanwhile.
 func (w *Watch) ctl(op int) error {
 	var err error
 	cerr := w.rc.Control(func(fd uintptr) {
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: w.fd, Pad: int32(w.gen)}
-		err = unix.EpollCtl(w.p.epfd, op, int(fd), &ev)
+		eerr := w.p.ep.Control(func(epfd uintptr) {
+			ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: w.fd, Pad: int32(w.gen)}
+			err = unix.EpollCtl(int(epfd), op, int(fd), &ev)
+		})
+		if eerr != nil {
+			err = eerr
+		}
 	})
 	if cerr != nil {
 		return cerr

@@ -2,6 +2,7 @@ package ws
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -139,6 +140,11 @@ func TestPollerStop(t *testing.T) {
 	if <-resumed {
 		t.Fatal("Resume after Stop must report the end")
 	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := len(p.watches); n != 0 {
+		t.Fatalf("%d watches kept after both ended", n)
+	}
 }
 
 // A socket closed by its owner while its watch waits is let go of by
@@ -233,25 +239,102 @@ func TestPollerPoolGrows(t *testing.T) {
 	close(release)
 }
 
-// Write takes what fits and never waits.
-func TestWatchWriteNeverWaits(t *testing.T) {
+// Write takes what fits and says EAGAIN when the socket is full, and Read,
+// in a turn, says EAGAIN once the socket is empty: neither waits (a
+// waiting one fails the test instead of hanging it).
+func TestWatchNeverWaits(t *testing.T) {
 	p := newPoller(t)
-	server, _ := pair(t)
-	w, err := p.Watch(server.(syscall.Conn), func(*Watch) {})
+	server, client := pair(t)
+	read := make(chan error, 1)
+	w, err := p.Watch(server.(syscall.Conn), func(w *Watch) {
+		buf := make([]byte, 8)
+		if n, err := w.Read(buf); err != nil || n != 1 {
+			read <- fmt.Errorf("first Read: %d, %v", n, err)
+		} else if _, err := w.Read(buf); !errors.Is(err, unix.EAGAIN) {
+			read <- fmt.Errorf("Read of an empty socket: %v, want EAGAIN", err)
+		} else {
+			read <- nil
+		}
+		w.Resume()
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Stop()
-	big := make([]byte, 64<<20)
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		n, err := w.Write(big)
-		if errors.Is(err, unix.EAGAIN) || (err == nil && n < len(big)) {
-			return // the peer reads nothing: the socket is full, and Write said so
+	if _, err := client.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		big := make([]byte, 1<<20)
+		for range 1024 { // 1 GiB at most; a loopback socket is full long before
+			if _, err := w.Write(big); errors.Is(err, unix.EAGAIN) {
+				wrote <- nil
+				return
+			} else if err != nil {
+				wrote <- err
+				return
+			}
 		}
-		if err != nil {
-			t.Fatal(err)
+		wrote <- errors.New("1 GiB of writes to a peer that reads nothing never met a full socket")
+	}()
+	for _, c := range []chan error{read, wrote} {
+		select {
+		case err := <-c:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Read or Write waited") // goleak names the goroutine too
 		}
 	}
-	t.Fatal("64 MiB writes to a peer that reads nothing never came back short")
+}
+
+// Close waits for the readers that run; a watch stopped after it ends
+// at once, touching nothing of the closed poller.
+func TestPollerCloseWaitsForReaders(t *testing.T) {
+	p, err := NewPoller()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runDone := make(chan struct{})
+	go func() {
+		defer close(runDone)
+		p.Run()
+	}()
+	server, client := pair(t)
+	inTurn, release := make(chan struct{}), make(chan struct{})
+	w, err := p.Watch(server.(syscall.Conn), func(w *Watch) {
+		close(inTurn)
+		<-release
+		w.Resume()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	<-inTurn
+	closed := make(chan struct{})
+	go func() {
+		p.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while a reader ran")
+	case <-time.After(100 * time.Millisecond): // what a Close that does not wait would take, many times over
+	}
+	close(release)
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return once the reader had")
+	}
+	<-runDone
+	w.Stop()
+	if w.state.Load() != stopped {
+		t.Fatalf("a watch stopped after Close is in state %d", w.state.Load())
+	}
 }
