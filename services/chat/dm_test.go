@@ -206,6 +206,46 @@ func TestDMRecoveryAfterReconnect(t *testing.T) {
 	bob.expectDM("carol", "bob", live)
 }
 
+// Dms stored while the edge's NATS connection is down reach the session
+// once it is back, in the conversation it had and in a new one, as
+// rooms' messages do (TestReconnectLossRepaired).
+func TestDMReconnectLossRepaired(t *testing.T) {
+	t.Parallel()
+	ns := natstest.Start(t)
+	startBroadcaster(t, ns)
+	px := newProxy(t, strings.TrimPrefix(ns.ClientURL(), "nats://"))
+	e := startEdgeAt(t, "nats://"+px.addr, nil)
+	bob := dial(t, e.url, "bob")
+	nc := natstest.Connect(t, ns) // the broadcaster's side, not cut
+	send := func(from, text string) uint64 {
+		t.Helper()
+		m, err := nc.Request(subject.InDM("bob"), fmt.Appendf(nil, `{"from":%q,"text":%q}`, from, text), wait)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r struct{ Seq uint64 }
+		if err := json.Unmarshal(m.Data, &r); err != nil || r.Seq == 0 {
+			t.Fatalf("dm from %s: %s", from, m.Data)
+		}
+		return r.Seq
+	}
+	bob.expectDM("carol", "bob", send("carol", "before"))
+
+	px.cut()
+	waitFor(t, "the edge disconnected", func() bool { return !e.nc.IsConnected() })
+	old, fresh := send("carol", "while away"), send("dave", "hello, new here")
+	px.restore()
+
+	got := map[string]uint64{}
+	for range 2 {
+		ev := bob.expect("dm")
+		got[ev.From] = ev.seq()
+	}
+	if got["carol"] != old || got["dave"] != fresh {
+		t.Fatalf("after the outage bob got %v, want carol's %d and dave's %d", got, old, fresh)
+	}
+}
+
 // Dms missed by the live path are filled from the stream: with a
 // dispatch channel of one, a burst of dms overruns the edge's
 // subscription, and the recipient still gets every one, in order, once.
