@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natter-chat/natter/shared/auth"
+	"github.com/natter-chat/natter/shared/embedded"
 	"github.com/natter-chat/natter/shared/proto"
 	"github.com/natter-chat/natter/shared/subject"
 )
@@ -446,6 +449,42 @@ func TestBrowserReconnects(t *testing.T) {
 		}
 		if want := []string{"before", "offline 1", "offline 2", "offline 3"}; !slices.Equal(texts, want) {
 			t.Fatalf("the page shows %q, want %q (each once, in order)", texts, want)
+		}
+	}
+}
+
+// While NATS is away the page goes on: typing gets unavailable from the
+// edge, which the page keeps to itself (no error line per keystroke), and
+// a message waits in the outbox with one line saying so.
+func TestBrowserTypingDuringOutage(t *testing.T) {
+	newTab := browser(t)
+	ns, err := embedded.Start(embedded.Options{Addr: "127.0.0.1:0", DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { embedded.Stop(ns) })
+	startBroadcaster(t, ns)
+	e := startEdge(t, ns, nil)
+	tab := newTab()
+	run1(t, tab, "open the page",
+		chromedp.Navigate(e.url+"/?user=alice&room=lobby"),
+		chromedp.WaitVisible(online))
+
+	embedded.Stop(ns)
+	waitFor(t, "readyz 503", func() bool { code, _ := get(t, e.url+"/readyz"); return code == http.StatusServiceUnavailable })
+	// The typing goes out with the first key, before the message; its
+	// answer comes first on the socket, so the outbox's line is the sign
+	// that both answers were handled.
+	run1(t, tab, "type and send during the outage",
+		chromedp.SendKeys(chromedp.ID("text"), "during the outage"), enter(),
+		chromedp.WaitVisible(`//ol[@id="messages"]/li[@class="system" and starts-with(text(), "not sent yet")]`))
+	lines, err := chromedp.Run(tab, chromedp.Evaluate[[]string](`[...document.querySelectorAll("#messages li.system")].map((e) => e.textContent)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range lines {
+		if strings.HasPrefix(l, "error:") {
+			t.Fatalf("the page shows %q among %q: a typing signal's refusal is not for the reader", l, lines)
 		}
 	}
 }

@@ -552,6 +552,9 @@ function onEvent(ev) {
       state.retryDelay = 1000;
       break;
     case "error":
+      // A typing signal that did not go out (NATS away, the room left
+      // meanwhile) is not worth a line: the next keystroke sends another.
+      if (ev.id === "typing") break;
       if (typeof ev.id === "string" && ev.id.startsWith("h")) {
         // A history request failed: its view stops waiting for it; a
         // catch-up is tried again later.
@@ -702,7 +705,7 @@ function typed() {
   const now = Date.now();
   if (now - state.typingSent < TYPING_EVERY_MS) return;
   state.typingSent = now;
-  send({ type: "typing", room: view.name });
+  send({ type: "typing", room: view.name, id: "typing" });
 }
 
 function insertAtCursor(box, s) {
