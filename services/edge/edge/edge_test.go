@@ -68,6 +68,20 @@ func TestNewRejectsBadLimits(t *testing.T) {
 	if _, err := New(Config{ID: "a.b", Limits: limits(1)}, nil, fstest.MapFS{}, slog.Default(), prometheus.NewRegistry()); err == nil {
 		t.Fatal("an edge id with a dot was accepted")
 	}
+	for name, change := range map[string]func(*Config){
+		"a negative rate":                      func(c *Config) { c.Limits.MessageRate = -1 },
+		"a burst of 0 with a rate":             func(c *Config) { c.Limits.MessageRate, c.Limits.MessageBurst = 10, 0 },
+		"a negative burst with a rate":         func(c *Config) { c.Limits.MessageRate, c.Limits.MessageBurst = 10, -3 },
+		"a negative typing interval":           func(c *Config) { c.Limits.TypingEvery = -time.Second },
+		"a negative per-address limit":         func(c *Config) { c.Web.MaxConnsPerIP = -1 },
+		"an auth secret shorter than the rule": func(c *Config) { c.Web.AuthSecret = "short" },
+	} {
+		cfg := Config{Limits: limits(1)}
+		change(&cfg)
+		if _, err := New(cfg, nil, fstest.MapFS{}, slog.Default(), prometheus.NewRegistry()); err == nil {
+			t.Errorf("%s was accepted", name)
+		}
+	}
 }
 
 // The address a connection counts against: the peer's, or behind a
