@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -178,10 +179,56 @@ const maxConversations = 1024
 
 // Conversations returns user's conversations, each with its newest dm, in
 // no particular order. One direct get reads the newest message of every
-// subject of the user's conversations from the per-subject index.
+// subject of the user's conversations from the per-subject index; a user
+// with more conversations than one such read takes has their subjects
+// listed first (stream info, paged), then read maxConversations at a time.
 func Conversations(ctx context.Context, js jetstream.JetStream, user string) ([]Conversation, error) {
 	filters := subject.StoreDMsOf(user)
-	msgs, err := jetstreamext.GetLastMsgsFor(ctx, js, subject.DMStream, filters[:])
+	out, err := newestOf(ctx, js, user, filters[:])
+	if !errors.Is(err, jetstreamext.ErrBatchUnsupported) {
+		return out, err
+	}
+	subjects, err := dmSubjects(ctx, js, filters[:])
+	if err != nil {
+		return nil, fmt.Errorf("conversations of %s: %w", user, err)
+	}
+	out = out[:0]
+	for chunk := range slices.Chunk(subjects, maxConversations) {
+		convs, err := newestOf(ctx, js, user, chunk)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, convs...)
+	}
+	return out, nil
+}
+
+// dmSubjects lists the subjects of the dm stream that match filters, each
+// once, sorted.
+func dmSubjects(ctx context.Context, js jetstream.JetStream, filters []string) ([]string, error) {
+	s, err := js.Stream(ctx, subject.DMStream)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", subject.DMStream, err)
+	}
+	var subjects []string
+	for _, f := range filters {
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(f))
+		if err != nil {
+			return nil, fmt.Errorf("stream %s, subjects %s: %w", subject.DMStream, f, err)
+		}
+		for subj := range info.State.Subjects {
+			subjects = append(subjects, subj)
+		}
+	}
+	slices.Sort(subjects)
+	return slices.Compact(subjects), nil // a note to oneself matches both filters
+}
+
+// newestOf reads the newest dm of each subject that matches filters (at
+// most maxConversations subjects: more is jetstreamext.ErrBatchUnsupported)
+// as user's conversations.
+func newestOf(ctx context.Context, js jetstream.JetStream, user string, filters []string) ([]Conversation, error) {
+	msgs, err := jetstreamext.GetLastMsgsFor(ctx, js, subject.DMStream, filters)
 	if err != nil {
 		return nil, fmt.Errorf("conversations of %s: %w", user, err)
 	}
@@ -194,9 +241,6 @@ func Conversations(ctx context.Context, js jetstream.JetStream, user string) ([]
 			break
 		}
 		if err != nil {
-			if errors.Is(err, jetstreamext.ErrBatchUnsupported) {
-				err = fmt.Errorf("more than %d conversations, or the store refused the read", maxConversations)
-			}
 			return nil, fmt.Errorf("conversations of %s: %w", user, err)
 		}
 		n++

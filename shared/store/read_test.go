@@ -174,3 +174,53 @@ func TestConversations(t *testing.T) {
 		t.Fatalf("room read saw dms: %d, %v", len(msgs), err)
 	}
 }
+
+// A user with more conversations than one multi-subject read takes gets
+// them all.
+func TestConversationsMany(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := natstest.Connect(t, ns)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := EnsureStream(ctx, js, config.Retention{MaxMsgs: 100, MaxAge: time.Hour, MaxBytes: 1 << 30}); err != nil {
+		t.Fatal(err)
+	}
+	const n = maxConversations*2 + 10
+	newest := make(map[string]uint64, n)
+	var acks []jetstream.PubAckFuture
+	for i := range n {
+		from := fmt.Sprintf("u%04d", i)
+		f, err := js.PublishAsync(subject.StoreDM(from, "alice"),
+			fmt.Appendf(nil, `{"type":"dm","from":%q,"to":"alice","text":"hi","ts":%d}`, from, 1000+i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		acks = append(acks, f)
+	}
+	for i, f := range acks {
+		select {
+		case ack := <-f.Ok():
+			newest[fmt.Sprintf("u%04d", i)] = ack.Sequence
+		case err := <-f.Err():
+			t.Fatal(err)
+		case <-ctx.Done():
+			t.Fatal("store not acknowledged")
+		}
+	}
+	convs, err := Conversations(ctx, js, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(convs) != n {
+		t.Fatalf("%d conversations, want %d", len(convs), n)
+	}
+	for _, c := range convs {
+		if newest[c.With] != c.Seq {
+			t.Fatalf("conversation with %s: seq %d, want %d", c.With, c.Seq, newest[c.With])
+		}
+	}
+}
