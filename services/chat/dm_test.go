@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -31,11 +32,17 @@ func (c *wsClient) expectDM(from, to string, seq uint64) event {
 	return ev
 }
 
-// dms asks for the conversations: with -> newest seq, and their order.
+// dms asks for the conversations: with -> newest seq, and their order,
+// which must be the contract's: newest ts first, equal ts by name.
 func (c *wsClient) dms() (map[string]uint64, []string) {
 	c.t.Helper()
 	c.send(map[string]any{"type": "dms"})
 	ev := c.expect("dms")
+	if !slices.IsSortedFunc(ev.Conversations, func(a, b conversation) int {
+		return cmp.Or(cmp.Compare(b.TS, a.TS), strings.Compare(a.With, b.With))
+	}) {
+		c.t.Fatalf("%s: dms not newest first, then by name: %s", c.name, ev.raw)
+	}
 	newest := make(map[string]uint64)
 	var order []string
 	for _, cv := range ev.Conversations {
@@ -189,7 +196,9 @@ func TestDMRecoveryAfterReconnect(t *testing.T) {
 
 	bob = dial(t, e.url, "bob")
 	newest, order := bob.dms()
-	if !slices.Equal(order, []string{"carol", "alice"}) || newest["carol"] != missed["carol"][2] || newest["alice"] != missed["alice"][2] {
+	// dms checks the order; carol's newest is later, or in the same
+	// millisecond and after alice by name.
+	if len(order) != 2 || newest["carol"] != missed["carol"][2] || newest["alice"] != missed["alice"][2] {
 		t.Fatalf("conversations %v in order %v", newest, order)
 	}
 	for with, seq := range newest {

@@ -187,11 +187,7 @@ type event struct {
 	More      *bool           `json:"more"`
 	Recovered *bool           `json:"recovered"`
 	// Conversations answers dms.
-	Conversations []struct {
-		With string `json:"with"`
-		Seq  uint64 `json:"seq"`
-		TS   int64  `json:"ts"`
-	} `json:"conversations"`
+	Conversations []conversation `json:"conversations"`
 	raw string
 }
 
@@ -512,4 +508,11 @@ func mustURL(t *testing.T, s string) *url.URL {
 		t.Fatal(err)
 	}
 	return u
+}
+
+// conversation is one entry of a dms answer.
+type conversation struct {
+	With string `json:"with"`
+	Seq  uint64 `json:"seq"`
+	TS   int64  `json:"ts"`
 }
