@@ -269,6 +269,11 @@ func TestDeployPermissions(t *testing.T) {
 	if err := enc.PublishRequest("chat.presence.who.lobby", "$KV.CHAT_PRESENCE.aimed", nil); err != nil {
 		t.Fatal(err)
 	}
+	// The typing signal published above is through before the observer
+	// listens there: only an answer could reach it.
+	if err := enc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	typing := make(chan *nats.Msg, 10)
 	if _, err := observer.ChanSubscribe("chat.room.lobby.typing", typing); err != nil {
 		t.Fatal(err)
