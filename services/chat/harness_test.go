@@ -188,7 +188,7 @@ type event struct {
 	Recovered *bool           `json:"recovered"`
 	// Conversations answers dms.
 	Conversations []conversation `json:"conversations"`
-	raw string
+	raw           string
 }
 
 func (ev event) seq() uint64 {
