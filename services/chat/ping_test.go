@@ -50,3 +50,31 @@ func TestPingsAndSilentClients(t *testing.T) {
 	healthy.join("lobby")
 	healthy.post("lobby", "still here", "1")
 }
+
+// A silent client is dropped once it has been silent for the pong
+// timeout, not a ping interval or a close handshake later: with a ping
+// interval of 2 s, it goes between 2.2 and 3.1 s after it connected
+// (the pinger looks at every client's silence each 80 ms; dropped
+// without a close frame, nothing is waited for).
+func TestSilentClientDroppedOnTime(t *testing.T) {
+	ns := natstest.Start(t)
+	startBroadcaster(t, ns)
+	e := startEdge(t, ns, func(c *edge.Config) {
+		c.Limits.PingInterval = 2 * time.Second
+		c.Limits.PongTimeout = 2200 * time.Millisecond
+	})
+	conn, err := net.Dial("tcp", e.url[len("http://"):])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, _, err := websocket.NewClient(conn, mustURL(t, wsURL(e.url, "silent")), nil, 1024, 1024); err != nil {
+		t.Fatal(err)
+	}
+	connected := time.Now() // the edge heard it last a moment before
+	waitFor(t, "the connection counted", func() bool { return counter(t, e.reg, "natter_edge_connections") == 1 })
+	waitFor(t, "the silent client dropped", func() bool { return counter(t, e.reg, "natter_edge_connections") == 0 })
+	if d := time.Since(connected); d < 2100*time.Millisecond || d > 3100*time.Millisecond {
+		t.Fatalf("dropped %v after it connected, want between the pong timeout (2.2 s, less the handshake) and 3.1 s", d)
+	}
+}

@@ -469,6 +469,17 @@ func (c *client) finish() {
 		_ = c.conn.SetWriteDeadline(time.Now().Add(closeGrace))
 		_, _ = c.conn.Write(frame)
 	}
+	if code < 0 && w != nil {
+		// No close frame, so no answer to wait for: the peer is gone
+		// (its reader is ending, and Stop leaves the end to it) or is
+		// dropped without a word.
+		_ = c.conn.Close()
+		if w.Stop() {
+			c.readEnded()
+		}
+		c.ended()
+		return
+	}
 	select {
 	case <-c.readerDone:
 		c.linger()

@@ -13,30 +13,34 @@ const pingSlots = 25
 
 // pinger asks every client for a ping once per PingInterval, and drops
 // one that has sent nothing (not even a pong) for PongTimeout, until ctx
-// ends. It is the only timer the edge keeps for idle connections.
+// ends: every turn looks at every client's silence, so a drop comes at
+// most PingInterval/pingSlots late. It is the only timer the edge keeps
+// for idle connections.
 func (e *Edge) pinger(ctx context.Context) {
 	tick := time.NewTicker(max(e.cfg.Limits.PingInterval/pingSlots, time.Millisecond))
 	defer tick.Stop()
-	var due []*client
+	var due, gone []*client
 	for slot := 0; ; slot = (slot + 1) % pingSlots {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
+		silent := time.Now().Add(-e.cfg.Limits.PongTimeout).UnixNano()
 		e.mu.Lock()
 		for c := range e.clients {
-			if c.pingSlot == slot {
+			switch {
+			case c.heard.Load() < silent:
+				gone = append(gone, c)
+			case c.pingSlot == slot:
 				due = append(due, c)
 			}
 		}
 		e.mu.Unlock()
-		silent := time.Now().Add(-e.cfg.Limits.PongTimeout).UnixNano()
+		for _, c := range gone {
+			c.close(-1, "") // gone without a word: no close frame
+		}
 		for _, c := range due {
-			if c.heard.Load() < silent {
-				c.close(-1, "") // gone without a word: no close frame
-				continue
-			}
 			c.mu.Lock()
 			if !c.closing {
 				c.pingDue = true
@@ -45,6 +49,7 @@ func (e *Edge) pinger(ctx context.Context) {
 			c.mu.Unlock()
 		}
 		clear(due)
-		due = due[:0]
+		clear(gone)
+		due, gone = due[:0], gone[:0]
 	}
 }
