@@ -276,8 +276,11 @@ func (c *client) slowWriter(rest []byte) {
 			err = write(out)
 		}
 	}
+	// The stream may end inside a frame: no close frame may follow it,
+	// whatever closing had asked for (a cut-off's 1008, a stop's 1001).
 	c.mu.Lock()
 	c.closeLocked(-1, "")
+	c.closeCode = -1
 	c.finishing = true
 	c.mu.Unlock()
 	c.finish()
