@@ -354,6 +354,9 @@ func (c *client) readable(w *ws.Watch) {
 		return
 	}
 	if !w.Resume() {
+		// Stopped meanwhile (closing already), or the socket cannot be
+		// watched any more: either way the client is over.
+		c.close(-1, "")
 		c.readEnded()
 	}
 }
@@ -363,6 +366,9 @@ func (c *client) readable(w *ws.Watch) {
 func (c *client) frame(op ws.Op, p []byte) bool {
 	switch op {
 	case ws.OpText:
+		if c.isClosing() {
+			return false // cut off or stopping: nothing more is taken
+		}
 		if !utf8.Valid(p) {
 			c.close(ws.CloseInvalidPayload, "text frame is not valid UTF-8")
 			return false
