@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -217,6 +218,7 @@ type wsClient struct {
 	session string
 	// gate is held to stop the reader from reading the socket (pause).
 	gate     sync.Mutex
+	paused   atomic.Bool // gate is held
 	received int
 	// backlog holds events read ahead (post reads past message echoes
 	// while it waits for the ack); next returns them first.

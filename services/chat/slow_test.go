@@ -75,9 +75,19 @@ func TestSlowClientIsCutOff(t *testing.T) {
 
 // pause stops the test reader from reading the socket (after at most one
 // more frame), as a stuck client would. resume must follow.
-func (c *wsClient) pause() { c.gate.Lock() }
+// pause stops c's reader until resume, or until the test ends: a test
+// that fails while c is paused must not wait for ever on its reader.
+func (c *wsClient) pause() {
+	c.gate.Lock()
+	c.paused.Store(true)
+	c.t.Cleanup(c.resume) // runs before the cleanup that closes c
+}
 
-func (c *wsClient) resume() { c.gate.Unlock() }
+func (c *wsClient) resume() {
+	if c.paused.CompareAndSwap(true, false) {
+		c.gate.Unlock()
+	}
+}
 
 // drainUntil reads messages until n have arrived in all, checking that
 // their ids count up from 0 (bot posts keep their order).
