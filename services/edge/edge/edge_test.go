@@ -181,6 +181,30 @@ func TestQueueOverflowClosesWith1008(t *testing.T) {
 	wait()
 }
 
+// A queue of CHAT_SEND_QUEUE live events is full, not over: a client
+// holding exactly that many gets them all and stays.
+func TestQueueHoldsSendQueueEvents(t *testing.T) {
+	e := newTestEdge(t, 4)
+	var closing atomic.Bool
+	conn, wait := serveOne(t, e, func(c *client) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for i := range 4 {
+			c.enqueueLiveLocked([]byte(`{"n":` + strconv.Itoa(i) + `}`))
+		}
+		closing.Store(c.closing)
+	})
+	_, data, err := conn.ReadMessage() // after prepare: the events come after it
+	if err != nil || string(data) != "{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n{\"n\":3}" {
+		t.Fatalf("read %q, %v; want the four events", data, err)
+	}
+	if closing.Load() {
+		t.Fatal("a client with a full queue, not an overflowing one, was cut off")
+	}
+	conn.Close()
+	wait()
+}
+
 // Events queued together leave in one frame.
 func TestWriterCoalesces(t *testing.T) {
 	e := newTestEdge(t, 512)
@@ -196,10 +220,11 @@ func TestWriterCoalesces(t *testing.T) {
 	if string(data) != "{\"n\":0}\n{\"n\":1}\n{\"n\":2}" {
 		t.Fatalf("frame %q, want the three events in one frame", data)
 	}
-	_ = conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""))
+	// The client's close code comes back (RFC 6455 5.5.1).
+	_ = conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(4000, "bye"))
 	_, _, err = conn.ReadMessage()
-	if ce, ok := err.(*websocket.CloseError); !ok || ce.Code != websocket.CloseNormalClosure {
-		t.Fatalf("after closing: %v", err)
+	if ce, ok := err.(*websocket.CloseError); !ok || ce.Code != 4000 {
+		t.Fatalf("after closing with 4000: %v", err)
 	}
 	conn.Close()
 	wait()
