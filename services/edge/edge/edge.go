@@ -139,6 +139,9 @@ func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus
 	if cfg.Web.MaxConnsPerIP < 0 || lim.MessageRate < 0 || lim.TypingEvery < 0 {
 		return nil, errors.New("edge: CHAT_MAX_CONNS_PER_IP, CHAT_RATE_MESSAGES and CHAT_TYPING_EVERY must not be negative")
 	}
+	if lim.WriteDelay < 0 || lim.WriteDelay >= lim.WriteTimeout {
+		return nil, errors.New("edge: CHAT_WRITE_DELAY must be at least 0 and below CHAT_WRITE_TIMEOUT")
+	}
 	if lim.MessageRate > 0 && lim.MessageBurst < 1 {
 		return nil, errors.New("edge: CHAT_RATE_BURST must be at least 1 while CHAT_RATE_MESSAGES is set")
 	}

@@ -75,6 +75,8 @@ func TestNewRejectsBadLimits(t *testing.T) {
 		"a negative typing interval":           func(c *Config) { c.Limits.TypingEvery = -time.Second },
 		"a negative per-address limit":         func(c *Config) { c.Web.MaxConnsPerIP = -1 },
 		"an auth secret shorter than the rule": func(c *Config) { c.Web.AuthSecret = "short" },
+		"a negative write delay":               func(c *Config) { c.Limits.WriteDelay = -time.Millisecond },
+		"a write delay of the write timeout":   func(c *Config) { c.Limits.WriteDelay = c.Limits.WriteTimeout },
 	} {
 		cfg := Config{Limits: limits(1)}
 		change(&cfg)
@@ -200,6 +202,30 @@ func TestQueueHoldsSendQueueEvents(t *testing.T) {
 	}
 	if closing.Load() {
 		t.Fatal("a client with a full queue, not an overflowing one, was cut off")
+	}
+	conn.Close()
+	wait()
+}
+
+// CHAT_WRITE_DELAY holds a client's first queued event for those that
+// follow: an event queued 20 ms after another, within a delay of 300 ms,
+// leaves in the same frame.
+func TestWriteDelayCoalesces(t *testing.T) {
+	lim := limits(512)
+	lim.WriteDelay = 300 * time.Millisecond
+	e, err := New(Config{Limits: lim}, nil, fstest.MapFS{}, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan *client, 1)
+	conn, wait := serveOne(t, e, func(c *client) { served <- c })
+	c := <-served
+	c.reply([]byte(`{"n":0}`))
+	time.Sleep(20 * time.Millisecond) // the spacing under test, not a wait for something
+	c.reply([]byte(`{"n":1}`))
+	_, data, err := conn.ReadMessage()
+	if err != nil || string(data) != "{\"n\":0}\n{\"n\":1}" {
+		t.Fatalf("first frame %q, %v; want both events in it", data, err)
 	}
 	conn.Close()
 	wait()
