@@ -23,8 +23,9 @@
 //     socket is full is taken over by a slow writer goroutine until it
 //     has caught up; the one that finds the client closing starts finish,
 //     which sends the close frame and closes the socket. One of the three
-//     owns the socket at a time (flush.go). Pongs and close replies go
-//     through the same queue.
+//     owns the socket at a time (flush.go). Pongs and close replies are
+//     written by the same owner, from slots of their own (the latest
+//     pong, the close code), not from the event queue.
 //   - A connection is let go of (its rooms left, its address released)
 //     by whichever of its two ends comes second: the end of its reading
 //     or finish.
