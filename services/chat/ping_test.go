@@ -33,14 +33,7 @@ func TestPingsAndSilentClients(t *testing.T) {
 
 	// A silent client: its socket is open but it never reads, so it never
 	// answers a ping.
-	conn, err := net.Dial("tcp", e.url[len("http://"):])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, _, err := websocket.NewClient(conn, mustURL(t, wsURL(e.url, "silent")), nil, 1024, 1024); err != nil {
-		t.Fatal(err)
-	}
+	dialSilent(t, e)
 	waitFor(t, "two connections", func() bool { return counter(t, e.reg, "natter_edge_connections") == 2 })
 	waitFor(t, "the silent client dropped", func() bool { return counter(t, e.reg, "natter_edge_connections") == 1 })
 
@@ -63,18 +56,25 @@ func TestSilentClientDroppedOnTime(t *testing.T) {
 		c.Limits.PingInterval = 2 * time.Second
 		c.Limits.PongTimeout = 2200 * time.Millisecond
 	})
-	conn, err := net.Dial("tcp", e.url[len("http://"):])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, _, err := websocket.NewClient(conn, mustURL(t, wsURL(e.url, "silent")), nil, 1024, 1024); err != nil {
-		t.Fatal(err)
-	}
+	dialSilent(t, e)
 	connected := time.Now() // the edge heard it last a moment before
 	waitFor(t, "the connection counted", func() bool { return counter(t, e.reg, "natter_edge_connections") == 1 })
 	waitFor(t, "the silent client dropped", func() bool { return counter(t, e.reg, "natter_edge_connections") == 0 })
 	if d := time.Since(connected); d < 2100*time.Millisecond || d > 3100*time.Millisecond {
 		t.Fatalf("dropped %v after it connected, want between the pong timeout (2.2 s, less the handshake) and 3.1 s", d)
+	}
+}
+
+// dialSilent opens a WebSocket to e as the user silent that never reads,
+// so never answers a ping; the test's end closes it.
+func dialSilent(t *testing.T, e *testEdge) {
+	t.Helper()
+	conn, err := net.Dial("tcp", e.url[len("http://"):])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, _, err := websocket.NewClient(conn, mustURL(t, wsURL(e.url, "silent")), nil, 1024, 1024); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -114,17 +114,9 @@ func TestReads(t *testing.T) {
 // conversation under the same log, a user's conversations are listed with
 // their newest dm, and a note to oneself is listed once.
 func TestConversations(t *testing.T) {
-	ns := natstest.Start(t)
-	nc := natstest.Connect(t, ns)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := dmStore(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if _, err := EnsureStream(ctx, js, config.Retention{MaxMsgs: 100, MaxAge: time.Hour, MaxBytes: 1 << 30}); err != nil {
-		t.Fatal(err)
-	}
 	if convs, err := Conversations(ctx, js, "alice"); err != nil || len(convs) != 0 {
 		t.Fatalf("no dms yet: %v, %v", convs, err)
 	}
@@ -162,11 +154,11 @@ func TestConversations(t *testing.T) {
 	if err != nil || !more || !slices.Equal(seqsOf(back), seqsOf(ab[1:])) {
 		t.Fatalf("alice and bob, newest 2: %v, more %v, %v", seqsOf(back), more, err)
 	}
-	if last, err := LastSeq(ctx, nc, Between("alice", "bob")); err != nil || last != newest["alice.bob"] {
+	if last, err := LastSeq(ctx, js.Conn(), Between("alice", "bob")); err != nil || last != newest["alice.bob"] {
 		t.Fatalf("LastSeq of alice and bob = %d, %v", last, err)
 	}
 	all := Log{Stream: subject.DMStream, Subject: subject.StoreDMAny, Name: "dms"}
-	if last, err := LastSeq(ctx, nc, all); err != nil || last != newest["alice.bob"] {
+	if last, err := LastSeq(ctx, js.Conn(), all); err != nil || last != newest["alice.bob"] {
 		t.Fatalf("LastSeq of every dm = %d, %v; want %d", last, err, newest["alice.bob"])
 	}
 	// The room stream does not hold them.
@@ -178,17 +170,9 @@ func TestConversations(t *testing.T) {
 // A user with more conversations than one multi-subject read takes gets
 // them all.
 func TestConversationsMany(t *testing.T) {
-	ns := natstest.Start(t)
-	nc := natstest.Connect(t, ns)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := dmStore(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if _, err := EnsureStream(ctx, js, config.Retention{MaxMsgs: 100, MaxAge: time.Hour, MaxBytes: 1 << 30}); err != nil {
-		t.Fatal(err)
-	}
 	const n = maxConversations*2 + 10
 	newest := make(map[string]uint64, n)
 	var acks []jetstream.PubAckFuture
@@ -223,4 +207,19 @@ func TestConversationsMany(t *testing.T) {
 			t.Fatalf("conversation with %s: seq %d, want %d", c.With, c.Seq, newest[c.With])
 		}
 	}
+}
+
+// dmStore is a JetStream with the streams made, on a server of the test's.
+func dmStore(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(natstest.Connect(t, natstest.Start(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := EnsureStream(ctx, js, config.Retention{MaxMsgs: 100, MaxAge: time.Hour, MaxBytes: 1 << 30}); err != nil {
+		t.Fatal(err)
+	}
+	return js
 }
