@@ -14,6 +14,17 @@ import (
 	"github.com/natter-chat/natter/shared/subject"
 )
 
+// A server that stops answering (killed without closing its sockets, or
+// cut off from the network) is found after at most pingInterval times
+// (maxPingsOut+1), instead of the minutes of nats.go's defaults, so the
+// connection moves to another server of the cluster within the seconds
+// that the mesh promises to be serving again. A ping every two seconds
+// per connection costs nothing worth counting.
+const (
+	pingInterval = 2 * time.Second
+	maxPingsOut  = 2
+)
+
 // Connect opens a connection named name to url (comma-separated URLs are
 // allowed). It returns at once even when no server answers yet: the
 // connection keeps trying in the background, so a service can start before
@@ -30,6 +41,8 @@ func Connect(url, name string, drainTimeout time.Duration, log *slog.Logger, ext
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
 		nats.DrainTimeout(drainTimeout),
+		nats.PingInterval(pingInterval),
+		nats.MaxPingsOutstanding(maxPingsOut),
 		// SubscribeSync is used only by the batch reads of JetStream
 		// (jetstreamext: a replay, a history page, the dm conversations,
 		// at most 1,025 messages each), and each one makes a channel of

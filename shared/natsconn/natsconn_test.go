@@ -3,6 +3,9 @@ package natsconn
 import (
 	"io"
 	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -93,4 +96,120 @@ func TestAuth(t *testing.T) {
 	if _, err := nats.Connect(ns.ClientURL(), Auth(config.NATS{User: "edge", Password: "wrong"})...); err == nil {
 		t.Fatal("a wrong password was let in")
 	}
+}
+
+// A server that goes silent without closing its sockets (killed with the
+// network cut, or cut off itself) is left for another server of the list
+// within seconds: the connection pings it and gives up after a few
+// unanswered pings. With nats.go's defaults (a ping every two minutes) the
+// connection would sit on the dead server for minutes.
+func TestLeavesASilentServer(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var servers []string
+	for range 2 {
+		ns, err := embedded.Start(embedded.Options{Addr: "127.0.0.1:0", DataDir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer embedded.Stop(ns)
+		servers = append(servers, embedded.Addr(ns))
+	}
+	hole := startBlackHole(t, servers[0])
+	defer hole.close()
+	nc, err := Connect("nats://"+hole.addr()+",nats://"+servers[1], "t", time.Second, log, nats.DontRandomize())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if err := nc.FlushTimeout(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := nc.ConnectedAddr(); got != hole.addr() {
+		t.Fatalf("connected to %s, want the first server's proxy %s", got, hole.addr())
+	}
+	hole.swallow()
+	// A bound well above what the pings need (pingInterval times
+	// maxPingsOut+1) and well below nats.go's default of minutes.
+	deadline := time.Now().Add(4 * (maxPingsOut + 1) * pingInterval)
+	for nc.ConnectedAddr() != servers[1] {
+		if time.Now().After(deadline) {
+			t.Fatalf("still on %q after the first server went silent", nc.ConnectedAddr())
+		}
+		time.Sleep(50 * time.Millisecond) // polling the connection state
+	}
+}
+
+// blackHole forwards TCP connections to a server until swallow, then keeps
+// them open and drops everything sent either way, as a network that lost
+// the server does.
+type blackHole struct {
+	ln       net.Listener
+	upstream string
+	dropping atomic.Bool
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	conns    []net.Conn // guarded by mu
+}
+
+func startBlackHole(t *testing.T, upstream string) *blackHole {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &blackHole{ln: ln, upstream: upstream}
+	h.wg.Go(h.accept)
+	return h
+}
+
+func (h *blackHole) addr() string { return h.ln.Addr().String() }
+
+func (h *blackHole) swallow() { h.dropping.Store(true) }
+
+func (h *blackHole) accept() {
+	for {
+		down, err := h.ln.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.Dial("tcp", h.upstream)
+		if err != nil {
+			down.Close()
+			continue
+		}
+		h.mu.Lock()
+		h.conns = append(h.conns, down, up)
+		h.mu.Unlock()
+		h.wg.Go(func() { h.pipe(up, down) })
+		h.wg.Go(func() { h.pipe(down, up) })
+	}
+}
+
+// pipe copies from src to dst until src fails, dropping what it reads
+// once the hole swallows.
+func (h *blackHole) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			return
+		}
+		if h.dropping.Load() {
+			continue
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			return
+		}
+	}
+}
+
+// close closes the listener and every connection, and waits for the pipes.
+func (h *blackHole) close() {
+	h.ln.Close()
+	h.mu.Lock()
+	for _, c := range h.conns {
+		c.Close()
+	}
+	h.mu.Unlock()
+	h.wg.Wait()
 }
