@@ -22,7 +22,7 @@ import (
 // random port with its store in a temporary folder, the passwords set.
 func deployServer(t *testing.T) *server.Server {
 	t.Helper()
-	for _, u := range []string{"EDGE", "BROADCASTER", "PRESENCE", "OBSERVER"} {
+	for _, u := range []string{"EDGE", "BROADCASTER", "PRESENCE", "OBSERVER", "BOT"} {
 		t.Setenv("NATTER_"+u+"_PASSWORD", strings.ToLower(u)+"-secret")
 	}
 	opts, err := server.ProcessConfigFile("../../deploy/nats/nats.conf")
@@ -193,6 +193,11 @@ func TestDeployPermissions(t *testing.T) {
 			pub: []string{"chat.in.room.lobby", "chat.room.lobby.msg", "_INBOX.x"},
 			sub: []string{"$KV.>", "_INBOX.>", ">"},
 		},
+		"bot": {
+			pub: []string{"chat.room.lobby.msg", "chat.store.room.lobby", "chat.room.lobby.typing", "chat.presence.session.lobby",
+				"chat.presence.who.lobby", "$JS.API.STREAM.DELETE.CHAT", "$KV.CHAT_PRESENCE.leader", "_INBOX_edge.x"},
+			sub: []string{"chat.>", "chat.room.*.*", "chat.dm.>", "_INBOX_edge.>", "$KV.>", ">"},
+		},
 	}
 	for user, f := range forbidden {
 		var v violations
@@ -322,4 +327,28 @@ func TestDeployPermissions(t *testing.T) {
 		_ = enc.Flush()
 		return slices.ContainsFunc(v.list(), func(e string) bool { return strings.Contains(e, `Publish to "chat.room.lobby.msg"`) })
 	})
+
+	// A bot posts in a room and in a dm as nats req does (replies on
+	// _INBOX.), and gets its seqs.
+	var botv violations
+	bot, err := nats.Connect(ns.ClientURL(), nats.UserInfo("bot", "bot-secret"), nats.ErrorHandler(botv.handler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bot.Close()
+	for subj, post := range map[string]string{
+		subject.InRoom("lobby"): `{"from":"bot","text":"hello from a bot","id":"b1"}`,
+		subject.InDM("alice"):   `{"from":"bot","text":"psst from a bot","id":"b2"}`,
+	} {
+		m, err := bot.Request(subj, []byte(post), wait)
+		if err != nil {
+			t.Fatalf("bot post on %s: %v", subj, err)
+		}
+		if !strings.HasPrefix(string(m.Data), `{"seq":`) {
+			t.Errorf("bot post on %s answered %s", subj, m.Data)
+		}
+	}
+	if errs := botv.list(); len(errs) > 0 {
+		t.Errorf("the bot hit permission errors while posting: %v", errs)
+	}
 }
