@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,71 +17,15 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natter-chat/natter/shared/auth"
+	"github.com/natter-chat/natter/shared/browsertest"
 	"github.com/natter-chat/natter/shared/embedded"
 	"github.com/natter-chat/natter/shared/proto"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
-// chromium finds the browser for end-to-end tests. Without one the tests
-// skip, except under CI=true, where .ci/run has installed it and its
-// absence is a failure.
-func chromium(t *testing.T) string {
-	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	const how = "no Chromium found; install it with: apt-get install chromium (Debian)"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(how)
-	}
-	t.Skip(how)
-	return ""
-}
-
-// browser starts a headless Chromium with a fresh profile; each call of
+// browser starts a headless Chromium (shared/browsertest); each call of
 // the returned function opens a new tab in a browser context of its own.
-func browser(t *testing.T) func() context.Context {
-	t.Helper()
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(chromium(t)),
-		chromedp.Headless,
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-quic", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1000, 700),
-	}
-	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	root, cancelRoot := chromedp.NewContext(alloc)
-	if err := chromedp.Do(root); err != nil { // starts the browser
-		cancelRoot()
-		cancelAlloc()
-		t.Fatalf("starting chromium: %v", err)
-	}
-	t.Cleanup(func() {
-		cancelRoot()
-		cancelAlloc()
-	})
-	return func() context.Context {
-		// Each tab gets its own browser context: its own storage, like a
-		// separate person.
-		tab, cancel := chromedp.NewContext(root, chromedp.WithNewBrowserContext())
-		t.Cleanup(cancel)
-		// The first run opens the tab, which lives as long as the context
-		// of that run: it must not be one with a timeout.
-		if err := chromedp.Do(tab); err != nil {
-			t.Fatalf("opening a tab: %v", err)
-		}
-		return tab
-	}
-}
+func browser(t *testing.T) func() context.Context { return browsertest.Start(t) }
 
 func run1(t *testing.T, ctx context.Context, what string, actions ...chromedp.Action[chromedp.Void]) {
 	t.Helper()
