@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chromedp/cdproto/cdp"
-	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
 	"github.com/nats-io/nats.go"
 
@@ -27,47 +25,15 @@ import (
 // the returned function opens a new tab in a browser context of its own.
 func browser(t *testing.T) func() context.Context { return browsertest.Start(t) }
 
-func run1(t *testing.T, ctx context.Context, what string, actions ...chromedp.Action[chromedp.Void]) {
-	t.Helper()
-	tctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	if err := chromedp.Do(tctx, actions...); err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
-}
+// The page's parts and gestures, named once in shared/browsertest.
+var (
+	run1      = browsertest.Run
+	enter     = browsertest.Enter
+	member    = browsertest.Member
+	textShown = browsertest.TextShown
+)
 
-// enter presses Enter as a person does. chromedp's SendKeys adds a char
-// event that Chrome applies even when the keydown handler cancelled it,
-// which would leave a newline in the cleared composer.
-func enter() chromedp.Action[chromedp.Void] {
-	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
-		for _, typ := range []input.DispatchKeyEventType{input.DispatchKeyEventTypeRawKeyDown, input.DispatchKeyEventTypeKeyUp} {
-			_, err := cdp.Call(ctx, t, input.DispatchKeyEvent, input.DispatchKeyEventParams{
-				Type: typ, Key: "Enter", Code: "Enter", WindowsVirtualKeyCode: 13, NativeVirtualKeyCode: 13,
-			})
-			if err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-}
-
-// online is the XPath of the page's status once it is connected.
-const online = `//span[@id="status" and text()="online"]`
-
-// member is the XPath of a user in the member list (a button that
-// starts a conversation).
-func member(user string) string {
-	return `//ul[@id="member-list"]/li/button[text()=` + xpathString(user) + `]`
-}
-
-// textShown is the XPath of a message text in the list.
-func textShown(text string) string {
-	return `//ol[@id="messages"]//span[@class="text" and text()=` + xpathString(text) + `]`
-}
-
-func xpathString(s string) string { return `"` + s + `"` }
+const online = browsertest.Online
 
 // Two tabs on the single binary's page chat both ways, and what users
 // type is shown as text, never run as HTML.

@@ -1,5 +1,6 @@
 // Package browsertest drives the real page in headless Chromium for
-// end-to-end tests, through chromedp. Without a browser the tests skip and
+// end-to-end tests, through chromedp, and names the page's parts the
+// tests look for. Without a browser the tests skip and
 // say how to install one, except under CI=true, where .ci/run has
 // installed it and its absence is a failure.
 package browsertest
@@ -9,7 +10,10 @@ import (
 	"os"
 	"os/exec"
 	"testing"
+	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
 )
 
@@ -71,3 +75,46 @@ func Start(t testing.TB) func() context.Context {
 		return tab
 	}
 }
+
+// Run does actions in a tab within 20 s, failing the test with what.
+func Run(t testing.TB, ctx context.Context, what string, actions ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	tctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := chromedp.Do(tctx, actions...); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// Enter presses Enter as a person does. chromedp's SendKeys adds a char
+// event that Chrome applies even when the keydown handler cancelled it,
+// which would leave a newline in the cleared composer.
+func Enter() chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		for _, typ := range []input.DispatchKeyEventType{input.DispatchKeyEventTypeRawKeyDown, input.DispatchKeyEventTypeKeyUp} {
+			_, err := cdp.Call(ctx, t, input.DispatchKeyEvent, input.DispatchKeyEventParams{
+				Type: typ, Key: "Enter", Code: "Enter", WindowsVirtualKeyCode: 13, NativeVirtualKeyCode: 13,
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Online is the XPath of the page's status once it is connected.
+const Online = `//span[@id="status" and text()="online"]`
+
+// Member is the XPath of a user in the member list (a button that
+// starts a conversation).
+func Member(user string) string {
+	return `//ul[@id="member-list"]/li/button[text()=` + xpathString(user) + `]`
+}
+
+// TextShown is the XPath of a message text in the list.
+func TextShown(text string) string {
+	return `//ol[@id="messages"]//span[@class="text" and text()=` + xpathString(text) + `]`
+}
+
+func xpathString(s string) string { return `"` + s + `"` }
