@@ -1,6 +1,7 @@
 // Package ops serves the operational endpoints every natter service has:
-// /healthz, /readyz and /metrics, and runs HTTP servers that log their
-// address and stop with their context.
+// /healthz, /readyz and /metrics, runs HTTP servers that log their address
+// and stop with their context, and asks a service's /readyz for its
+// healthcheck subcommand.
 package ops
 
 import (
