@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"io"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"go.uber.org/goleak"
 
 	"github.com/natter-chat/natter/shared/natstest"
@@ -24,6 +28,14 @@ func TestRunAlone(t *testing.T) {
 	addr, stop := servicetest.Run(t, run)
 	servicetest.GetOK(t, addr, "/healthz", "/readyz", "/metrics")
 
+	awaitStored(t, ns)
+	stop()
+}
+
+// awaitStored posts to a room on ns until a broadcaster answers with the
+// post's seq, for up to 10 s.
+func awaitStored(t *testing.T, ns *server.Server) {
+	t.Helper()
 	nc := natstest.Connect(t, ns)
 	var reply proto.PostReply
 	deadline := time.Now().Add(10 * time.Second)
@@ -40,5 +52,37 @@ func TestRunAlone(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond) // polling for the subscription to be in place
 	}
-	stop()
+}
+
+// The healthcheck subcommand passes while the broadcaster is ready, and fails while
+// its NATS is gone (503) and once it has stopped.
+func TestHealthcheck(t *testing.T) {
+	ns := natstest.Start(t)
+	t.Setenv("CHAT_NATS_URL", ns.ClientURL())
+	servicetest.CheckHealthcheck(t, run, func() {
+		awaitStored(t, ns) // its streams made: not shut down while they are
+		ns.Shutdown()
+	})
+}
+
+// Without CHAT_HTTP_ADDR the healthcheck asks the broadcaster's own default address,
+// on 127.0.0.1; any other argument is refused before anything starts.
+func TestRunArguments(t *testing.T) {
+	t.Setenv("CHAT_NATS_URL", "") // so that an argument taken by mistake ends run at once
+	out, err := servicetest.Healthcheck(t, run, "")
+	if want := "http://127.0.0.1:8082/readyz"; !strings.Contains(out, want) && (err == nil || !strings.Contains(err.Error(), want)) {
+		t.Errorf("healthcheck without CHAT_HTTP_ADDR: printed %q, error %v; want %s asked", out, err, want)
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"serve"}, "the one subcommand is healthcheck"},
+		{[]string{"-h"}, "the one subcommand is healthcheck"},
+		{[]string{"healthcheck", "now"}, `healthcheck: unexpected arguments ["now"]`},
+	} {
+		if err := run(context.Background(), tt.args, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("run %q: %v, want an error with %q", tt.args, err, tt.want)
+		}
+	}
 }

@@ -30,16 +30,27 @@ type Config struct {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Stderr); err != nil {
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "edge:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, stderr io.Writer) error {
+// run is the whole program, so that a test can run it in-process. Its one
+// subcommand, healthcheck, asks the service's own /readyz on CHAT_HTTP_ADDR.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var cfg Config
 	if err := config.Load(&cfg); err != nil {
 		return err
+	}
+	switch {
+	case len(args) == 0:
+	case args[0] != "healthcheck":
+		return fmt.Errorf("unexpected arguments %q: edge takes its configuration from CHAT_* variables (see README); the one subcommand is healthcheck", args)
+	case len(args) > 1:
+		return fmt.Errorf("healthcheck: unexpected arguments %q", args[1:])
+	default:
+		return ops.Healthcheck(ctx, cfg.HTTPAddr, stdout)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil)).With("service", "edge")
 	if cfg.URL == "" {

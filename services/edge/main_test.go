@@ -66,7 +66,37 @@ func TestRunAlone(t *testing.T) {
 
 func TestRunNeedsNATSURL(t *testing.T) {
 	t.Setenv("CHAT_NATS_URL", "")
-	if err := run(context.Background(), io.Discard); err == nil {
+	if err := run(context.Background(), nil, io.Discard, io.Discard); err == nil {
 		t.Fatal("ran without CHAT_NATS_URL")
+	}
+}
+
+// The healthcheck subcommand passes while the edge is ready, and fails while
+// its NATS is gone (503) and once it has stopped.
+func TestHealthcheck(t *testing.T) {
+	ns := natstest.Start(t)
+	t.Setenv("CHAT_NATS_URL", ns.ClientURL())
+	servicetest.CheckHealthcheck(t, run, ns.Shutdown)
+}
+
+// Without CHAT_HTTP_ADDR the healthcheck asks the edge's own default address,
+// on 127.0.0.1; any other argument is refused before anything starts.
+func TestRunArguments(t *testing.T) {
+	t.Setenv("CHAT_NATS_URL", "") // so that an argument taken by mistake ends run at once
+	out, err := servicetest.Healthcheck(t, run, "")
+	if want := "http://127.0.0.1:8080/readyz"; !strings.Contains(out, want) && (err == nil || !strings.Contains(err.Error(), want)) {
+		t.Errorf("healthcheck without CHAT_HTTP_ADDR: printed %q, error %v; want %s asked", out, err, want)
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"serve"}, "the one subcommand is healthcheck"},
+		{[]string{"-h"}, "the one subcommand is healthcheck"},
+		{[]string{"healthcheck", "now"}, `healthcheck: unexpected arguments ["now"]`},
+	} {
+		if err := run(context.Background(), tt.args, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("run %q: %v, want an error with %q", tt.args, err, tt.want)
+		}
 	}
 }

@@ -1,9 +1,13 @@
 package main
 
 import (
+	"context"
+	"io"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"go.uber.org/goleak"
 
 	"github.com/natter-chat/natter/shared/natstest"
@@ -22,7 +26,14 @@ func TestRunAlone(t *testing.T) {
 	addr, stop := servicetest.Run(t, run)
 	servicetest.GetOK(t, addr, "/healthz", "/readyz", "/metrics")
 
-	// Once it has listened for the edges (none here), it answers who.
+	awaitWho(t, ns)
+	stop()
+}
+
+// awaitWho asks who is in a room on ns until presence answers, for up to
+// 10 s: it answers once it has listened for the edges (none here).
+func awaitWho(t *testing.T, ns *server.Server) {
+	t.Helper()
 	nc := natstest.Connect(t, ns)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -31,12 +42,44 @@ func TestRunAlone(t *testing.T) {
 			if string(msg.Data) != `{"users":[]}` {
 				t.Fatalf("who lobby = %s", msg.Data)
 			}
-			break
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no answer to who within 10 s: %v", err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	stop()
+}
+
+// The healthcheck subcommand passes while presence is ready, and fails while
+// its NATS is gone (503) and once it has stopped.
+func TestHealthcheck(t *testing.T) {
+	ns := natstest.Start(t)
+	t.Setenv("CHAT_NATS_URL", ns.ClientURL())
+	servicetest.CheckHealthcheck(t, run, func() {
+		awaitWho(t, ns) // its bucket made: not shut down while it is
+		ns.Shutdown()
+	})
+}
+
+// Without CHAT_HTTP_ADDR the healthcheck asks presence's own default address,
+// on 127.0.0.1; any other argument is refused before anything starts.
+func TestRunArguments(t *testing.T) {
+	t.Setenv("CHAT_NATS_URL", "") // so that an argument taken by mistake ends run at once
+	out, err := servicetest.Healthcheck(t, run, "")
+	if want := "http://127.0.0.1:8081/readyz"; !strings.Contains(out, want) && (err == nil || !strings.Contains(err.Error(), want)) {
+		t.Errorf("healthcheck without CHAT_HTTP_ADDR: printed %q, error %v; want %s asked", out, err, want)
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"serve"}, "the one subcommand is healthcheck"},
+		{[]string{"-h"}, "the one subcommand is healthcheck"},
+		{[]string{"healthcheck", "now"}, `healthcheck: unexpected arguments ["now"]`},
+	} {
+		if err := run(context.Background(), tt.args, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("run %q: %v, want an error with %q", tt.args, err, tt.want)
+		}
+	}
 }

@@ -1,28 +1,33 @@
 // Package servicetest runs a service binary's run function in-process for
-// a test, the way STYLE.md asks binaries to be tested: configuration from
-// the environment (t.Setenv), logs captured, the HTTP address taken from
-// the contract's "listening" line.
+// a test: configuration from the environment (t.Setenv), logs captured,
+// the HTTP address taken from the "listening" line each process logs.
 package servicetest
 
 import (
 	"context"
 	"io"
 	"net/http"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/natter-chat/natter/shared/logwatch"
 )
 
-// Run starts run in a goroutine and waits for its "listening http" line.
-// stop cancels it, waits for it and fails the test if it returned an
-// error; it also runs when the test ends.
-func Run(t *testing.T, run func(context.Context, io.Writer) error) (addr string, stop func()) {
+// RunFunc is a binary's run: the whole program, with its arguments (after
+// the program name) and its output.
+type RunFunc func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+
+// Run starts run without arguments in a goroutine and waits for its
+// "listening http" line. stop cancels it, waits for it and fails the test
+// if it returned an error; it also runs when the test ends.
+func Run(t *testing.T, run RunFunc) (addr string, stop func()) {
 	t.Helper()
 	logs := logwatch.New()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, logs) }()
+	go func() { done <- run(ctx, nil, io.Discard, logs) }()
 	stopped := false
 	stop = func() {
 		if stopped {
@@ -51,5 +56,60 @@ func GetOK(t *testing.T, addr string, paths ...string) {
 		if resp.StatusCode != http.StatusOK {
 			t.Errorf("GET %s: %d", path, resp.StatusCode)
 		}
+	}
+}
+
+// Healthcheck runs run's healthcheck subcommand with CHAT_HTTP_ADDR set
+// to addr, or unset when addr is empty, and returns what it printed and
+// its error.
+func Healthcheck(t *testing.T, run RunFunc, addr string) (string, error) {
+	t.Helper()
+	t.Setenv("CHAT_HTTP_ADDR", addr)
+	if addr == "" {
+		// envconfig takes a variable set to "" as a value, not as unset.
+		os.Unsetenv("CHAT_HTTP_ADDR") // t.Setenv restores it
+	}
+	var out strings.Builder
+	err := run(context.Background(), []string{"healthcheck"}, &out, io.Discard)
+	return out.String(), err
+}
+
+// CheckHealthcheck tests run's healthcheck subcommand against the service
+// run itself starts on 127.0.0.1:0, configured from the environment
+// against a NATS server that stopNATS shuts down: it passes while the
+// service is ready, fails with 503 once NATS is gone, and fails again
+// once the service has stopped and nothing listens there. stopNATS should
+// first wait for what the service makes in JetStream at start: a server
+// shut down while it makes a stream leaks the stream's goroutines.
+func CheckHealthcheck(t *testing.T, run RunFunc, stopNATS func()) {
+	t.Helper()
+	t.Setenv("CHAT_HTTP_ADDR", "127.0.0.1:0")
+	addr, stop := Run(t, run)
+	ready := "ready: GET http://" + addr + "/readyz: 200 OK"
+	awaitHealthcheck(t, run, addr, func(out string, err error) bool { return err == nil && strings.Contains(out, ready) })
+	stopNATS()
+	awaitHealthcheck(t, run, addr, func(_ string, err error) bool {
+		return err != nil && strings.Contains(err.Error(), "not ready: GET http://"+addr+"/readyz: 503")
+	})
+	stop()
+	if out, err := Healthcheck(t, run, addr); err == nil || !strings.Contains(err.Error(), "not ready") {
+		t.Fatalf("healthcheck with nothing listening on %s: printed %q, error %v; want not ready", addr, out, err)
+	}
+}
+
+// awaitHealthcheck runs the healthcheck against addr until its outcome is
+// what want looks for, for up to 10 s: readiness follows NATS with a lag.
+func awaitHealthcheck(t *testing.T, run RunFunc, addr string, want func(out string, err error) bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, err := Healthcheck(t, run, addr)
+		if want(out, err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("healthcheck on %s after 10 s: printed %q, error %v", addr, out, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
