@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -18,6 +19,8 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natter-chat/natter/shared/logwatch"
+	"github.com/natter-chat/natter/shared/natstest"
+	"github.com/natter-chat/natter/shared/servicetest"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
@@ -120,6 +123,46 @@ func TestRunLogsAddressesAndNATSSeesTraffic(t *testing.T) {
 			}
 		case <-time.After(wait):
 			t.Fatalf("NATS watcher saw only %v", want)
+		}
+	}
+}
+
+// The healthcheck subcommand passes while the single binary is ready, and
+// fails while its NATS is gone (503) and once it has stopped. Its NATS is
+// an external server here, one the test can shut down.
+func TestHealthcheck(t *testing.T) {
+	ns := natstest.Start(t)
+	t.Setenv("CHAT_NATS_URL", ns.ClientURL())
+	servicetest.CheckHealthcheck(t, run, func() {
+		// Presence answers once its bucket is made: NATS is not shut
+		// down while it is.
+		nc := natstest.Connect(t, ns)
+		waitFor(t, "presence answering who", func() bool {
+			_, err := nc.Request(subject.PresenceWho("lobby"), nil, time.Second)
+			return err == nil
+		})
+		ns.Shutdown()
+	})
+}
+
+// Without CHAT_HTTP_ADDR the healthcheck asks the single binary's default
+// address, on 127.0.0.1; other arguments are refused, naming both
+// subcommands.
+func TestRunArguments(t *testing.T) {
+	out, err := servicetest.Healthcheck(t, run, "")
+	if want := "http://127.0.0.1:8080/readyz"; !strings.Contains(out, want) && (err == nil || !strings.Contains(err.Error(), want)) {
+		t.Errorf("healthcheck without CHAT_HTTP_ADDR: printed %q, error %v; want %s asked", out, err, want)
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"serve"}, "its subcommands are token and healthcheck"},
+		{[]string{"-h"}, "its subcommands are token and healthcheck"},
+		{[]string{"healthcheck", "now"}, `healthcheck: unexpected arguments ["now"]`},
+	} {
+		if err := run(context.Background(), tt.args, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("run %q: %v, want an error with %q", tt.args, err, tt.want)
 		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/natter-chat/natter/shared/auth"
 	"github.com/natter-chat/natter/shared/config"
+	"github.com/natter-chat/natter/shared/ops"
 )
 
 func main() {
@@ -29,11 +30,14 @@ func main() {
 
 // run is the whole program, so that a test can run it in-process.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "token" {
+	switch {
+	case len(args) == 0:
+	case args[0] == "token":
 		return tokenCommand(args[1:], os.Getenv(config.Prefix+"_AUTH_SECRET"), time.Now(), stdout, stderr)
-	}
-	if len(args) > 0 {
-		return fmt.Errorf("unexpected arguments %q: chat takes its configuration from CHAT_* variables (see README); the one subcommand is token", args)
+	case args[0] == "healthcheck":
+		return healthcheckCommand(ctx, args[1:], stdout)
+	default:
+		return fmt.Errorf("unexpected arguments %q: chat takes its configuration from CHAT_* variables (see README); its subcommands are token and healthcheck", args)
 	}
 	var cfg Config
 	if err := loadConfig(&cfg); err != nil {
@@ -69,4 +73,19 @@ func tokenCommand(args []string, secret string, now time.Time, stdout, stderr io
 	}
 	_, err = fmt.Fprintln(stdout, tok)
 	return err
+}
+
+// healthcheckCommand asks the single binary's own /readyz on
+// CHAT_HTTP_ADDR, for a container's health check:
+//
+//	chat healthcheck
+func healthcheckCommand(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) > 0 {
+		return fmt.Errorf("healthcheck: unexpected arguments %q", args)
+	}
+	var cfg Config
+	if err := loadConfig(&cfg); err != nil {
+		return err
+	}
+	return ops.Healthcheck(ctx, cfg.HTTPAddr, stdout)
 }
