@@ -1,5 +1,7 @@
-// Package natstest starts a real NATS server for tests: JetStream on,
-// loopback, a random port, data in the test's temporary directory.
+// Package natstest starts real NATS servers for tests: JetStream on,
+// loopback, random ports, data in the test's temporary directory. Start
+// runs one server alone, StartCluster a JetStream cluster whose servers a
+// test can stop and start again.
 package natstest
 
 import (
