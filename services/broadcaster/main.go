@@ -23,6 +23,7 @@ type Config struct {
 	MaxTextChars int    `envconfig:"MAX_TEXT_CHARS" default:"4000" desc:"longest message text in Unicode code points"`
 	config.NATS
 	config.Retention
+	config.Replication
 }
 
 func main() {
@@ -60,7 +61,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer natsconn.Drain(nc)
 	reg := ops.NewRegistry()
-	b, err := broadcaster.New(broadcaster.Config{Retention: cfg.Retention, MaxTextChars: cfg.MaxTextChars}, nc, log, reg)
+	b, err := broadcaster.New(broadcaster.Config{Retention: cfg.Retention, MaxTextChars: cfg.MaxTextChars, Replicas: cfg.Replicas}, nc, log, reg)
 	if err != nil {
 		return err
 	}

@@ -44,6 +44,7 @@ type Config struct {
 	config.Web
 	config.Retention
 	config.Presence
+	config.Replication
 }
 
 func loadConfig(cfg *Config) error { return config.Load(cfg) }
@@ -112,14 +113,17 @@ func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = store.EnsureStream(sctx, js, cfg.Retention)
+	_, err = store.EnsureStream(sctx, js, cfg.Retention, cfg.Replicas)
 	cancel()
 	if err != nil {
+		if refused := store.ReplicasRefused(err, cfg.Replicas, bNC); refused != nil {
+			return nil, refused
+		}
 		return nil, err
 	}
 
 	reg := ops.NewRegistry()
-	m.broadcaster, err = broadcaster.New(broadcaster.Config{Retention: cfg.Retention, MaxTextChars: cfg.MaxTextChars},
+	m.broadcaster, err = broadcaster.New(broadcaster.Config{Retention: cfg.Retention, MaxTextChars: cfg.MaxTextChars, Replicas: cfg.Replicas},
 		bNC, m.log.With("service", "broadcaster"), reg)
 	if err != nil {
 		return nil, err

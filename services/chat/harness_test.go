@@ -88,7 +88,7 @@ func startBroadcasterWith(t *testing.T, ns *server.Server, r config.Retention) *
 func startBroadcasterOn(t *testing.T, nc *nats.Conn, r config.Retention) *prometheus.Registry {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	b, err := broadcaster.New(broadcaster.Config{Retention: r}, nc, quietLog(), reg)
+	b, err := broadcaster.New(broadcaster.Config{Retention: r, Replicas: 1}, nc, quietLog(), reg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,7 +28,7 @@ func TestRunAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := store.EnsureStream(context.Background(), js, config.Retention{MaxMsgs: 10, MaxAge: time.Hour, MaxBytes: 1 << 20}); err != nil {
+	if _, err := store.EnsureStream(context.Background(), js, config.Retention{MaxMsgs: 10, MaxAge: time.Hour, MaxBytes: 1 << 20}, 1); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("CHAT_NATS_URL", ns.ClientURL())

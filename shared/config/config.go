@@ -68,6 +68,12 @@ type Retention struct {
 	MaxBytes int64         `envconfig:"HISTORY_MAX_BYTES" default:"10737418240" desc:"bytes kept in all (10 GiB)"`
 }
 
+// Replication is how many copies of the streams and of the presence
+// bucket JetStream keeps.
+type Replication struct {
+	Replicas int `envconfig:"STREAM_REPLICAS" default:"1" desc:"replicas of the room and dm streams and of the presence bucket, created or updated to it at start (3 on a three-node NATS cluster); more than the cluster has servers is refused at start"`
+}
+
 // Load fills spec, a pointer to a binary's configuration struct, from the
 // environment.
 func Load(spec any) error {

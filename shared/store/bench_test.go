@@ -31,7 +31,7 @@ func BenchmarkHistory(b *testing.B) {
 				b.Fatal(err)
 			}
 			ctx := context.Background()
-			if _, err := EnsureStream(ctx, js, config.Retention{MaxMsgs: 10_000, MaxAge: time.Hour, MaxBytes: 10 << 30}); err != nil {
+			if _, err := EnsureStream(ctx, js, config.Retention{MaxMsgs: 10_000, MaxAge: time.Hour, MaxBytes: 10 << 30}, 1); err != nil {
 				b.Fatal(err)
 			}
 			// The room's messages are spread evenly through the stream.

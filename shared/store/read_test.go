@@ -49,7 +49,7 @@ func TestReads(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if _, err := EnsureStream(ctx, js, config.Retention{MaxMsgs: 100, MaxAge: time.Hour, MaxBytes: 1 << 30}); err != nil {
+	if _, err := EnsureStream(ctx, js, config.Retention{MaxMsgs: 100, MaxAge: time.Hour, MaxBytes: 1 << 30}, 1); err != nil {
 		t.Fatal(err)
 	}
 	if ok, err := NothingDropped(ctx, js, Room("x")); err != nil || !ok {
@@ -218,7 +218,7 @@ func dmStore(t *testing.T) jetstream.JetStream {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if _, err := EnsureStream(ctx, js, config.Retention{MaxMsgs: 100, MaxAge: time.Hour, MaxBytes: 1 << 30}); err != nil {
+	if _, err := EnsureStream(ctx, js, config.Retention{MaxMsgs: 100, MaxAge: time.Hour, MaxBytes: 1 << 30}, 1); err != nil {
 		t.Fatal(err)
 	}
 	return js

@@ -20,11 +20,12 @@ import (
 const DedupWindow = 2 * time.Minute
 
 // StreamConfig is the stream of room messages: one subject per room, the
-// retention limits of the contract, a two-minute de-duplication window on
-// Nats-Msg-Id, and RePublish so that each stored message is fanned out in
-// store order with its Nats-Sequence: every observer sees a room's seqs
-// strictly increase, however many broadcasters store.
-func StreamConfig(r config.Retention) jetstream.StreamConfig {
+// retention limits of the contract, replicas copies (one per server of a
+// cluster), a two-minute de-duplication window on Nats-Msg-Id, and
+// RePublish so that each stored message is fanned out in store order with
+// its Nats-Sequence: every observer sees a room's seqs strictly increase,
+// however many broadcasters store.
+func StreamConfig(r config.Retention, replicas int) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:              subject.Stream,
 		Description:       "natter room messages",
@@ -35,6 +36,7 @@ func StreamConfig(r config.Retention) jetstream.StreamConfig {
 		MaxMsgsPerSubject: r.MaxMsgs,
 		MaxAge:            r.MaxAge,
 		MaxBytes:          r.MaxBytes,
+		Replicas:          replicas,
 		Duplicates:        DedupWindow,
 		AllowDirect:       true,
 		RePublish: &jetstream.RePublish{
@@ -46,9 +48,10 @@ func StreamConfig(r config.Retention) jetstream.StreamConfig {
 
 // DMStreamConfig is the stream of dms: one subject per conversation,
 // republished on chat.dm.<a>.<b> with its Nats-Sequence, with the same
-// limits per conversation as the room stream has per room.
-func DMStreamConfig(r config.Retention) jetstream.StreamConfig {
-	cfg := StreamConfig(r)
+// limits per conversation as the room stream has per room, and as many
+// replicas.
+func DMStreamConfig(r config.Retention, replicas int) jetstream.StreamConfig {
+	cfg := StreamConfig(r, replicas)
 	cfg.Name = subject.DMStream
 	cfg.Description = "natter direct messages"
 	cfg.Subjects = []string{subject.StoreDMAll}
@@ -66,14 +69,15 @@ func splitBytes(r config.Retention) config.Retention {
 }
 
 // EnsureStream creates both streams (rooms and dms) or brings their
-// configuration up to date; the byte limit is shared between them. It
-// returns the room stream.
-func EnsureStream(ctx context.Context, js jetstream.JetStream, r config.Retention) (jetstream.Stream, error) {
+// configuration up to date, replicas included; the byte limit is shared
+// between them. It returns the room stream. ReplicasRefused tells an error
+// worth retrying from servers that cannot hold replicas copies.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, r config.Retention, replicas int) (jetstream.Stream, error) {
 	r = splitBytes(r)
-	if _, err := js.CreateOrUpdateStream(ctx, DMStreamConfig(r)); err != nil {
+	if _, err := js.CreateOrUpdateStream(ctx, DMStreamConfig(r, replicas)); err != nil {
 		return nil, fmt.Errorf("stream %s: %w", subject.DMStream, err)
 	}
-	s, err := js.CreateOrUpdateStream(ctx, StreamConfig(r))
+	s, err := js.CreateOrUpdateStream(ctx, StreamConfig(r, replicas))
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", subject.Stream, err)
 	}

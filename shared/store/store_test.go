@@ -30,10 +30,10 @@ func TestStreamRepublishesWithSeqAndDeduplicates(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := config.Retention{MaxMsgs: 3, MaxAge: time.Hour, MaxBytes: 1 << 20}
-	if _, err := EnsureStream(ctx, js, r); err != nil {
+	if _, err := EnsureStream(ctx, js, r, 1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := EnsureStream(ctx, js, r); err != nil {
+	if _, err := EnsureStream(ctx, js, r, 1); err != nil {
 		t.Fatalf("second EnsureStream: %v", err)
 	}
 	if seq, err := LastSeq(ctx, nc, Room("lobby")); err != nil || seq != 0 {

@@ -37,6 +37,9 @@ const finalWait = 2 * time.Second
 type Config struct {
 	Retention    config.Retention
 	MaxTextChars int
+	// Replicas is how many copies JetStream keeps of each stream, at
+	// least 1 (CHAT_STREAM_REPLICAS).
+	Replicas int
 }
 
 // Broadcaster stores posts; see the package documentation.
@@ -81,6 +84,9 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer)
 	if cfg.MaxTextChars <= 0 {
 		cfg.MaxTextChars = proto.MaxTextChars
 	}
+	if cfg.Replicas < 1 {
+		return nil, fmt.Errorf("broadcaster: CHAT_STREAM_REPLICAS=%d: at least 1 copy of each stream is kept", cfg.Replicas)
+	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(maxPending),
 		jetstream.WithPublishAsyncTimeout(storeTimeout))
 	if err != nil {
@@ -113,10 +119,14 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer)
 	return b, nil
 }
 
-// Run makes sure the stream exists, serves posts until ctx ends, then
-// drains. It returns after every goroutine it started has ended.
+// Run makes sure the streams exist, serves posts until ctx ends, then
+// drains. It returns after every goroutine it started has ended. NATS
+// servers that can never hold the configured replicas make it return a
+// *store.ReplicasError at once.
 func (b *Broadcaster) Run(ctx context.Context) error {
-	b.ensureStream(ctx)
+	if err := b.ensureStream(ctx); err != nil {
+		return err
+	}
 	if ctx.Err() != nil {
 		return nil // stopped before it started serving
 	}
@@ -173,20 +183,25 @@ func (b *Broadcaster) Run(ctx context.Context) error {
 // Serving is closed once the broadcaster takes posts.
 func (b *Broadcaster) Serving() <-chan struct{} { return b.serving }
 
-// ensureStream retries until the stream is there or ctx ends: NATS may
-// come up after the broadcaster.
-func (b *Broadcaster) ensureStream(ctx context.Context) {
+// ensureStream retries until the streams are there with the configured
+// replicas, or ctx ends: NATS may come up after the broadcaster, a cluster
+// may be electing its leader or missing a server for a while. Only servers
+// that can never hold the replicas end it with an error.
+func (b *Broadcaster) ensureStream(ctx context.Context) error {
 	for {
 		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := store.EnsureStream(sctx, b.js, b.cfg.Retention)
+		_, err := store.EnsureStream(sctx, b.js, b.cfg.Retention, b.cfg.Replicas)
 		cancel()
 		if err == nil || ctx.Err() != nil {
-			return
+			return nil
 		}
-		b.log.Warn("broadcaster: stream not ready, retrying", "err", err)
+		if refused := store.ReplicasRefused(err, b.cfg.Replicas, b.nc); refused != nil {
+			return refused
+		}
+		b.log.Warn("broadcaster: stream not ready, retrying", "replicas", b.cfg.Replicas, "err", err)
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-time.After(time.Second):
 		}
 	}

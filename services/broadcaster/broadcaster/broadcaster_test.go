@@ -32,31 +32,48 @@ var testRetention = config.Retention{MaxMsgs: 100, MaxAge: time.Hour, MaxBytes: 
 // and returns its error; the connection is drained when the test ends.
 func start(t *testing.T, ns *server.Server) (b *Broadcaster, nc *nats.Conn, stop func() error) {
 	t.Helper()
+	r := startWith(t, ns.ClientURL(), Config{Retention: testRetention, Replicas: 1})
+	return r.Broadcaster, r.nc, r.stop
+}
+
+// running is a broadcaster whose Run runs in a goroutine.
+type running struct {
+	*Broadcaster
+	nc     *nats.Conn
+	cancel context.CancelFunc
+	ended  chan struct{} // closed when Run has returned
+	err    error         // what Run returned, once ended is closed
+}
+
+// stop ends Run and returns its error.
+func (r *running) stop() error {
+	r.cancel()
+	<-r.ended
+	return r.err
+}
+
+// startWith runs a broadcaster configured with cfg on its own connection
+// to url, until the test ends; the connection is drained then.
+func startWith(t *testing.T, url string, cfg Config) *running {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	nc, err := natsconn.Connect(ns.ClientURL(), "broadcaster", time.Second, log)
+	nc, err := natsconn.Connect(url, "broadcaster", time.Second, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { natsconn.Drain(nc) })
-	b, err = New(Config{Retention: testRetention}, nc, log, prometheus.NewRegistry())
+	b, err := New(cfg, nc, log, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
-	stopped := false
-	var runErr error
-	stop = func() error {
-		if !stopped {
-			stopped = true
-			cancel()
-			runErr = <-done
-		}
-		return runErr
-	}
-	t.Cleanup(func() { _ = stop() })
-	return b, nc, stop
+	r := &running{Broadcaster: b, nc: nc, cancel: cancel, ended: make(chan struct{})}
+	go func() {
+		defer close(r.ended)
+		r.err = b.Run(ctx)
+	}()
+	t.Cleanup(func() { _ = r.stop() })
+	return r
 }
 
 // The broadcaster validates every post itself, answers requests with the
@@ -205,7 +222,7 @@ func TestShutdownWithStoresInFlight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := store.StreamConfig(testRetention)
+	cfg := store.StreamConfig(testRetention, 1)
 	cfg.Subjects, cfg.RePublish = []string{"elsewhere.>"}, nil
 	if _, err := js.UpdateStream(context.Background(), cfg); err != nil {
 		t.Fatal(err)

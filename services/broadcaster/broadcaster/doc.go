@@ -10,6 +10,12 @@
 // publishes from one connection are stored in the order they were sent,
 // so a bot's posts keep their order too.
 //
+// Before it serves, Run creates both streams, or updates them, with the
+// configured replicas, retrying every second until NATS answers (NATS may
+// start later, a cluster may be electing or missing a server). NATS
+// servers that can never hold that many replicas end Run with an error
+// instead (store.ReplicasRefused).
+//
 // Goroutines: nats.go runs each subscription's callback (one goroutine per
 // subscription, owned by the connection, so a room post and a dm may be
 // validated at the same moment; each subscription keeps its own order,
