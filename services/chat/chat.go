@@ -133,7 +133,7 @@ func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error
 	if err != nil {
 		return nil, err
 	}
-	m.presence, err = presence.New(presence.Config{MaxMembers: cfg.MaxMembers, Fresh: m.ns != nil}, pNC, m.log.With("service", "presence"), reg)
+	m.presence, err = presence.New(presence.Config{MaxMembers: cfg.MaxMembers, Fresh: m.ns != nil, Replicas: cfg.Replicas}, pNC, m.log.With("service", "presence"), reg)
 	if err != nil {
 		return nil, err
 	}

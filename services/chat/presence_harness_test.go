@@ -39,7 +39,7 @@ func startPresence(t *testing.T, ns *server.Server, tweak func(*presence.Config)
 // startPresenceOn is startPresence on the connection nc.
 func startPresenceOn(t *testing.T, nc *nats.Conn, tweak func(*presence.Config)) *testPresence {
 	t.Helper()
-	cfg := presence.Config{MaxMembers: 500}
+	cfg := presence.Config{MaxMembers: 500, Replicas: 1}
 	if tweak != nil {
 		tweak(&cfg)
 	}

@@ -23,6 +23,7 @@ type Config struct {
 	ID       string `envconfig:"PRESENCE_ID" default:"" desc:"the replica's name in logs and in the leader key; empty picks a random one"`
 	config.NATS
 	config.Presence
+	config.Replication
 }
 
 func main() {
@@ -60,7 +61,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer natsconn.Drain(nc)
 	reg := ops.NewRegistry()
-	p, err := presence.New(presence.Config{ID: cfg.ID, MaxMembers: cfg.MaxMembers}, nc, log, reg)
+	p, err := presence.New(presence.Config{ID: cfg.ID, MaxMembers: cfg.MaxMembers, Replicas: cfg.Replicas}, nc, log, reg)
 	if err != nil {
 		return err
 	}

@@ -83,3 +83,24 @@ func TestRunArguments(t *testing.T) {
 		}
 	}
 }
+
+// The process stops at start, with an error naming the setting, when
+// CHAT_STREAM_REPLICAS is below 1 or more than the NATS server can hold;
+// main then exits 1.
+func TestRunRefusesReplicas(t *testing.T) {
+	ns := natstest.Start(t)
+	t.Setenv("CHAT_NATS_URL", ns.ClientURL())
+	t.Setenv("CHAT_HTTP_ADDR", "127.0.0.1:0")
+	for _, tt := range []struct{ value, want string }{
+		{"0", "CHAT_STREAM_REPLICAS=0"},
+		{"3", "CHAT_STREAM_REPLICAS=3 but the NATS server is not in a cluster"},
+	} {
+		t.Setenv("CHAT_STREAM_REPLICAS", tt.value)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := run(ctx, io.Discard)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("CHAT_STREAM_REPLICAS=%s: run returned %v, want %q", tt.value, err, tt.want)
+		}
+	}
+}

@@ -16,7 +16,10 @@
 //   - The elector goroutine holds or watches the leader key in the
 //     CHAT_PRESENCE bucket (leader.go) and tells the loop when this replica
 //     leads or stops leading. It makes every blocking bucket call of the
-//     election, so the loop never waits on the network.
+//     election, so the loop never waits on the network. Its first call
+//     creates the bucket, or updates it to the configured replicas; NATS
+//     servers that can never hold them make it stop the loop, and Run
+//     returns that refusal once its goroutines have ended.
 //   - The writer goroutine stores, for the leader, what it announces per
 //     room, one batch at a time, publishes each room's events right after
 //     its write, and tells the loop what failed. It acts only within the

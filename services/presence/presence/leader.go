@@ -5,12 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/natter-chat/natter/shared/store"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
@@ -42,11 +43,12 @@ type role struct {
 // before a standby may take over, so two never announce at once.
 const renew = time.Second
 
-// bucket is the presence key-value bucket, opened (or created) on first
-// use and again after it is lost.
+// bucket is the presence key-value bucket, opened (or created, or updated
+// to the configured replicas) on first use and again after it is lost.
 type bucket struct {
-	js  jetstream.JetStream
-	log *slog.Logger
+	js       jetstream.JetStream
+	nc       *nats.Conn
+	replicas int
 
 	mu sync.Mutex
 	kv jetstream.KeyValue // guarded by mu
@@ -54,7 +56,8 @@ type bucket struct {
 
 // get returns the bucket, opening it when needed. The lock is not held
 // across the request: the elector and the writer may both open it, and the
-// later one's handle wins, which is the same bucket.
+// later one's handle wins, which is the same bucket. NATS servers that can
+// never hold the replicas get a *store.ReplicasError.
 func (b *bucket) get(ctx context.Context) (jetstream.KeyValue, error) {
 	b.mu.Lock()
 	kv := b.kv
@@ -69,11 +72,17 @@ func (b *bucket) get(ctx context.Context) (jetstream.KeyValue, error) {
 		Description: "natter presence: the active replica and what it announced per room",
 		History:     1,
 		// Presence is rebuilt from the edges; the bucket only has to
-		// outlive a presence replica, not the NATS server.
-		Storage: jetstream.MemoryStorage,
+		// outlive a presence replica, not NATS, so memory is enough. On
+		// a cluster its replicas keep it through the loss of a server.
+		Storage:  jetstream.MemoryStorage,
+		Replicas: b.replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("presence bucket %s: %w", subject.PresenceBucket, err)
+		err = fmt.Errorf("presence bucket %s: %w", subject.PresenceBucket, err)
+		if refused := store.ReplicasRefused(err, b.replicas, b.nc); refused != nil {
+			return nil, refused
+		}
+		return nil, err
 	}
 	b.mu.Lock()
 	b.kv = kv
@@ -94,8 +103,9 @@ func (b *bucket) lost(err error) bool {
 }
 
 // elect campaigns for the leader key until ctx ends, then gives the key
-// up if it holds it, so a standby takes over at once.
-func (p *Presence) elect(ctx context.Context, b *bucket) {
+// up if it holds it, so a standby takes over at once. It returns early,
+// with the error, only when the bucket's replicas are refused for good.
+func (p *Presence) elect(ctx context.Context, b *bucket) error {
 	var (
 		leading  bool
 		held     jetstream.KeyValue // the bucket the key was won in
@@ -133,14 +143,17 @@ func (p *Presence) elect(ctx context.Context, b *bucket) {
 			switch {
 			case rev == 0:
 				if !stepDown("another replica holds the leader key") {
-					return
+					return nil
 				}
 			case !renewed && !p.leading():
 				if !stepDown("the leader key could not be renewed in time") {
-					return
+					return nil
 				}
 			}
 		} else if kv, err := b.get(ctx); err != nil {
+			if _, ok := errors.AsType[*store.ReplicasError](err); ok {
+				return err
+			}
 			warn("presence bucket unavailable", err)
 		} else if won, r := p.campaign(ctx, kv, b, &seenRev, &seenAt, warn); won {
 			base, edges, has, err := loadBaseline(ctx, kv)
@@ -153,7 +166,7 @@ func (p *Presence) elect(ctx context.Context, b *bucket) {
 				leading, held, rev = true, kv, r
 				if !tell(role{leader: true, baseline: base, edges: edges, hasBaseline: has}) {
 					p.resign(held, rev)
-					return
+					return nil
 				}
 			}
 		}
@@ -162,7 +175,7 @@ func (p *Presence) elect(ctx context.Context, b *bucket) {
 			if leading {
 				p.resign(held, rev)
 			}
-			return
+			return nil
 		case <-t.C:
 		}
 	}

@@ -69,6 +69,9 @@ type Config struct {
 	// single binary's embedded one): no edge can hold sessions yet, so
 	// there is nothing to wait for before going live.
 	Fresh bool
+	// Replicas is how many copies JetStream keeps of the bucket, at least
+	// 1 (CHAT_STREAM_REPLICAS).
+	Replicas int
 }
 
 // Presence is one presence replica; see the package documentation.
@@ -130,6 +133,9 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer)
 	if cfg.MaxMembers <= 0 {
 		return nil, errors.New("presence: the member limit must be positive")
 	}
+	if cfg.Replicas < 1 {
+		return nil, fmt.Errorf("presence: CHAT_STREAM_REPLICAS=%d: at least 1 copy of the bucket is kept", cfg.Replicas)
+	}
 	if cfg.EdgeTimeout <= 0 {
 		cfg.EdgeTimeout = DefaultEdgeTimeout
 	}
@@ -174,7 +180,8 @@ func (p *Presence) Ready() bool { return p.nc.IsConnected() }
 
 // Run tracks presence until ctx ends. It returns after every goroutine it
 // started has ended; as the active replica it first writes what it
-// announced and hands the lead over.
+// announced and hands the lead over. NATS servers that can never hold the
+// bucket's replicas make it return a *store.ReplicasError at once.
 func (p *Presence) Run(ctx context.Context) error {
 	var err error
 	if p.sessionSub, err = p.nc.ChanSubscribe(subject.PresenceSessionAll, p.msgs); err != nil {
@@ -194,15 +201,22 @@ func (p *Presence) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("presence: jetstream: %w", err)
 	}
-	kv := &bucket{js: js, log: p.log}
+	kv := &bucket{js: js, nc: p.nc, replicas: p.cfg.Replicas}
+	lctx, stopLoop := context.WithCancel(ctx)
+	defer stopLoop()
 	ectx, stopElector := context.WithCancel(context.Background())
 	wctx, stopWriter := context.WithCancel(context.Background())
 	var elector, writer sync.WaitGroup
-	elector.Go(func() { p.elect(ectx, kv) })
+	var refused error // set by the elector before it stops the loop
+	elector.Go(func() {
+		if refused = p.elect(ectx, kv); refused != nil {
+			stopLoop()
+		}
+	})
 	writer.Go(func() { p.write(wctx, kv) })
 
-	p.log.Info("presence running", "max_members", p.cfg.MaxMembers)
-	p.loop(ctx)
+	p.log.Info("presence running", "max_members", p.cfg.MaxMembers, "replicas", p.cfg.Replicas)
+	p.loop(lctx)
 
 	if p.whoSub != nil {
 		_ = p.whoSub.Unsubscribe()
@@ -216,7 +230,7 @@ func (p *Presence) Run(ctx context.Context) error {
 	writer.Wait()
 	stopElector()
 	elector.Wait()
-	return nil
+	return refused
 }
 
 // leading reports whether this replica may still act as the leader.

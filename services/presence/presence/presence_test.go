@@ -30,12 +30,18 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // test.
 func run(t *testing.T, ns *server.Server) *Presence {
 	t.Helper()
-	return runWith(t, ns, Config{MaxMembers: 500, Fresh: true})
+	return runWith(t, ns, Config{MaxMembers: 500, Replicas: 1, Fresh: true})
 }
 
 func runWith(t *testing.T, ns *server.Server, cfg Config) *Presence {
 	t.Helper()
-	p, err := New(cfg, natstest.Connect(t, ns),
+	return runOn(t, natstest.Connect(t, ns), cfg)
+}
+
+// runOn starts a replica on nc that stops with the test.
+func runOn(t *testing.T, nc *nats.Conn, cfg Config) *Presence {
+	t.Helper()
+	p, err := New(cfg, nc,
 		slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
@@ -275,7 +281,7 @@ func expectEvent(t *testing.T, events <-chan string, want string) {
 // sessions, and they join again.
 func TestExpiredEdgeComesBack(t *testing.T) {
 	ns := natstest.Start(t)
-	runWith(t, ns, Config{MaxMembers: 500, Fresh: true, EdgeTimeout: time.Second})
+	runWith(t, ns, Config{MaxMembers: 500, Replicas: 1, Fresh: true, EdgeTimeout: time.Second})
 	events := watch(t, ns)
 	nc := natstest.Connect(t, ns)
 	awaitUsers(t, nc, "lobby", 0)
@@ -322,7 +328,7 @@ func TestLeaderWithoutBucketStepsDown(t *testing.T) {
 func TestWriterAnnouncesOnlyWithinTheLease(t *testing.T) {
 	ns := natstest.Start(t)
 	nc := natstest.Connect(t, ns)
-	p, err := New(Config{MaxMembers: 500}, nc, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	p, err := New(Config{MaxMembers: 500, Replicas: 1}, nc, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -330,7 +336,7 @@ func TestWriterAnnouncesOnlyWithinTheLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &bucket{js: js}
+	b := &bucket{js: js, nc: nc, replicas: 1}
 	events := watch(t, ns)
 	bt := func(user string) batch {
 		return batch{writes: []write{{key: subject.PresenceRoomKey("lobby"), value: []byte(`{"users":["` + user + `"]}`),
@@ -361,7 +367,7 @@ func TestWriterAnnouncesOnlyWithinTheLease(t *testing.T) {
 func TestHeldAnnouncementsAreBounded(t *testing.T) {
 	ns := natstest.Start(t)
 	nc := natstest.Connect(t, ns)
-	p, err := New(Config{MaxMembers: 500}, nc, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	p, err := New(Config{MaxMembers: 500, Replicas: 1}, nc, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
