@@ -73,8 +73,14 @@ func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error
 			m.close()
 		}
 	}()
+	if cfg.Replicas < 1 {
+		return nil, fmt.Errorf("CHAT_STREAM_REPLICAS=%d: at least 1 copy of each stream is kept", cfg.Replicas)
+	}
 	url := cfg.URL
 	if url == "" {
+		if cfg.Replicas > 1 {
+			return nil, fmt.Errorf("CHAT_STREAM_REPLICAS=%d but the embedded NATS server is one server, which keeps one copy only: set CHAT_STREAM_REPLICAS=1, or CHAT_NATS_URL to a NATS cluster of at least %d servers", cfg.Replicas, cfg.Replicas)
+		}
 		if cfg.Creds != "" {
 			return nil, errors.New("CHAT_NATS_CREDS is for an external NATS (CHAT_NATS_URL); the embedded server takes CHAT_NATS_USER and CHAT_NATS_PASSWORD")
 		}
