@@ -97,7 +97,7 @@ func TestRunRefusesReplicas(t *testing.T) {
 	} {
 		t.Setenv("CHAT_STREAM_REPLICAS", tt.value)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := run(ctx, io.Discard)
+		err := run(ctx, nil, io.Discard, io.Discard)
 		cancel()
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("CHAT_STREAM_REPLICAS=%s: run returned %v, want %q", tt.value, err, tt.want)
