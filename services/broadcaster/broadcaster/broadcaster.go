@@ -159,19 +159,7 @@ func (b *Broadcaster) Run(ctx context.Context) error {
 	}()
 
 	<-ctx.Done()
-	drainUntil := time.After(b.nc.Opts.DrainTimeout)
-	for _, sub := range subs {
-		closed := sub.StatusChanged(nats.SubscriptionClosed)
-		if err := sub.Drain(); err != nil {
-			continue
-		}
-		select {
-		case <-closed:
-		case <-drainUntil:
-			b.log.Warn("broadcaster: drain timed out; unsubscribing", "subject", sub.Subject)
-			_ = sub.Unsubscribe()
-		}
-	}
+	b.drain(subs)
 	b.stopMu.Lock()
 	b.stopped = true
 	b.stopMu.Unlock()
@@ -180,8 +168,51 @@ func (b *Broadcaster) Run(ctx context.Context) error {
 	return nil
 }
 
+// drain drains the subscriptions at once, so posts already taken are
+// stored and answered, and waits for them under one deadline, the
+// connection's drain timeout: past it, what is still draining is
+// unsubscribed. Without NATS a drain never ends, and the process must
+// still stop inside the 10 s its contract gives it.
+func (b *Broadcaster) drain(subs []*nats.Subscription) {
+	deadline := time.NewTimer(b.nc.Opts.DrainTimeout)
+	defer deadline.Stop()
+	closed := make([]<-chan nats.SubStatus, len(subs))
+	for i, sub := range subs {
+		closed[i] = sub.StatusChanged(nats.SubscriptionClosed)
+		if err := sub.Drain(); err != nil {
+			closed[i] = nil
+		}
+	}
+	for i := range subs {
+		if closed[i] == nil {
+			continue
+		}
+		select {
+		case <-closed[i]:
+		case <-deadline.C:
+			for _, rest := range subs[i:] {
+				b.log.Warn("broadcaster: drain timed out; unsubscribing", "subject", rest.Subject)
+				_ = rest.Unsubscribe()
+			}
+			return
+		}
+	}
+}
+
 // Serving is closed once the broadcaster takes posts.
 func (b *Broadcaster) Serving() <-chan struct{} { return b.serving }
+
+// Ready reports whether the broadcaster takes posts and is connected to
+// NATS: its /readyz, which the compose mesh waits for before it starts
+// the edges.
+func (b *Broadcaster) Ready() bool {
+	select {
+	case <-b.serving:
+		return b.nc.IsConnected()
+	default:
+		return false
+	}
+}
 
 // ensureStream retries until the streams are there with the configured
 // replicas, or ctx ends: NATS may come up after the broadcaster, a cluster

@@ -320,3 +320,26 @@ func TestAnswerPrefersAFinishedStore(t *testing.T) {
 		t.Errorf("gathered %d metrics, want stored and failed", len(mfs))
 	}
 }
+
+// A broadcaster told to stop while NATS is away stops within its drain
+// timeout (a second here): the drain of its subscriptions cannot finish
+// without a server, and the process must still exit inside the
+// contract's 10 s.
+func TestStopsWhileNATSIsAway(t *testing.T) {
+	ns := natstest.Start(t)
+	b, nc, stop := start(t, ns)
+	<-b.Serving()
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	for nc.IsConnected() {
+		time.Sleep(10 * time.Millisecond) // polling for the client to notice
+	}
+	stopped := time.Now()
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	// The drain timeout and a second for the rest of the shutdown.
+	if took := time.Since(stopped); took > 2*time.Second {
+		t.Errorf("Run took %s to return after it was told to stop, past its drain timeout of a second", took.Round(10*time.Millisecond))
+	}
+}
