@@ -65,5 +65,5 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return ops.RunService(ctx, cfg.HTTPAddr, nc.IsConnected, reg, log, b.Run)
+	return ops.RunService(ctx, cfg.HTTPAddr, b.Ready, reg, log, b.Run)
 }

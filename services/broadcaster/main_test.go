@@ -26,9 +26,11 @@ func TestRunAlone(t *testing.T) {
 	t.Setenv("CHAT_NATS_URL", ns.ClientURL())
 	t.Setenv("CHAT_HTTP_ADDR", "127.0.0.1:0")
 	addr, stop := servicetest.Run(t, run)
-	servicetest.GetOK(t, addr, "/healthz", "/readyz", "/metrics")
+	servicetest.GetOK(t, addr, "/healthz", "/metrics")
 
 	awaitStored(t, ns)
+	// Ready once it takes posts.
+	servicetest.GetOK(t, addr, "/readyz")
 	stop()
 }
 
@@ -105,5 +107,34 @@ func TestRunRefusesReplicas(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("CHAT_STREAM_REPLICAS=%s: run returned %v, want %q", tt.value, err, tt.want)
 		}
+	}
+}
+
+// A broadcaster is ready only once it takes posts: connected to a NATS
+// server without JetStream it cannot keep its streams, so its /readyz
+// answers 503 and its healthcheck fails, and the mesh starts no edge
+// that would answer every post unavailable.
+func TestNotReadyUntilServing(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	t.Setenv("CHAT_NATS_URL", ns.ClientURL())
+	t.Setenv("CHAT_HTTP_ADDR", "127.0.0.1:0")
+	addr, stop := servicetest.Run(t, run)
+	defer stop()
+	servicetest.GetOK(t, addr, "/healthz")
+	// Connected at once, and never serving without JetStream.
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := servicetest.Healthcheck(t, run, addr); err == nil || !strings.Contains(err.Error(), "503") {
+			t.Fatalf("healthcheck of a broadcaster without its streams: %v, want 503", err)
+		}
+		time.Sleep(100 * time.Millisecond) // asking again while it keeps trying
 	}
 }
