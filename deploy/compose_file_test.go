@@ -1,7 +1,6 @@
 package deploy
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os/exec"
@@ -12,63 +11,41 @@ import (
 	"testing"
 	"time"
 
-	"go.yaml.in/yaml/v3"
+	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/types"
 )
 
-// composeFile is what the tests read of docker-compose.yml.
-type composeFile struct {
-	Services map[string]struct {
-		Image       string            `yaml:"image"`
-		Build       any               `yaml:"build"`
-		Command     []string          `yaml:"command"`
-		Restart     string            `yaml:"restart"`
-		Ports       []string          `yaml:"ports"`
-		Volumes     []string          `yaml:"volumes"`
-		Environment map[string]string `yaml:"environment"`
-		Healthcheck struct {
-			Test []string `yaml:"test"`
-		} `yaml:"healthcheck"`
-	} `yaml:"services"`
-	Volumes map[string]any `yaml:"volumes"`
-}
-
-func readCompose(t *testing.T) composeFile {
+// loadCompose reads docker-compose.yml as docker compose v2 does (its
+// loader, compose-go: schema, merges, .env, interpolation), with env set
+// over the environment as a shell would.
+func loadCompose(t *testing.T, env ...string) *types.Project {
 	t.Helper()
-	var c composeFile
-	if err := yaml.Unmarshal([]byte(readFile(t, filepath.Join(root, "docker-compose.yml"))), &c); err != nil {
-		t.Fatalf("docker-compose.yml: %v", err)
+	// In the order docker compose applies them: the shell's variables
+	// first, then .env for those the shell does not set.
+	opts, err := cli.NewProjectOptions([]string{filepath.Join(root, "docker-compose.yml")},
+		cli.WithWorkingDirectory(root), cli.WithEnv(env), cli.WithEnvFiles(), cli.WithDotEnv)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return c
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p, err := opts.LoadProject(ctx)
+	if err != nil {
+		t.Fatalf("docker compose v2 would refuse docker-compose.yml: %v", err)
+	}
+	return p
 }
 
-// dotEnv reads the committed .env.
-func dotEnv(t *testing.T) map[string]string {
-	t.Helper()
-	env := map[string]string{}
-	sc := bufio.NewScanner(strings.NewReader(readFile(t, filepath.Join(root, ".env"))))
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		k, v, ok := strings.Cut(line, "=")
-		if !ok {
-			t.Fatalf(".env: %q is not NAME=value", line)
-		}
-		env[k] = v
-	}
-	return env
-}
-
-// The compose file is what the contract and the README describe, and it
-// stays in step with the workspace: the nats image at the nats-server
-// version the services are built with, the build stage at go.work's Go,
-// every natter service checked and restarted, replicas 3, and nothing
-// published but the entry point and the observer's NATS port. No Docker
-// daemon is needed; the compose tool, where installed, must accept the
-// file.
+// The compose file is what the contract and the README describe, as
+// docker compose v2 reads it, and stays in step with the workspace: the
+// nats image at the nats-server version the services are built with, the
+// build stage at go.work's Go, every natter service checked, restarted
+// and started in order, replicas 3, and nothing published but the entry
+// point and the observer's NATS port. No Docker daemon is needed; the
+// compose tool installed here (docker-compose v1 on Debian) must accept
+// the file too.
 func TestComposeFile(t *testing.T) {
-	c := readCompose(t)
+	p := loadCompose(t)
 
 	natsVersion := regexp.MustCompile(`github.com/nats-io/nats-server/v2 v(\S+)`).FindStringSubmatch(readFile(t, filepath.Join(root, "shared/go.mod")))
 	goVersion := regexp.MustCompile(`(?m)^go (\d+\.\d+)`).FindStringSubmatch(readFile(t, filepath.Join(root, "go.work")))
@@ -84,77 +61,105 @@ func TestComposeFile(t *testing.T) {
 	if !slices.ContainsFunc(images, regexp.MustCompile(`^caddy:\d+\.\d+\.\d+$`).MatchString) {
 		t.Errorf("base images %v: caddy is not pinned to a version", images)
 	}
-
-	env := dotEnv(t)
-	urls := "nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222"
-	want := map[string]struct{ binary, natsUser string }{
-		"edge-1": {"edge", "edge"}, "edge-2": {"edge", "edge"},
-		"broadcaster-1": {"broadcaster", "broadcaster"}, "broadcaster-2": {"broadcaster", "broadcaster"},
-		"presence-1": {"presence", "presence"}, "presence-2": {"presence", "presence"},
+	if p.Name != "natter" {
+		t.Errorf("project name %q, want natter (from .env)", p.Name)
 	}
-	var published []string
-	for name, s := range c.Services {
-		for _, p := range s.Ports {
-			published = append(published, name+" "+p)
-		}
-		if strings.HasPrefix(name, "nats-") {
-			if !slices.Contains(s.Volumes, name+":/data") {
-				t.Errorf("%s keeps its store in %v, want the named volume %s", name, s.Volumes, name)
+
+	urls := "nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222"
+	for name, s := range p.Services {
+		binary, _, _ := strings.Cut(name, "-")
+		switch binary {
+		case "nats":
+			if !slices.ContainsFunc(s.Volumes, func(v types.ServiceVolumeConfig) bool {
+				return v.Type == types.VolumeTypeVolume && v.Source == name && v.Target == "/data"
+			}) {
+				t.Errorf("%s keeps its store in %+v, want the named volume %s", name, s.Volumes, name)
 			}
-			if _, ok := c.Volumes[name]; !ok {
-				t.Errorf("no named volume %s", name)
-			}
-			continue
-		}
-		w, ok := want[name]
-		if !ok {
-			if name != "caddy" {
-				t.Errorf("service %s is not one the README describes", name)
+			if !slices.Contains(s.Command, "/etc/nats/cluster.conf") || !slices.Contains(s.Command, name) {
+				t.Errorf("%s runs %v, want cluster.conf under its own name", name, s.Command)
 			}
 			continue
+		case "caddy":
+			for _, e := range []string{"edge-1", "edge-2"} {
+				if s.DependsOn[e].Condition != types.ServiceConditionHealthy {
+					t.Errorf("caddy starts before %s is healthy", e)
+				}
+			}
+			continue
+		case "edge", "broadcaster", "presence":
+		default:
+			t.Errorf("service %s is not one the README describes", name)
+			continue
 		}
-		delete(want, name)
-		if !slices.Equal(s.Command, []string{w.binary}) {
-			t.Errorf("%s runs %v, want %s", name, s.Command, w.binary)
+		if !slices.Equal(s.Command, types.ShellCommand{binary}) {
+			t.Errorf("%s runs %v, want %s", name, s.Command, binary)
 		}
-		if !slices.Equal(s.Healthcheck.Test, []string{"CMD", w.binary, "healthcheck"}) {
-			t.Errorf("%s health check %v, want its binary's healthcheck", name, s.Healthcheck.Test)
+		if s.HealthCheck == nil || !slices.Equal(s.HealthCheck.Test, types.HealthCheckTest{"CMD", binary, "healthcheck"}) {
+			t.Errorf("%s health check %+v, want its binary's healthcheck", name, s.HealthCheck)
 		}
 		if s.Restart != "unless-stopped" {
 			t.Errorf("%s restart %q, want unless-stopped", name, s.Restart)
 		}
-		if s.Build == nil || s.Image != "${NATTER_IMAGE:-natter:local}" {
-			t.Errorf("%s: image %q, build %v: every natter service builds the one image", name, s.Image, s.Build)
+		if s.Build == nil || s.Build.Dockerfile != "deploy/docker/Dockerfile" || s.Image != "natter:local" {
+			t.Errorf("%s: image %q, build %+v: every natter service builds the one image", name, s.Image, s.Build)
 		}
-		e := s.Environment
-		if e["CHAT_NATS_URL"] != urls {
-			t.Errorf("%s CHAT_NATS_URL %q, want all three servers", name, e["CHAT_NATS_URL"])
+		env := func(k string) string {
+			if v := s.Environment[k]; v != nil {
+				return *v
+			}
+			return ""
 		}
-		if e["CHAT_NATS_USER"] != w.natsUser {
-			t.Errorf("%s is NATS user %q, want %s", name, e["CHAT_NATS_USER"], w.natsUser)
+		if env("CHAT_NATS_URL") != urls {
+			t.Errorf("%s CHAT_NATS_URL %q, want all three servers", name, env("CHAT_NATS_URL"))
 		}
-		passVar := "NATTER_" + strings.ToUpper(w.natsUser) + "_PASSWORD"
-		if e["CHAT_NATS_PASSWORD"] != "${"+passVar+"}" || env[passVar] == "" {
-			t.Errorf("%s password %q: want ${%s}, set in .env", name, e["CHAT_NATS_PASSWORD"], passVar)
+		if env("CHAT_NATS_USER") != binary || env("CHAT_NATS_PASSWORD") == "" {
+			t.Errorf("%s is NATS user %q with password %q, want %s with one from .env", name, env("CHAT_NATS_USER"), env("CHAT_NATS_PASSWORD"), binary)
 		}
-		if w.binary != "edge" && e["CHAT_STREAM_REPLICAS"] != "3" {
-			t.Errorf("%s CHAT_STREAM_REPLICAS %q, want 3", name, e["CHAT_STREAM_REPLICAS"])
-		}
-		if w.binary == "edge" && e["CHAT_TRUSTED_PROXIES"] == "" {
-			t.Errorf("%s does not trust the proxy's X-Forwarded-For", name)
+		switch binary {
+		case "edge":
+			if env("CHAT_TRUSTED_PROXIES") == "" || env("CHAT_EDGE_ID") != name {
+				t.Errorf("%s: trusted proxies %q, id %q", name, env("CHAT_TRUSTED_PROXIES"), env("CHAT_EDGE_ID"))
+			}
+			for dep, d := range s.DependsOn {
+				if !strings.HasPrefix(dep, "nats-") && d.Condition != types.ServiceConditionHealthy {
+					t.Errorf("%s starts before %s is healthy", name, dep)
+				}
+			}
+		default:
+			if env("CHAT_STREAM_REPLICAS") != "3" {
+				t.Errorf("%s CHAT_STREAM_REPLICAS %q, want 3", name, env("CHAT_STREAM_REPLICAS"))
+			}
 		}
 	}
-	for name := range want {
-		t.Errorf("no service %s", name)
+	for _, want := range append(append([]string{"caddy"}, natsServices...), natterServices...) {
+		if _, ok := p.Services[want]; !ok {
+			t.Errorf("no service %s", want)
+		}
+	}
+
+	var published []string
+	for name, s := range p.Services {
+		for _, port := range s.Ports {
+			published = append(published, fmt.Sprintf("%s %s:%s->%d", name, port.HostIP, port.Published, port.Target))
+		}
 	}
 	slices.Sort(published)
-	if !slices.Equal(published, []string{"caddy ${NATTER_HTTP_PORT:-8080}:8080", "nats-1 127.0.0.1:${NATTER_NATS_PORT:-4222}:4222"}) {
-		t.Errorf("published ports %q, want only :8080 (the proxy) and 127.0.0.1:4222 (NATS)", published)
+	if want := []string{"caddy :8080->8080", "nats-1 127.0.0.1:4222->4222"}; !slices.Equal(published, want) {
+		t.Errorf("published ports %q, want %q: only the proxy and the observer's NATS port", published, want)
 	}
-	// Every NATS user of the configuration has its password in .env.
+	// An operator's variables win over .env.
+	p = loadCompose(t, "NATTER_EDGE_PASSWORD=from-the-shell", "NATTER_HTTP_PORT=9090")
+	if pw := p.Services["edge-1"].Environment["CHAT_NATS_PASSWORD"]; pw == nil || *pw != "from-the-shell" {
+		t.Errorf("a password set in the shell does not win over .env")
+	}
+	if got := p.Services["caddy"].Ports[0].Published; got != "9090" {
+		t.Errorf("NATTER_HTTP_PORT=9090 publishes %s", got)
+	}
+	// Every NATS user of the configuration gets its password.
 	for _, m := range regexp.MustCompile(`\$(NATTER_\w+_PASSWORD)`).FindAllStringSubmatch(readFile(t, filepath.Join(root, "deploy/nats/nats.conf")), -1) {
-		if env[m[1]] == "" {
-			t.Errorf("nats.conf needs %s, which .env does not set", m[1])
+		v := p.Services["nats-1"].Environment[m[1]]
+		if v == nil || *v == "" {
+			t.Errorf("nats.conf needs %s, which the NATS servers do not get", m[1])
 		}
 	}
 
