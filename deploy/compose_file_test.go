@@ -163,6 +163,15 @@ func TestComposeFile(t *testing.T) {
 		}
 	}
 
+	// The image's module layer copies every module of the workspace,
+	// which the build needs even where the binaries use none of its code.
+	dockerfile := readFile(t, filepath.Join(root, "deploy/docker/Dockerfile"))
+	for _, m := range regexp.MustCompile(`(?m)^\s+\./(\S+)$`).FindAllStringSubmatch(readFile(t, filepath.Join(root, "go.work")), -1) {
+		if !strings.Contains(dockerfile, "COPY "+m[1]+"/go.* "+m[1]+"/\n") {
+			t.Errorf("the Dockerfile does not copy %s/go.mod, a module of go.work", m[1])
+		}
+	}
+
 	compose, err := composeTool()
 	if err != nil {
 		skipOrFail(t, err.Error())
