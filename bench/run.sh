@@ -6,7 +6,17 @@
 # bench/results/<date>.jsonl (one line per run) and <date>.md (the table).
 #
 #   bench/run.sh              # every scenario
-#   bench/run.sh B C          # some of them (A B C D E F)
+#   bench/run.sh B C          # some of them (A B C D E F M)
+#
+# M runs B's and D's load through the compose mesh (docker-compose.yml:
+# Caddy, two edges, two broadcasters, three NATS servers with replicated
+# JetStream), a fresh mesh for each run, the generator on CPU 1 and the
+# mesh's containers on both cores; it needs Docker, and where no registry
+# answers the stand-ins of deploy/standins/build.sh. The generator
+# connects to Caddy's address on the compose network, not to the
+# published port: Docker's port proxy holds six files per connection, and
+# under this machine's limit of 20,000 open files it dies near 3,300
+# connections, taking all of them with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -14,7 +24,9 @@ scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(A B C D E F)
 
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+mesh_project=natter-bench-$$
+mesh_started=
+trap 'kill $(jobs -p) 2>/dev/null || true; [ -z "$mesh_started" ] || mesh_down; rm -rf "$work"' EXIT
 date=$(date -u +%Y-%m-%dT%H%M%SZ)
 jsonl="$root/bench/results/$date.jsonl"
 md="$root/bench/results/$date.md"
@@ -73,6 +85,48 @@ gen() {
 	return "$status"
 }
 
+# The compose mesh, on ports of its own, without the per-address limit:
+# behind Docker's port proxy every client has the same address.
+compose=(docker-compose)
+command -v docker-compose >/dev/null 2>&1 || compose=(docker compose)
+mesh_port=18190
+mesh_up() {
+	mesh_started=1
+	NATTER_HTTP_PORT=$mesh_port NATTER_NATS_PORT=14290 NATTER_MAX_CONNS_PER_IP=0 \
+		"${compose[@]}" -p "$mesh_project" up -d --build --quiet-pull >"$work/mesh.log" 2>&1 ||
+		{ cat "$work/mesh.log"; exit 1; }
+	for _ in $(seq 300); do
+		if (exec 3<>"/dev/tcp/127.0.0.1/$mesh_port" && printf 'GET /readyz HTTP/1.0\r\n\r\n' >&3 &&
+			head -n 1 <&3 | grep -q ' 200 ') 2>/dev/null; then
+			return
+		fi
+		sleep 0.2
+	done
+	echo "the mesh did not come up"; "${compose[@]}" -p "$mesh_project" ps; exit 1
+}
+# caddy_addr is the proxy's address on the compose network.
+caddy_addr() {
+	local id
+	id=$("${compose[@]}" -p "$mesh_project" ps -q caddy)
+	echo "$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$id"):8080"
+}
+mesh_down() {
+	"${compose[@]}" -p "$mesh_project" down -v -t 5 >/dev/null 2>&1 || true
+	mesh_started=
+}
+# gen_mesh SCENARIO ARGS...: one generator run against a fresh mesh (a
+# post's id is remembered for two minutes, so a second run's posts would
+# be taken for the first's).
+gen_mesh() {
+	local scenario=$1
+	shift
+	mesh_up
+	GOMAXPROCS=1 taskset -c 1 "$work/loadgen" -target natter -scenario "$scenario" \
+		-addr "$(caddy_addr)" -out "$jsonl" "$@" >/dev/null 2>"$work/last.txt" || true
+	cat "$work/last.txt"
+	mesh_down
+}
+
 # Each scenario, and each target in it, connects from source addresses of
 # its own (-source-base): the ports of the runs before it are still in
 # TIME_WAIT, and connects from an address short of free ports fail or
@@ -102,6 +156,9 @@ for s in "${scenarios[@]}"; do
 		gen natter F -conns 15000 -no-join -publishers 0 -warmup 0s -measure 1s -drain 0s -concurrency 500 -source-base "$(base natter 101)"
 		gen gorilla F -conns 15000 -publishers 0 -warmup 0s -measure 1s -drain 0s -concurrency 500 -source-base "$(base gorilla 101)"
 		gen natter F-join -conns 15000 -room-size 10 -publishers 0 -warmup 0s -measure 1s -drain 0s -concurrency 500 -source-base 111 ;;
+	M) # B and D through the compose mesh: members spread over two edges behind the proxy
+		gen_mesh M-B -conns 1000 -room-size 1000 -publishers 10 -rate 10 -measure 10s
+		gen_mesh M-D -conns 5000 -room-size 10 -publishers 5000 -rate 1 -measure 10s -concurrency 500 ;;
 	esac
 done
 

@@ -189,7 +189,7 @@ func printReport(w io.Writer, path, command string) error {
 		}
 	}
 	fmt.Fprintf(w, "# Load runs, %s\n\n", runs[0].Time)
-	fmt.Fprintf(w, "Command: `%s`. Machine: %s, %d cores; server on CPU 0, generator on CPU 1, GOMAXPROCS=1 for both.\n\n", command, cpu, runtime.NumCPU())
+	fmt.Fprintf(w, "Command: `%s`. Machine: %s, %d cores; server on CPU 0, generator on CPU 1, GOMAXPROCS=1 for both (M-*: the compose mesh's ten containers on both cores, not measured here).\n\n", command, cpu, runtime.NumCPU())
 	fmt.Fprintln(w, "| scenario | target | conns | room | pubs x rate | connect/s | idle KiB/conn | deliveries/s (expected) | loss % | p50 / p99 / max ms | server cores | server MiB | closed |")
 	fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 	for _, r := range runs {
@@ -197,9 +197,13 @@ func printReport(w io.Writer, path, command string) error {
 		if r.NoJoin {
 			room = "none"
 		}
-		fmt.Fprintf(w, "| %s | %s | %d/%d | %s | %d x %g | %.0f | %.1f | %.0f (%.0f) | %.3f | %.1f / %.1f / %.1f | %.2f | %.0f | %d |\n",
-			r.Scenario, r.Target, r.Connected, r.Conns, room, r.Publishers, r.Rate, r.ConnectPerSec, r.IdleRSSPerConnKiB,
-			r.DeliveriesPerSec, r.ExpectedPerSec, r.LossPct, r.P50ms, r.P99ms, r.Maxms, r.ServerCPU, r.ServerRSSMiB, r.Closed)
+		idle, cores, mib := fmt.Sprintf("%.1f", r.IdleRSSPerConnKiB), fmt.Sprintf("%.2f", r.ServerCPU), fmt.Sprintf("%.0f", r.ServerRSSMiB)
+		if r.ServerRSSMiB == 0 {
+			idle, cores, mib = "–", "–", "–" // no one server process to measure (the compose mesh)
+		}
+		fmt.Fprintf(w, "| %s | %s | %d/%d | %s | %d x %g | %.0f | %s | %.0f (%.0f) | %.3f | %.1f / %.1f / %.1f | %s | %s | %d |\n",
+			r.Scenario, r.Target, r.Connected, r.Conns, room, r.Publishers, r.Rate, r.ConnectPerSec, idle,
+			r.DeliveriesPerSec, r.ExpectedPerSec, r.LossPct, r.P50ms, r.P99ms, r.Maxms, cores, mib, r.Closed)
 		if r.Rejoin {
 			fmt.Fprintf(w, "|  | (rejoin) | all back in %.2f s, %d recovered |  |  |  |  |  |  |  |  |  |  |\n", r.RejoinSeconds, r.Recovered)
 		}
@@ -378,9 +382,14 @@ func run(c config) (*result, error) {
 	return res, nil
 }
 
-// dial opens cl's connection from one of the source addresses.
+// dial opens cl's connection, from one of the source addresses when the
+// server is on loopback; to another address (a container's, say) the
+// system picks the source, and one source holds some 27,000 connections.
 func dial(ctx context.Context, c config, cl *client) error {
-	src := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(c.SourceBase+cl.id%c.Sources))}
+	var src *net.TCPAddr
+	if host, _, err := net.SplitHostPort(c.Addr); err == nil && net.ParseIP(host).IsLoopback() {
+		src = &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(c.SourceBase+cl.id%c.Sources))}
+	}
 	path := "/ws"
 	if c.Target == "natter" {
 		path += "?user=" + cl.user

@@ -36,9 +36,12 @@ type closeError struct{ code int }
 
 func (e *closeError) Error() string { return fmt.Sprintf("websocket: close %d", e.code) }
 
-// dialWS opens a WebSocket to ws://addr+path from src.
+// dialWS opens a WebSocket to ws://addr+path from src (nil: any).
 func dialWS(ctx context.Context, src *net.TCPAddr, addr, path string) (*wsConn, error) {
-	d := net.Dialer{LocalAddr: src, Timeout: 30 * time.Second}
+	d := net.Dialer{Timeout: 30 * time.Second}
+	if src != nil {
+		d.LocalAddr = src // a nil *TCPAddr in the interface would not be nil
+	}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
