@@ -73,8 +73,8 @@ func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error
 			m.close()
 		}
 	}()
-	if cfg.Replicas < 1 {
-		return nil, fmt.Errorf("CHAT_STREAM_REPLICAS=%d: at least 1 copy of each stream is kept", cfg.Replicas)
+	if err := store.CheckReplicas(cfg.Replicas); err != nil {
+		return nil, err
 	}
 	url := cfg.URL
 	if url == "" {

@@ -25,6 +25,7 @@ func TestReplicasRefusedAtStart(t *testing.T) {
 		{"negative", "-1", external, "CHAT_STREAM_REPLICAS=-1"},
 		{"embedded", "3", "", "CHAT_STREAM_REPLICAS=3 but the embedded NATS server is one server"},
 		{"single external server", "2", external, "CHAT_STREAM_REPLICAS=2 but the NATS server is not in a cluster"},
+		{"more than JetStream keeps", "6", external, "CHAT_STREAM_REPLICAS=6: JetStream keeps at most 5 copies"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -94,6 +94,7 @@ func TestRunRefusesReplicas(t *testing.T) {
 	for _, tt := range []struct{ value, want string }{
 		{"0", "CHAT_STREAM_REPLICAS=0"},
 		{"3", "CHAT_STREAM_REPLICAS=3 but the NATS server is not in a cluster"},
+		{"6", "CHAT_STREAM_REPLICAS=6: JetStream keeps at most 5 copies"},
 	} {
 		t.Setenv("CHAT_STREAM_REPLICAS", tt.value)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -25,6 +25,21 @@ const (
 // noPeersBare is the description of errCodeNoPeers with no reason listed.
 const noPeersBare = "no suitable peers for placement"
 
+// MaxReplicas is the most copies JetStream keeps of a stream.
+const MaxReplicas = 5
+
+// CheckReplicas refuses, before any server is asked, a number of copies
+// that no NATS cluster keeps.
+func CheckReplicas(n int) error {
+	switch {
+	case n < 1:
+		return fmt.Errorf("CHAT_STREAM_REPLICAS=%d: at least 1 copy of each stream is kept", n)
+	case n > MaxReplicas:
+		return fmt.Errorf("CHAT_STREAM_REPLICAS=%d: JetStream keeps at most %d copies of a stream", n, MaxReplicas)
+	}
+	return nil
+}
+
 // ReplicasError is the refusal of CHAT_STREAM_REPLICAS by NATS servers
 // that can never hold that many copies: retrying cannot help, the setting
 // must change.

@@ -84,8 +84,8 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer)
 	if cfg.MaxTextChars <= 0 {
 		cfg.MaxTextChars = proto.MaxTextChars
 	}
-	if cfg.Replicas < 1 {
-		return nil, fmt.Errorf("broadcaster: CHAT_STREAM_REPLICAS=%d: at least 1 copy of each stream is kept", cfg.Replicas)
+	if err := store.CheckReplicas(cfg.Replicas); err != nil {
+		return nil, fmt.Errorf("broadcaster: %w", err)
 	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(maxPending),
 		jetstream.WithPublishAsyncTimeout(storeTimeout))

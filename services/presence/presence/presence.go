@@ -20,6 +20,7 @@ import (
 
 	"github.com/natter-chat/natter/shared/names"
 	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/store"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
@@ -133,8 +134,8 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer)
 	if cfg.MaxMembers <= 0 {
 		return nil, errors.New("presence: the member limit must be positive")
 	}
-	if cfg.Replicas < 1 {
-		return nil, fmt.Errorf("presence: CHAT_STREAM_REPLICAS=%d: at least 1 copy of the bucket is kept", cfg.Replicas)
+	if err := store.CheckReplicas(cfg.Replicas); err != nil {
+		return nil, fmt.Errorf("presence: %w", err)
 	}
 	if cfg.EdgeTimeout <= 0 {
 		cfg.EdgeTimeout = DefaultEdgeTimeout
