@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/url"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,10 +116,25 @@ type logView struct {
 	pushed   map[uint64]time.Time // sent by the server as events, when
 	fetched  map[uint64]bool      // read with history
 	content  map[uint64]string    // from and id, to check against the acks
+	first    map[string]uint64    // from and id: the first seq seen with it
 	last     uint64               // the newest pushed
 	newest   uint64               // the newest pushed or fetched
 	dup      int                  // a seq pushed again
+	stored2  int                  // a post seen under a second seq: stored twice
 	disorder int                  // a seq pushed below one pushed before
+}
+
+// record notes that seq holds the post content ("from id"); a post seen
+// under a second seq was stored twice.
+func (v *logView) record(seq uint64, content string) {
+	if _, seen := v.content[seq]; !seen {
+		if first, ok := v.first[content]; !ok {
+			v.first[content] = seq
+		} else if first != seq {
+			v.stored2++
+		}
+	}
+	v.content[seq] = content
 }
 
 type presenceSeen struct {
@@ -200,6 +216,10 @@ func (m *member) connectOnce(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// What the member had of each conversation before this connection:
+	// a live dm that arrives while it joins its rooms must not hide the
+	// ones it missed while away.
+	had := m.conversations()
 	s := &sess{m: m, conn: conn, events: make(chan wire, 4096)}
 	quit := make(chan struct{})
 	var reader sync.WaitGroup
@@ -222,7 +242,7 @@ func (m *member) connectOnce(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := s.recoverDMs(ctx); err != nil {
+	if err := s.recoverDMs(ctx, had); err != nil {
 		return err
 	}
 	m.mu.Lock()
@@ -378,17 +398,15 @@ func (s *sess) join(ctx context.Context, room string) error {
 }
 
 // recoverDMs asks for the member's conversations and reads with history
-// every dm newer than what it has of each.
-func (s *sess) recoverDMs(ctx context.Context) error {
+// every dm newer than what it had of each before it connected.
+func (s *sess) recoverDMs(ctx context.Context, had map[string]uint64) error {
 	w, err := s.request(ctx, map[string]any{"type": "dms", "id": "dms"}, "dms", func(wire) bool { return true })
 	if err != nil {
 		return err
 	}
 	for _, c := range w.Conversations {
 		key := viewKey("", c.With)
-		s.m.mu.Lock()
-		have := s.m.view(key).newest
-		s.m.mu.Unlock()
+		have := had[key]
 		if c.Seq > have {
 			if err := s.fetch(ctx, map[string]any{"dm": c.With}, key, have); err != nil {
 				return err
@@ -419,7 +437,7 @@ func (s *sess) fetch(ctx context.Context, target map[string]any, key string, aft
 				continue
 			}
 			v.fetched[msg.Seq] = true
-			v.content[msg.Seq] = msg.From + " " + msg.id()
+			v.record(msg.Seq, msg.From+" "+msg.id())
 			v.newest = max(v.newest, msg.Seq)
 			after = max(after, msg.Seq)
 		}
@@ -535,10 +553,23 @@ func (m *member) lastPostAt() time.Time {
 func (m *member) view(key string) *logView {
 	v := m.views[key]
 	if v == nil {
-		v = &logView{pushed: map[uint64]time.Time{}, fetched: map[uint64]bool{}, content: map[uint64]string{}}
+		v = &logView{pushed: map[uint64]time.Time{}, fetched: map[uint64]bool{}, content: map[uint64]string{}, first: map[string]uint64{}}
 		m.views[key] = v
 	}
 	return v
+}
+
+// conversations is the newest seq the member has of each conversation.
+func (m *member) conversations() map[string]uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	had := map[string]uint64{}
+	for key, v := range m.views {
+		if strings.HasPrefix(key, "dm:") {
+			had[key] = v.newest
+		}
+	}
+	return had
 }
 
 // pushed records an event the server sent of a room or conversation.
@@ -553,7 +584,7 @@ func (m *member) pushed(key string, w wire) {
 		v.disorder++
 	}
 	v.pushed[w.Seq] = w.at
-	v.content[w.Seq] = w.From + " " + w.id()
+	v.record(w.Seq, w.From+" "+w.id())
 	v.last = max(v.last, w.Seq)
 	v.newest = max(v.newest, w.Seq)
 }
@@ -682,15 +713,18 @@ func (m *member) expects(p post) bool {
 	return v != nil && v.joined && p.seq > v.since
 }
 
-// faults counts the member's pushes that came twice and out of order.
-func (m *member) faults() (dup, disorder int) {
+// faults counts what the member got wrong from the server: messages
+// pushed twice or stored twice, pushed out of seq order, and rejoins with
+// since that could not recover (nothing here reaches a limit that would
+// excuse one).
+func (m *member) faults() (dup, disorder, unrecovered int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, v := range m.views {
-		dup += v.dup
+		dup += v.dup + v.stored2
 		disorder += v.disorder
 	}
-	return dup, disorder
+	return dup, disorder, m.unrecov
 }
 
 // presenceSince is the presence events the member got after t.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/nats-io/nats-server/v2/server"
 )
 
 // loadCompose reads docker-compose.yml as docker compose v2 does (its
@@ -78,6 +79,10 @@ func TestComposeFile(t *testing.T) {
 			if !slices.Contains(s.Command, "/etc/nats/cluster.conf") || !slices.Contains(s.Command, name) {
 				t.Errorf("%s runs %v, want cluster.conf under its own name", name, s.Command)
 			}
+			routes := "nats-route://route:dev-route-change-me@nats-1:6222,nats-route://route:dev-route-change-me@nats-2:6222,nats-route://route:dev-route-change-me@nats-3:6222"
+			if i := slices.Index(s.Command, "--routes"); i < 0 || i+1 == len(s.Command) || s.Command[i+1] != routes {
+				t.Errorf("%s runs %v, want --routes %s", name, s.Command, routes)
+			}
 			continue
 		case "caddy":
 			for _, e := range []string{"edge-1", "edge-2"} {
@@ -120,10 +125,15 @@ func TestComposeFile(t *testing.T) {
 			if env("CHAT_TRUSTED_PROXIES") == "" || env("CHAT_EDGE_ID") != name {
 				t.Errorf("%s: trusted proxies %q, id %q", name, env("CHAT_TRUSTED_PROXIES"), env("CHAT_EDGE_ID"))
 			}
+			var healthy []string
 			for dep, d := range s.DependsOn {
-				if !strings.HasPrefix(dep, "nats-") && d.Condition != types.ServiceConditionHealthy {
-					t.Errorf("%s starts before %s is healthy", name, dep)
+				if d.Condition == types.ServiceConditionHealthy {
+					healthy = append(healthy, dep)
 				}
+			}
+			slices.Sort(healthy)
+			if want := []string{"broadcaster-1", "broadcaster-2", "presence-1", "presence-2"}; !slices.Equal(healthy, want) {
+				t.Errorf("%s starts once %v are healthy, want %v", name, healthy, want)
 			}
 		default:
 			if env("CHAT_STREAM_REPLICAS") != "3" {
@@ -163,12 +173,27 @@ func TestComposeFile(t *testing.T) {
 		}
 	}
 
-	// The image's module layer copies every module of the workspace,
-	// which the build needs even where the binaries use none of its code.
+	// A NATS server of the cluster takes routes only with the route user's
+	// password, and announces no addresses of the compose network.
+	t.Setenv("NATTER_ROUTE_PASSWORD", "route-secret")
+	for _, u := range []string{"EDGE", "BROADCASTER", "PRESENCE", "OBSERVER", "BOT"} {
+		t.Setenv("NATTER_"+u+"_PASSWORD", "x")
+	}
+	opts, err := server.ProcessConfigFile(filepath.Join(root, "deploy/nats/cluster.conf"))
+	if err != nil {
+		t.Fatalf("cluster.conf: %v", err)
+	}
+	if opts.Cluster.Username != "route" || opts.Cluster.Password != "route-secret" || !opts.Cluster.NoAdvertise || opts.Cluster.Port != 6222 {
+		t.Errorf("cluster.conf's cluster: user %q, password %q, no_advertise %v, port %d", opts.Cluster.Username, opts.Cluster.Password, opts.Cluster.NoAdvertise, opts.Cluster.Port)
+	}
+
+	// The image's module layer copies every module of the workspace, or
+	// drops it from the image's workspace: the build needs one or the
+	// other.
 	dockerfile := readFile(t, filepath.Join(root, "deploy/docker/Dockerfile"))
 	for _, m := range regexp.MustCompile(`(?m)^\s+\./(\S+)$`).FindAllStringSubmatch(readFile(t, filepath.Join(root, "go.work")), -1) {
-		if !strings.Contains(dockerfile, "COPY "+m[1]+"/go.* "+m[1]+"/\n") {
-			t.Errorf("the Dockerfile does not copy %s/go.mod, a module of go.work", m[1])
+		if !strings.Contains(dockerfile, "COPY "+m[1]+"/go.* "+m[1]+"/\n") && !strings.Contains(dockerfile, "-dropuse=./"+m[1]+" ") {
+			t.Errorf("the Dockerfile neither copies %s/go.mod, a module of go.work, nor leaves it out", m[1])
 		}
 	}
 

@@ -16,6 +16,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -104,6 +105,7 @@ type mesh struct {
 	httpPort int      // the published entry point (Caddy)
 	natsPort int      // the published NATS client port, on 127.0.0.1
 	password map[string]string
+	downOnce sync.Once
 }
 
 // startMesh builds the image and brings the mesh up, torn down when the
@@ -145,8 +147,23 @@ func startMesh(t *testing.T) *mesh {
 		m.env = append(m.env, "NATTER_"+strings.ToUpper(user)+"_PASSWORD="+m.password[user])
 	}
 	t.Cleanup(m.down)
+	// go test's -timeout ends the process without cleanups: tear the mesh
+	// down a little before, so it is not left running.
+	if deadline, ok := t.Deadline(); ok {
+		watchdog := time.AfterFunc(time.Until(deadline)-90*time.Second, func() {
+			fmt.Fprintf(os.Stderr, "%s: go test's timeout is near: taking the mesh %s down\n", t.Name(), m.project)
+			m.down()
+		})
+		t.Cleanup(func() { watchdog.Stop() })
+	}
 	m.run(t, 15*time.Minute, "build")
 	m.up(t)
+	// The test reads the NATS servers' health on the compose network,
+	// which a Linux host reaches; Docker Desktop's does not.
+	var err error
+	if poll(30*time.Second, func() bool { _, err = m.natsHealth(t, "nats-1"); return err == nil }) != nil {
+		skipOrFail(t, fmt.Sprintf("the host cannot reach the compose network (nats-1's monitoring port: %v); the mesh test needs Docker Engine on Linux, not Docker Desktop", err))
+	}
 	return m
 }
 
@@ -165,9 +182,11 @@ func (m *mesh) up(t testing.TB) {
 	})
 }
 
-// down removes the project's containers, network and volumes; when the
-// test failed, it saves every container's log first.
-func (m *mesh) down() {
+// down removes the project's containers, network and volumes, once; when
+// the test failed, it saves every container's log first.
+func (m *mesh) down() { m.downOnce.Do(m.tearDown) }
+
+func (m *mesh) tearDown() {
 	if m.t.Failed() {
 		m.saveLogs(m.t, "the end")
 	}
@@ -265,6 +284,11 @@ func (m *mesh) stop(t testing.TB, service string) {
 	m.docker(t, "stop", "-t", "10", m.container(t, service))
 }
 
+// exitCode is how a stopped container's process ended.
+func (m *mesh) exitCode(t testing.TB, service string) string {
+	return m.docker(t, "inspect", "-f", "{{.State.ExitCode}}", m.container(t, service))
+}
+
 // network is the compose network the services share.
 func (m *mesh) network(t testing.TB) string {
 	return m.docker(t, "network", "ls", "-q", "--filter", "label=com.docker.compose.project="+m.project)
@@ -299,20 +323,26 @@ func (m *mesh) waitHealthy(t testing.TB, limit time.Duration, services ...string
 }
 
 // natsCurrent reports whether a NATS server says it is healthy, JetStream
-// and its streams current (its monitoring /healthz, on the compose
-// network, which the host reaches on Linux).
+// and its streams current.
 func (m *mesh) natsCurrent(t testing.TB, service string) bool {
+	code, err := m.natsHealth(t, service)
+	return err == nil && code == http.StatusOK
+}
+
+// natsHealth asks a NATS server's monitoring /healthz, on the compose
+// network, which the host reaches on Linux; an error when it cannot.
+func (m *mesh) natsHealth(t testing.TB, service string) (int, error) {
 	ip, err := exec.Command("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", m.container(t, service)).Output()
 	if err != nil || len(bytes.TrimSpace(ip)) == 0 {
-		return false
+		return 0, fmt.Errorf("%s has no address: %v", service, err)
 	}
 	c := http.Client{Timeout: 2 * time.Second}
 	resp, err := c.Get("http://" + net.JoinHostPort(string(bytes.TrimSpace(ip)), "8222") + "/healthz")
 	if err != nil {
-		return false
+		return 0, err
 	}
 	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
+	return resp.StatusCode, nil
 }
 
 // logs is a service's log, with docker's timestamps.

@@ -18,7 +18,8 @@ import (
 
 // natsClient connects to the mesh's published NATS port as user, the way
 // an operator's tool does: replies on _INBOX. (as nats req), reconnecting
-// for as long as it runs.
+// for as long as it runs. That port is nats-1's only: while nats-1 is
+// down or cut off, the bot pauses and the observer misses what passes.
 func natsClient(t *testing.T, m *mesh, user string) *nats.Conn {
 	t.Helper()
 	nc, err := nats.Connect(m.natsURL(), nats.UserInfo(user, m.password[user]), nats.Name("mesh-test-"+user),

@@ -74,6 +74,15 @@ func startScenario(t *testing.T, m *mesh) *scenario {
 			t.Fatalf("no member on %s: the proxy does not balance", edge)
 		}
 	}
+	// The first member saw the others join: presence is announced, and
+	// the members record it (the presence fault counts on both).
+	m.waitFor(t, 20*time.Second, names[0]+" sees the others join", func() bool {
+		joined := map[string]bool{}
+		for _, p := range s.members[0].presenceSince(time.Time{}) {
+			joined[p.user] = joined[p.user] || p.event == "join"
+		}
+		return joined[names[1]] && joined[names[2]] && joined[names[3]]
+	})
 	s.resume()
 	return s
 }
@@ -121,13 +130,14 @@ func (s *scenario) posts() []post {
 	return out
 }
 
-// flowAfter does the fault and returns how long after it every member
-// was sent a room message first posted after it. The fault is done when
-// fault returns: the process is dead (docker kill and docker stop return
-// then), the server cut off; what was posted before may still have
-// reached everyone, and does not count.
+// flowAfter does the fault and returns how long after its start every
+// member was sent a room message first posted once the fault was done:
+// once docker kill or docker stop returned (the process is dead), the
+// server cut off. A message posted earlier may have reached a member just
+// before its edge died, and does not count.
 func (s *scenario) flowAfter(t testing.TB, fault func()) time.Duration {
 	t.Helper()
+	began := time.Now()
 	fault()
 	at := time.Now()
 	key := viewKey(s.room, "")
@@ -158,7 +168,7 @@ func (s *scenario) flowAfter(t testing.TB, fault func()) time.Duration {
 		s.m.saveLogs(t, "flow")
 		return flowWait
 	}
-	return last.Sub(at)
+	return last.Sub(began)
 }
 
 func later(a, b time.Time) time.Time {
@@ -194,7 +204,7 @@ func (s *scenario) phase(short, name string, limit time.Duration, fault func(t *
 		s.steady(t)
 		s.resume()
 		started := time.Now()
-		dup0, dis0 := s.faults()
+		dup0, dis0, unrec0 := s.faults()
 		r := row{fault: name, limit: limit}
 		r.flow = fault(t)
 		// Traffic goes on for a while after the recovery.
@@ -221,14 +231,17 @@ func (s *scenario) phase(short, name string, limit time.Duration, fault func(t *
 				}
 			}
 		}
-		dup1, dis1 := s.faults()
+		dup1, dis1, unrec1 := s.faults()
 		r.duplicated, r.disorder = dup1-dup0, dis1-dis0
 		s.rows = append(s.rows, r)
 		if missing := s.missing(all); len(missing) > 0 {
 			t.Errorf("%d acked posts missing from members' views, for example %s", len(missing), strings.Join(missing[:min(5, len(missing))], "; "))
 		}
 		if r.duplicated > 0 || r.disorder > 0 {
-			t.Errorf("%d messages pushed twice, %d out of seq order", r.duplicated, r.disorder)
+			t.Errorf("%d messages pushed or stored twice, %d out of seq order", r.duplicated, r.disorder)
+		}
+		if n := unrec1 - unrec0; n > 0 {
+			t.Errorf("%d rejoins with since answered recovered: false, with no limit reached", n)
 		}
 		if limit > 0 && r.flow > limit {
 			t.Errorf("messages flowed again after %s, promised within %s", r.flow.Round(100*time.Millisecond), limit)
@@ -262,12 +275,12 @@ func (s *scenario) missing(posts []post) []string {
 	return out
 }
 
-func (s *scenario) faults() (dup, disorder int) {
+func (s *scenario) faults() (dup, disorder, unrecovered int) {
 	for _, mb := range s.members {
-		d, o := mb.faults()
-		dup, disorder = dup+d, disorder+o
+		d, o, u := mb.faults()
+		dup, disorder, unrecovered = dup+d, disorder+o, unrecovered+u
 	}
-	return dup, disorder
+	return dup, disorder, unrecovered
 }
 
 // table is the rows as a Markdown table.
