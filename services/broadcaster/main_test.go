@@ -1,9 +1,7 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"io"
 	"strings"
 	"testing"
 	"time"
@@ -69,46 +67,13 @@ func TestHealthcheck(t *testing.T) {
 
 // Without CHAT_HTTP_ADDR the healthcheck asks the broadcaster's own default address,
 // on 127.0.0.1; any other argument is refused before anything starts.
-func TestRunArguments(t *testing.T) {
-	t.Setenv("CHAT_NATS_URL", "") // so that an argument taken by mistake ends run at once
-	out, err := servicetest.Healthcheck(t, run, "")
-	if want := "http://127.0.0.1:8082/readyz"; !strings.Contains(out, want) && (err == nil || !strings.Contains(err.Error(), want)) {
-		t.Errorf("healthcheck without CHAT_HTTP_ADDR: printed %q, error %v; want %s asked", out, err, want)
-	}
-	for _, tt := range []struct {
-		args []string
-		want string
-	}{
-		{[]string{"serve"}, "the one subcommand is healthcheck"},
-		{[]string{"-h"}, "the one subcommand is healthcheck"},
-		{[]string{"healthcheck", "now"}, `healthcheck: unexpected arguments ["now"]`},
-	} {
-		if err := run(context.Background(), tt.args, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("run %q: %v, want an error with %q", tt.args, err, tt.want)
-		}
-	}
-}
+func TestRunArguments(t *testing.T) { servicetest.CheckArguments(t, run, "127.0.0.1:8082") }
 
 // The process stops at start, with an error naming the setting, when
 // CHAT_STREAM_REPLICAS is below 1 or more than the NATS server can hold;
 // main then exits 1.
 func TestRunRefusesReplicas(t *testing.T) {
-	ns := natstest.Start(t)
-	t.Setenv("CHAT_NATS_URL", ns.ClientURL())
-	t.Setenv("CHAT_HTTP_ADDR", "127.0.0.1:0")
-	for _, tt := range []struct{ value, want string }{
-		{"0", "CHAT_STREAM_REPLICAS=0"},
-		{"3", "CHAT_STREAM_REPLICAS=3 but the NATS server is not in a cluster"},
-		{"6", "CHAT_STREAM_REPLICAS=6: JetStream keeps at most 5 copies"},
-	} {
-		t.Setenv("CHAT_STREAM_REPLICAS", tt.value)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := run(ctx, nil, io.Discard, io.Discard)
-		cancel()
-		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("CHAT_STREAM_REPLICAS=%s: run returned %v, want %q", tt.value, err, tt.want)
-		}
-	}
+	servicetest.CheckRefusesReplicas(t, run, natstest.Start(t).ClientURL())
 }
 
 // A broadcaster is ready only once it takes posts: connected to a NATS

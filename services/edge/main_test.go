@@ -81,22 +81,4 @@ func TestHealthcheck(t *testing.T) {
 
 // Without CHAT_HTTP_ADDR the healthcheck asks the edge's own default address,
 // on 127.0.0.1; any other argument is refused before anything starts.
-func TestRunArguments(t *testing.T) {
-	t.Setenv("CHAT_NATS_URL", "") // so that an argument taken by mistake ends run at once
-	out, err := servicetest.Healthcheck(t, run, "")
-	if want := "http://127.0.0.1:8080/readyz"; !strings.Contains(out, want) && (err == nil || !strings.Contains(err.Error(), want)) {
-		t.Errorf("healthcheck without CHAT_HTTP_ADDR: printed %q, error %v; want %s asked", out, err, want)
-	}
-	for _, tt := range []struct {
-		args []string
-		want string
-	}{
-		{[]string{"serve"}, "the one subcommand is healthcheck"},
-		{[]string{"-h"}, "the one subcommand is healthcheck"},
-		{[]string{"healthcheck", "now"}, `healthcheck: unexpected arguments ["now"]`},
-	} {
-		if err := run(context.Background(), tt.args, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("run %q: %v, want an error with %q", tt.args, err, tt.want)
-		}
-	}
-}
+func TestRunArguments(t *testing.T) { servicetest.CheckArguments(t, run, "127.0.0.1:8080") }

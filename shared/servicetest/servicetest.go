@@ -113,3 +113,51 @@ func awaitHealthcheck(t *testing.T, run RunFunc, addr string, want func(out stri
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// CheckArguments tests what a separate service's run does with its
+// arguments: without CHAT_HTTP_ADDR the healthcheck asks the service's own
+// default address (defaultAddr, a port on 127.0.0.1), and any other
+// argument is refused before anything starts.
+func CheckArguments(t *testing.T, run RunFunc, defaultAddr string) {
+	t.Helper()
+	t.Setenv("CHAT_NATS_URL", "") // so that an argument taken by mistake ends run at once
+	out, err := Healthcheck(t, run, "")
+	if want := "http://" + defaultAddr + "/readyz"; !strings.Contains(out, want) && (err == nil || !strings.Contains(err.Error(), want)) {
+		t.Errorf("healthcheck without CHAT_HTTP_ADDR: printed %q, error %v; want %s asked", out, err, want)
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"serve"}, "the one subcommand is healthcheck"},
+		{[]string{"-h"}, "the one subcommand is healthcheck"},
+		{[]string{"healthcheck", "now"}, `healthcheck: unexpected arguments ["now"]`},
+	} {
+		if err := run(context.Background(), tt.args, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("run %q: %v, want an error with %q", tt.args, err, tt.want)
+		}
+	}
+}
+
+// CheckRefusesReplicas tests that run stops at start, with an error
+// naming the setting, when CHAT_STREAM_REPLICAS is below 1, above what
+// JetStream keeps, or more than the single NATS server at url can hold;
+// main then exits 1.
+func CheckRefusesReplicas(t *testing.T, run RunFunc, url string) {
+	t.Helper()
+	t.Setenv("CHAT_NATS_URL", url)
+	t.Setenv("CHAT_HTTP_ADDR", "127.0.0.1:0")
+	for _, tt := range []struct{ value, want string }{
+		{"0", "CHAT_STREAM_REPLICAS=0"},
+		{"3", "CHAT_STREAM_REPLICAS=3 but the NATS server is not in a cluster"},
+		{"6", "CHAT_STREAM_REPLICAS=6: JetStream keeps at most 5 copies"},
+	} {
+		t.Setenv("CHAT_STREAM_REPLICAS", tt.value)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := run(ctx, nil, io.Discard, io.Discard)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("CHAT_STREAM_REPLICAS=%s: run returned %v, want %q", tt.value, err, tt.want)
+		}
+	}
+}
