@@ -12,9 +12,11 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/natter-chat/natter/services/presence/presence"
 	"github.com/natter-chat/natter/shared/natsconn"
+	"github.com/natter-chat/natter/shared/servicetest"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
@@ -99,7 +101,8 @@ func connectAs(t *testing.T, ns *server.Server, user string, v *violations) *nat
 // more: every service runs on its own user and a chat works end to end
 // (rooms, history, presence, dms, typing) without one permission error;
 // each user is refused what belongs to the others, and the observer
-// watches everything and can publish nothing.
+// watches everything and sees what runs (nats micro) but can change
+// nothing, not even by aiming a service's answer.
 func TestDeployPermissions(t *testing.T) {
 	ns := deployServer(t)
 	var bv, pv, ev violations
@@ -112,7 +115,24 @@ func TestDeployPermissions(t *testing.T) {
 	}
 	e := startEdgeAt(t, ns.ClientURL(), nil, nats.UserInfo("edge", "edge-secret"), nats.ErrorHandler(ev.handler))
 
-	observer := connectAs(t, ns, "observer", nil)
+	// The observer connects as the nats CLI does, its replies on _INBOX.
+	observer, err := nats.Connect(ns.ClientURL(), nats.UserInfo("observer", "observer-secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer observer.Close()
+	// The observer sees what runs, as nats micro ls does.
+	var running []string
+	for _, p := range servicetest.Ask[micro.Ping](t, observer, micro.PingVerb, "", "", 3, wait) {
+		running = append(running, p.Name)
+	}
+	slices.Sort(running)
+	if want := []string{subject.ServiceBroadcaster, subject.ServiceEdge, subject.ServicePresence}; !slices.Equal(running, want) {
+		t.Errorf("the observer sees %v running, want %v", running, want)
+	}
+	if st := servicetest.Ask[micro.Stats](t, observer, micro.StatsVerb, subject.ServiceEdge, "", 1, wait); len(st[0].Endpoints) != 1 {
+		t.Errorf("the observer's stats of the edge: %+v", st[0])
+	}
 	watched := make(chan *nats.Msg, 1000)
 	if _, err := observer.ChanSubscribe("chat.>", watched); err != nil {
 		t.Fatal(err)
@@ -178,25 +198,29 @@ func TestDeployPermissions(t *testing.T) {
 	// Each user, outside its subjects.
 	forbidden := map[string]struct{ pub, sub []string }{
 		"edge": {
-			pub: []string{"chat.store.room.lobby", "chat.room.lobby.msg", "chat.room.lobby.presence", "chat.dm.alice.bob", "$KV.CHAT_PRESENCE.leader", "$JS.API.STREAM.DELETE.CHAT", "elsewhere"},
-			sub: []string{"chat.in.room.>", "chat.presence.session.*", "chat.store.>", "$KV.>", "_INBOX_presence.>", "_INBOX_broadcaster.>", "_INBOX.>", ">"},
+			pub: []string{"chat.store.room.lobby", "chat.room.lobby.msg", "chat.room.lobby.presence", "chat.dm.alice.bob", "$KV.CHAT_PRESENCE.leader", "$JS.API.STREAM.DELETE.CHAT", "elsewhere",
+				"$SRV.PING", "$SRV.INFO.natter-broadcaster"},
+			sub: []string{"chat.in.room.>", "chat.presence.session.*", "chat.store.>", "$KV.>", "_INBOX_presence.>", "_INBOX_broadcaster.>", "_INBOX.>", ">",
+				"$SRV.>", "$SRV.PING.natter-broadcaster", "$SRV.STATS.natter-presence.x", "_R_.>"},
 		},
 		"broadcaster": {
-			pub: []string{"chat.room.lobby.msg", "chat.dm.alice.bob", "chat.room.lobby.presence", "chat.in.room.lobby", "$JS.API.STREAM.DELETE.CHAT", "$KV.CHAT_PRESENCE.leader"},
-			sub: []string{"chat.room.*.*", "chat.dm.>", "chat.presence.>", "_INBOX_edge.>", "_INBOX_presence.>", ">"},
+			pub: []string{"chat.room.lobby.msg", "chat.dm.alice.bob", "chat.room.lobby.presence", "chat.in.room.lobby", "$JS.API.STREAM.DELETE.CHAT", "$KV.CHAT_PRESENCE.leader",
+				"$SRV.STATS"},
+			sub: []string{"chat.room.*.*", "chat.dm.>", "chat.presence.>", "_INBOX_edge.>", "_INBOX_presence.>", ">", "$SRV.INFO.natter-edge"},
 		},
 		"presence": {
-			pub: []string{"chat.room.lobby.msg", "chat.store.room.lobby", "chat.in.dm.bob", "chat.room.lobby.typing", "$JS.API.STREAM.DELETE.CHAT"},
-			sub: []string{"chat.room.*.*", "chat.dm.>", "chat.in.>", "_INBOX_edge.>", "_INBOX_broadcaster.>", ">"},
+			pub: []string{"chat.room.lobby.msg", "chat.store.room.lobby", "chat.in.dm.bob", "chat.room.lobby.typing", "$JS.API.STREAM.DELETE.CHAT",
+				"$SRV.PING.natter-edge"},
+			sub: []string{"chat.room.*.*", "chat.dm.>", "chat.in.>", "_INBOX_edge.>", "_INBOX_broadcaster.>", ">", "$SRV.PING.natter-edge"},
 		},
 		"observer": {
-			pub: []string{"chat.in.room.lobby", "chat.room.lobby.msg", "_INBOX.x"},
-			sub: []string{"$KV.>", "_INBOX.>", ">"},
+			pub: []string{"chat.in.room.lobby", "chat.room.lobby.msg", "chat.store.room.lobby", "$KV.CHAT_PRESENCE.leader", "$JS.API.STREAM.INFO.CHAT", "_INBOX.x", "_R_.x"},
+			sub: []string{"$KV.>", "$SRV.>", ">"},
 		},
 		"bot": {
 			pub: []string{"chat.room.lobby.msg", "chat.store.room.lobby", "chat.room.lobby.typing", "chat.presence.session.lobby",
-				"chat.presence.who.lobby", "$JS.API.STREAM.DELETE.CHAT", "$KV.CHAT_PRESENCE.leader", "_INBOX_edge.x"},
-			sub: []string{"chat.>", "chat.room.*.*", "chat.dm.>", "_INBOX_edge.>", "$KV.>", ">"},
+				"chat.presence.who.lobby", "$JS.API.STREAM.DELETE.CHAT", "$KV.CHAT_PRESENCE.leader", "_INBOX_edge.x", "$SRV.PING", "_R_.x"},
+			sub: []string{"chat.>", "chat.room.*.*", "chat.dm.>", "_INBOX_edge.>", "$KV.>", ">", "$SRV.>"},
 		},
 	}
 	for user, f := range forbidden {
@@ -274,21 +298,39 @@ func TestDeployPermissions(t *testing.T) {
 	if err := enc.PublishRequest("chat.presence.who.lobby", "$KV.CHAT_PRESENCE.aimed", nil); err != nil {
 		t.Fatal(err)
 	}
-	// The typing signal published above is through before the observer
+	// The typing signal published above is through before the watcher
 	// listens there: only an answer could reach it.
 	if err := enc.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	// It listens in the chat's account: the observer's own account
+	// receives its own aimed answers, where they harm nothing.
+	watcher := connectAs(t, ns, "edge", nil)
 	typing := make(chan *nats.Msg, 10)
-	if _, err := observer.ChanSubscribe("chat.room.lobby.typing", typing); err != nil {
+	if _, err := watcher.ChanSubscribe("chat.room.lobby.typing", typing); err != nil {
 		t.Fatal(err)
 	}
-	if err := observer.Flush(); err != nil {
+	if err := watcher.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	pnc := connectAs(t, ns, "presence", nil)
 	if err := pnc.PublishRequest(subject.EdgeSync(e.ID()), "chat.room.lobby.typing", nil); err != nil {
 		t.Fatal(err)
+	}
+	// The NATS services framework answers any reply subject; the
+	// observer's account gets a reply subject of the server's own for each
+	// request, so its aimed requests are answered in its own account.
+	for svc, aim := range map[string]string{
+		subject.ServiceBroadcaster: "chat.store.room.lobby",
+		subject.ServicePresence:    "$KV.CHAT_PRESENCE.aimed",
+		subject.ServiceEdge:        "chat.room.lobby.typing",
+	} {
+		req, _ := micro.ControlSubject(micro.InfoVerb, svc, "")
+		if err := observer.PublishRequest(req, aim, nil); err != nil {
+			t.Fatal(err)
+		}
+		// Asked again after it, a service has answered the aimed one.
+		servicetest.Ask[micro.Info](t, observer, micro.InfoVerb, svc, "", 1, wait)
 	}
 	// A request after each, on the same subject, is answered once its
 	// service has handled what came before it.
@@ -304,7 +346,7 @@ func TestDeployPermissions(t *testing.T) {
 	// Answers published before those are stored, or delivered, by now:
 	// a stream takes what one connection sends in order (the put below
 	// is acknowledged after the aimed answer would have been stored), and
-	// the observer's flush returns after what was sent to it before.
+	// the watcher's flush returns after what was sent to it before.
 	kv := presenceBucket(t, pnc)
 	if _, err := kv.Put(context.Background(), "probe", []byte("x")); err != nil {
 		t.Fatal(err)
@@ -315,12 +357,12 @@ func TestDeployPermissions(t *testing.T) {
 	if n := streamCount(t, bnc, "CHAT"); n != 4 {
 		t.Errorf("the room stream holds %d messages after the aimed replies, want 4 (not purged, no answer stored)", n)
 	}
-	if err := observer.Flush(); err != nil {
+	if err := watcher.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	select {
 	case m := <-typing:
-		t.Errorf("the edge answered a sync on a room's typing subject: %s", m.Data)
+		t.Errorf("the edge answered a sync or an info request on a room's typing subject: %s", m.Data)
 	default:
 	}
 	waitFor(t, "the self-addressed answer refused", func() bool {

@@ -295,3 +295,13 @@ func IsReply(reply string) bool {
 	return (strings.HasPrefix(reply, "_INBOX.") || strings.HasPrefix(reply, "_INBOX_")) &&
 		!strings.ContainsAny(reply, "*> \t")
 }
+
+// The names natter's services register under with the NATS services
+// framework (nats.go micro), which answers on $SRV.PING, $SRV.INFO and
+// $SRV.STATS, each alone, with the name, and with the name and the
+// instance's id: `nats micro ls` lists them.
+const (
+	ServiceEdge        = "natter-edge"
+	ServicePresence    = "natter-presence"
+	ServiceBroadcaster = "natter-broadcaster"
+)

@@ -7,14 +7,17 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/natter-chat/natter/shared/config"
 	"github.com/natter-chat/natter/shared/names"
+	"github.com/natter-chat/natter/shared/ops"
 	"github.com/natter-chat/natter/shared/proto"
 	"github.com/natter-chat/natter/shared/store"
 	"github.com/natter-chat/natter/shared/subject"
@@ -49,6 +52,11 @@ type Broadcaster struct {
 	js      jetstream.JetStream
 	log     *slog.Logger
 	metrics metrics
+	// counts are the figures of the stats answer (Stats), kept beside
+	// the metrics because a stats request may come on any goroutine.
+	counts struct {
+		stored, duplicates, refused, failed atomic.Int64
+	}
 
 	// pending carries accepted stores, in the order published, from the
 	// subscription callback to the acker. It is never closed: a callback
@@ -130,19 +138,13 @@ func (b *Broadcaster) Run(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return nil // stopped before it started serving
 	}
-	// Room posts and dms come on two subscriptions of the queue group.
-	// Both callbacks publish to the stream asynchronously and queue the
-	// pending store for the acker; each subscription keeps its own order.
-	var subs []*nats.Subscription
-	for _, subj := range []string{subject.InRoomAll, subject.InDMAll} {
-		sub, err := b.nc.QueueSubscribe(subj, subject.BroadcasterQueue, b.handle)
-		if err != nil {
-			for _, s := range subs {
-				_ = s.Unsubscribe()
-			}
-			return fmt.Errorf("broadcaster: subscribe %s: %w", subj, err)
-		}
-		subs = append(subs, sub)
+	// Room posts and dms come to two endpoints of the service, in one
+	// queue group. Both handlers publish to the stream asynchronously and
+	// queue the pending store for the acker; each endpoint keeps its own
+	// order.
+	svc, err := b.register()
+	if err != nil {
+		return err
 	}
 	// The subscriptions must reach the server before Run reports it is
 	// serving; Flush waits for that.
@@ -159,7 +161,7 @@ func (b *Broadcaster) Run(ctx context.Context) error {
 	}()
 
 	<-ctx.Done()
-	b.drain(subs)
+	b.drain(svc)
 	b.stopMu.Lock()
 	b.stopped = true
 	b.stopMu.Unlock()
@@ -168,34 +170,64 @@ func (b *Broadcaster) Run(ctx context.Context) error {
 	return nil
 }
 
-// drain drains the subscriptions at once, so posts already taken are
-// stored and answered, and waits for them under one deadline, the
-// connection's drain timeout: past it, what is still draining is
-// unsubscribed. Without NATS a drain never ends, and the process must
-// still stop inside the 10 s its contract gives it.
-func (b *Broadcaster) drain(subs []*nats.Subscription) {
-	deadline := time.NewTimer(b.nc.Opts.DrainTimeout)
-	defer deadline.Stop()
-	closed := make([]<-chan nats.SubStatus, len(subs))
-	for i, sub := range subs {
-		closed[i] = sub.StatusChanged(nats.SubscriptionClosed)
-		if err := sub.Drain(); err != nil {
-			closed[i] = nil
+// register adds the broadcaster to the NATS services framework, with the
+// post subjects as its endpoints.
+func (b *Broadcaster) register() (micro.Service, error) {
+	svc, err := ops.AddService(b.nc, ops.Service{
+		Name:        subject.ServiceBroadcaster,
+		Description: "natter's broadcaster: validates posted messages and dms, stores them in JetStream and answers with their seq",
+		Stats:       b.stats,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broadcaster: %w", err)
+	}
+	for _, ep := range []struct{ name, subject string }{{"room", subject.InRoomAll}, {"dm", subject.InDMAll}} {
+		err := svc.AddEndpoint(ep.name, micro.HandlerFunc(b.serve),
+			micro.WithEndpointSubject(ep.subject), micro.WithEndpointQueueGroup(subject.BroadcasterQueue))
+		if err != nil {
+			_ = svc.Stop()
+			return nil, fmt.Errorf("broadcaster: subscribe %s: %w", ep.subject, err)
 		}
 	}
-	for i := range subs {
-		if closed[i] == nil {
-			continue
-		}
-		select {
-		case <-closed[i]:
-		case <-deadline.C:
-			for _, rest := range subs[i:] {
-				b.log.Warn("broadcaster: drain timed out; unsubscribing", "subject", rest.Subject)
-				_ = rest.Unsubscribe()
-			}
-			return
-		}
+	return svc, nil
+}
+
+// Stats are the broadcaster's own figures in its stats answer.
+type Stats struct {
+	Stored     int64 `json:"stored"`
+	Duplicates int64 `json:"duplicates"`
+	Refused    int64 `json:"refused"`
+	Failed     int64 `json:"failed"`
+}
+
+func (b *Broadcaster) stats() any {
+	return Stats{Stored: b.counts.stored.Load(), Duplicates: b.counts.duplicates.Load(),
+		Refused: b.counts.refused.Load(), Failed: b.counts.failed.Load()}
+}
+
+// drain stops the service, so that posts already taken are stored and
+// answered, and waits for them under one deadline, the connection's
+// drain timeout. Stop unsubscribes the endpoints; the flush's round trip
+// makes sure every post the server sent before that has arrived, and the
+// barrier that each has been handled. Without NATS the flush fails and
+// only what arrived is waited for: the process must still stop inside
+// the 10 s its contract gives it.
+func (b *Broadcaster) drain(svc micro.Service) {
+	deadline := time.Now().Add(b.nc.Opts.DrainTimeout)
+	if err := svc.Stop(); err != nil {
+		b.log.Warn("broadcaster: stop serving", "err", err)
+	}
+	if err := b.nc.FlushTimeout(max(time.Until(deadline), time.Millisecond)); err != nil {
+		b.log.Warn("broadcaster: flush after unsubscribing", "err", err)
+	}
+	handled := make(chan struct{})
+	if err := b.nc.Barrier(func() { close(handled) }); err != nil {
+		return // closed: no callback runs any more
+	}
+	select {
+	case <-handled:
+	case <-time.After(time.Until(deadline)):
+		b.log.Warn("broadcaster: drain timed out; posts still queued are answered unavailable")
 	}
 }
 
@@ -238,17 +270,31 @@ func (b *Broadcaster) ensureStream(ctx context.Context) error {
 	}
 }
 
-// handle runs on a subscription's goroutine: validate, stamp, store. A
-// room message goes to the room stream, a dm to the dm stream, each on
-// the subject of its room or conversation.
-func (b *Broadcaster) handle(m *nats.Msg) {
+// serve answers one post. A post refused before it is stored is
+// answered as an error of the service, so that the framework counts it.
+func (b *Broadcaster) serve(req micro.Request) {
+	perr := b.handle(req.Subject(), req.Reply(), req.Data())
+	if perr == nil || !subject.IsReply(req.Reply()) {
+		return // stored, to be answered by the acker; or nobody to answer
+	}
+	data, _ := json.Marshal(proto.PostReply{Code: perr.Code, Message: perr.Message})
+	if err := req.Error(perr.Code, perr.Message, data); err != nil {
+		b.log.Warn("broadcaster: reply", "err", err)
+	}
+}
+
+// handle runs on an endpoint's goroutine: validate, stamp, store. A room
+// message goes to the room stream, a dm to the dm stream, each on the
+// subject of its room or conversation. A post that is refused or cannot
+// be stored is returned as the error to answer; one handed to the acker
+// returns nil.
+func (b *Broadcaster) handle(subj, reply string, data []byte) *proto.Error {
 	var out *nats.Msg
 	var stream, log string
-	if to, ok := subject.UserOfInDM(m.Subject); ok {
-		post, perr := b.validateDM(to, m.Data)
+	if to, ok := subject.UserOfInDM(subj); ok {
+		post, perr := b.validateDM(to, data)
 		if perr != nil {
-			b.reject(m, perr)
-			return
+			return b.refuse(perr)
 		}
 		stored := proto.DM{Type: proto.TypeDM, From: post.From, To: post.To, Text: post.Text, ID: post.ID, TS: time.Now().UnixMilli()}
 		out = &nats.Msg{Subject: subject.StoreDM(post.From, post.To), Data: proto.Encode(stored), Header: nats.Header{}}
@@ -258,10 +304,9 @@ func (b *Broadcaster) handle(m *nats.Msg) {
 		a, bb := subject.Pair(post.From, post.To)
 		stream, log = subject.DMStream, "dm "+a+"."+bb
 	} else {
-		post, perr := b.validate(m)
+		post, perr := b.validate(subj, data)
 		if perr != nil {
-			b.reject(m, perr)
-			return
+			return b.refuse(perr)
 		}
 		stored := proto.Message{Type: proto.TypeMessage, Room: post.Room, From: post.From, Text: post.Text, ID: post.ID, TS: time.Now().UnixMilli()}
 		out = &nats.Msg{Subject: subject.StoreRoom(post.Room), Data: proto.Encode(stored), Header: nats.Header{}}
@@ -273,12 +318,11 @@ func (b *Broadcaster) handle(m *nats.Msg) {
 	future, err := b.js.PublishMsgAsync(out, jetstream.WithExpectStream(stream),
 		jetstream.WithStallWait(storeTimeout))
 	if err != nil {
-		b.metrics.failed.Inc()
+		b.fail()
 		b.log.Warn("broadcaster: store", "log", log, "err", err)
-		b.respond(m.Reply, proto.PostReply{Code: proto.CodeUnavailable, Message: "message store unavailable"})
-		return
+		return &proto.Error{Code: proto.CodeUnavailable, Message: "message store unavailable"}
 	}
-	p := pendingStore{future: future, reply: m.Reply, log: log, deadline: time.Now().Add(storeTimeout)}
+	p := pendingStore{future: future, reply: reply, log: log, deadline: time.Now().Add(storeTimeout)}
 	// The acker reads pending until it is stopped, so this send cannot
 	// block Run's write lock for longer than the acker takes per store.
 	b.stopMu.RLock()
@@ -291,13 +335,22 @@ func (b *Broadcaster) handle(m *nats.Msg) {
 		// Only after a drain that timed out. The store may still succeed;
 		// a retry with the same id is then acknowledged with its seq.
 		// Answered outside the lock: no lock is held across a publish.
-		b.respond(m.Reply, proto.PostReply{Code: proto.CodeUnavailable, Message: "broadcaster shutting down, try again"})
+		return &proto.Error{Code: proto.CodeUnavailable, Message: "broadcaster shutting down, try again"}
 	}
+	return nil
 }
 
-func (b *Broadcaster) reject(m *nats.Msg, perr *proto.Error) {
+// refuse counts a post refused by validation and returns why.
+func (b *Broadcaster) refuse(perr *proto.Error) *proto.Error {
 	b.metrics.rejected.WithLabelValues(perr.Code).Inc()
-	b.respond(m.Reply, proto.PostReply{Code: perr.Code, Message: perr.Message})
+	b.counts.refused.Add(1)
+	return perr
+}
+
+// fail counts a post that could not be stored.
+func (b *Broadcaster) fail() {
+	b.metrics.failed.Inc()
+	b.counts.failed.Add(1)
 }
 
 // validateDM checks a dm to user to as if it came from anyone: the
@@ -331,12 +384,12 @@ func (b *Broadcaster) checkSender(post proto.Post) *proto.Error {
 
 // validate checks a post as if it came from anyone: room from the subject,
 // names, text and id.
-func (b *Broadcaster) validate(m *nats.Msg) (proto.Post, *proto.Error) {
-	room, ok := subject.RoomOfInRoom(m.Subject)
+func (b *Broadcaster) validate(subj string, data []byte) (proto.Post, *proto.Error) {
+	room, ok := subject.RoomOfInRoom(subj)
 	if !ok || !names.ValidRoom(room) {
-		return proto.Post{}, &proto.Error{Code: proto.CodeInvalidRoom, Message: "invalid room in subject " + m.Subject}
+		return proto.Post{}, &proto.Error{Code: proto.CodeInvalidRoom, Message: "invalid room in subject " + subj}
 	}
-	post, perr := proto.ParsePost(m.Data)
+	post, perr := proto.ParsePost(data)
 	if perr != nil {
 		return post, perr
 	}
@@ -415,7 +468,7 @@ func (b *Broadcaster) answer(p pendingStore, timer *time.Timer, limit *time.Time
 		case err := <-p.future.Err():
 			b.respond(p.reply, b.storeFailed(p.log, err))
 		default:
-			b.metrics.failed.Inc()
+			b.fail()
 			b.respond(p.reply, proto.PostReply{Code: proto.CodeUnavailable, Message: "message store timed out"})
 		}
 		return
@@ -425,14 +478,16 @@ func (b *Broadcaster) answer(p pendingStore, timer *time.Timer, limit *time.Time
 func (b *Broadcaster) stored(ack *jetstream.PubAck) proto.PostReply {
 	if ack.Duplicate {
 		b.metrics.duplicates.Inc()
+		b.counts.duplicates.Add(1)
 	} else {
 		b.metrics.stored.Inc()
+		b.counts.stored.Add(1)
 	}
 	return proto.PostReply{Seq: ack.Sequence, Duplicate: ack.Duplicate}
 }
 
 func (b *Broadcaster) storeFailed(log string, err error) proto.PostReply {
-	b.metrics.failed.Inc()
+	b.fail()
 	b.log.Warn("broadcaster: store failed", "log", log, "err", err)
 	return proto.PostReply{Code: proto.CodeUnavailable, Message: "message store unavailable"}
 }

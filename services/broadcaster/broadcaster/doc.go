@@ -2,7 +2,10 @@
 // fanned out.
 //
 // It is a queue group on chat.in.room.> and chat.in.dm.*, so any number of
-// replicas share the posts. For each post it validates again (it never
+// replicas share the posts: the two endpoints, room and dm, of the service
+// natter-broadcaster, which `nats micro ls` lists with their request and
+// error counts (a post refused before it is stored is an error) and the
+// broadcaster's own figures (Stats). For each post it validates again (it never
 // trusts an edge), stamps ts and publishes the message asynchronously to
 // its JetStream stream: a room message to CHAT, whose RePublish fans it
 // out on chat.room.<room>.msg, a dm to CHAT_DM, whose RePublish fans it
@@ -16,15 +19,15 @@
 // servers that can never hold that many replicas end Run with an error
 // instead (store.ReplicasRefused).
 //
-// Goroutines: nats.go runs each subscription's callback (one goroutine per
+// Goroutines: nats.go runs each endpoint's handler (one goroutine per
 // subscription, owned by the connection, so a room post and a dm may be
-// validated at the same moment; each subscription keeps its own order,
-// and a room's or a conversation's posts come on one of them); Run owns
-// the acker goroutine,
-// which waits for each store acknowledgement in order and answers the
-// posting edge. Run drains the subscriptions when its context ends (at
-// most the connection's drain timeout in all), then lets the acker answer
-// what was accepted (at most two more seconds), and returns after it has
+// validated at the same moment; each endpoint keeps its own order, and a
+// room's or a conversation's posts come on one of them); Run owns the
+// acker goroutine, which waits for each store acknowledgement in order
+// and answers the posting edge. When its context ends Run stops the
+// service and waits for the posts already taken to be handled (at most
+// the connection's drain timeout in all), then lets the acker answer what
+// was accepted (at most two more seconds), and returns after it has
 // ended. A callback still running after a drain that timed out answers
 // its post unavailable itself.
 package broadcaster

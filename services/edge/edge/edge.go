@@ -23,6 +23,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
@@ -241,6 +242,9 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 		defer close(dispatchDone)
 		e.hub.run(dctx)
 	}()
+	// The sync endpoint subscribes before the first heartbeat goes out:
+	// presence may ask for a sync as soon as it hears one.
+	svc := e.register()
 	rctx, stopReporter := context.WithCancel(context.Background())
 	go e.reporter.run(rctx)
 	fctx, stopFlushers := context.WithCancel(context.Background())
@@ -269,12 +273,77 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 	<-pollerDone
 	stopPinger()
 	<-pingerDone
+	if svc != nil {
+		_ = svc.Stop()
+	}
 	stopReporter()
 	<-e.reporter.done
 	e.hub.close()
 	stopDispatch()
 	<-dispatchDone
 	return err
+}
+
+// register puts the edge on the NATS services framework, with presence's
+// sync requests as its endpoint. Without it the edge still serves; it
+// fails only on a closed connection, and presence then expires the edge,
+// which is the truth.
+func (e *Edge) register() micro.Service {
+	if e.nc == nil {
+		return nil // unit tests
+	}
+	svc, err := ops.AddService(e.nc, ops.Service{
+		Name:        subject.ServiceEdge,
+		Description: "natter's edge: holds the WebSockets of the chat and connects them to NATS",
+		Metadata:    map[string]string{"edge": e.id},
+		Stats:       func() any { return e.Stats() },
+	})
+	if err == nil {
+		if err = e.reporter.serveSync(svc); err != nil {
+			_ = svc.Stop()
+		}
+	}
+	if err != nil {
+		e.log.Error("edge: not on the NATS services framework, and presence cannot sync it", "subject", subject.EdgeSync(e.id), "err", err)
+		return nil
+	}
+	return svc
+}
+
+// Stats are an edge's own figures in its stats answer.
+type Stats struct {
+	Edge        string `json:"edge"`
+	Connections int64  `json:"connections"` // open WebSockets
+	Rooms       int    `json:"rooms"`       // rooms subscribed: those with local members
+	Users       int    `json:"users"`       // users whose dms are subscribed: those with local sessions
+	// SendQueue is how many live events wait to be written, over all
+	// clients; SendQueueMax the most one client has waiting (a client
+	// reaching the send-queue limit is cut off).
+	SendQueue    int `json:"send_queue"`
+	SendQueueMax int `json:"send_queue_max"`
+}
+
+// Stats returns the edge's figures now. It takes each client's lock in
+// turn, so it is for a stats request, not for a hot path.
+func (e *Edge) Stats() Stats {
+	st := Stats{Edge: e.id, Connections: e.open.Load()}
+	e.hub.mu.Lock()
+	st.Rooms, st.Users = len(e.hub.rooms), len(e.hub.users)
+	e.hub.mu.Unlock()
+	e.mu.Lock()
+	clients := make([]*client, 0, len(e.clients))
+	for c := range e.clients {
+		clients = append(clients, c)
+	}
+	e.mu.Unlock()
+	for _, c := range clients {
+		c.mu.Lock()
+		live := c.live
+		c.mu.Unlock()
+		st.SendQueue += live
+		st.SendQueueMax = max(st.SendQueueMax, live)
+	}
+	return st
 }
 
 // closeClients closes every connection with 1001 and waits for their

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/natter-chat/natter/shared/proto"
@@ -25,7 +26,7 @@ const (
 	// client that finds it full waits.
 	reportQueue = 1024
 	// syncQueue bounds the sync requests waiting for the reporter; more are
-	// dropped by nats.go, and presence asks again.
+	// dropped, and presence asks again.
 	syncQueue = 256
 	// Snapshots of the state are kept for the later pages of a sync: at
 	// most maxSnapshots of them, for snapshotTTL.
@@ -115,12 +116,6 @@ func (r *reporter) report(join bool, session, user, room string) {
 // presence forgets the edge at once rather than after the expiry.
 func (r *reporter) run(ctx context.Context) {
 	defer close(r.done)
-	sub, err := r.nc.ChanSubscribe(subject.EdgeSync(r.edge), r.syncs)
-	if err != nil {
-		// Only a closed connection fails here; presence then expires the
-		// edge, which is the truth.
-		r.log.Error("subscribe to presence sync", "subject", subject.EdgeSync(r.edge), "err", err)
-	}
 	tick := time.NewTicker(heartbeatInterval)
 	defer tick.Stop()
 	r.heartbeat()
@@ -133,9 +128,6 @@ func (r *reporter) run(ctx context.Context) {
 		case <-tick.C:
 			r.heartbeat()
 		case <-ctx.Done():
-			if sub != nil {
-				_ = sub.Unsubscribe()
-			}
 			r.finish()
 			return
 		}
@@ -212,6 +204,25 @@ func (r *reporter) publish(subj string, data []byte) {
 	}
 }
 
+// serveSync adds the edge's sync endpoint to svc: presence's requests
+// for the edge's full state, answered by run. No queue group: the
+// subject is this edge's alone.
+func (r *reporter) serveSync(svc micro.Service) error {
+	return svc.AddEndpoint("sync", micro.HandlerFunc(r.syncRequest),
+		micro.WithEndpointSubject(subject.EdgeSync(r.edge)), micro.WithEndpointQueueGroupDisabled())
+}
+
+// syncRequest hands a sync request from the edge's sync endpoint to run.
+// When run is behind by syncQueue requests, the request is dropped and
+// presence asks again.
+func (r *reporter) syncRequest(req micro.Request) {
+	select {
+	case r.syncs <- &nats.Msg{Subject: req.Subject(), Reply: req.Reply(), Data: req.Data()}:
+	default:
+		r.log.Warn("presence sync request dropped: too many waiting", "waiting", syncQueue)
+	}
+}
+
 // answerSync answers one page request. Page 0 without a snapshot id takes
 // a new snapshot; later pages come from the snapshot the request names (or
 // the newest one), so that all pages of one sync show the same moment.
@@ -246,7 +257,7 @@ func (r *reporter) answerSync(m *nats.Msg) {
 		r.syncError(m, req.Page, "no such page")
 		return
 	}
-	if err := m.Respond(snap.pages[req.Page]); err != nil {
+	if err := r.nc.Publish(m.Reply, snap.pages[req.Page]); err != nil {
 		r.failures.Inc()
 	}
 }
@@ -267,5 +278,5 @@ func (r *reporter) takeSnapshot(now time.Time) *snapshot {
 }
 
 func (r *reporter) syncError(m *nats.Msg, page int, msg string) {
-	_ = m.Respond(proto.Encode(proto.SyncPage{Edge: r.edge, Page: page, Sessions: []proto.SyncSession{}, Error: msg}))
+	_ = r.nc.Publish(m.Reply, proto.Encode(proto.SyncPage{Edge: r.edge, Page: page, Sessions: []proto.SyncSession{}, Error: msg}))
 }

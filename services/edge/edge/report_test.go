@@ -14,12 +14,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/natter-chat/natter/shared/natstest"
+	"github.com/natter-chat/natter/shared/ops"
 	"github.com/natter-chat/natter/shared/proto"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
 // startReporter runs r until the test ends (or the returned stop). It
-// returns once the first heartbeat is out, so the sync subscription, made
+// returns once the first heartbeat is out, so the sync endpoint, made
 // before it, is in place; beats receives the heartbeats from the first.
 func startReporter(t *testing.T, r *reporter) (beats *nats.Subscription, stop func()) {
 	t.Helper()
@@ -27,9 +28,17 @@ func startReporter(t *testing.T, r *reporter) (beats *nats.Subscription, stop fu
 	if err != nil {
 		t.Fatal(err)
 	}
+	svc, err := ops.AddService(r.nc, ops.Service{Name: subject.ServiceEdge})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.serveSync(svc); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	go r.run(ctx)
 	stop = func() {
+		_ = svc.Stop()
 		cancel()
 		<-r.done
 	}

@@ -5,11 +5,18 @@
 // view by asking an edge for its full state (a paged sync) whenever the
 // edge's heartbeat digest differs from it.
 //
+// Each replica is the service natter-presence on the NATS services
+// framework (`nats micro ls`), its role and what it knows in its stats
+// answer (Stats); the active one has who as its endpoint. The framework
+// cannot take an endpoint away, so a replica that goes live or stops
+// leading registers again, as a new instance.
+//
 // Ownership and stopping:
 //
 //   - Run's goroutine is the loop: the only one that reads or changes the
 //     view (state), and the only reader of the channel every subscription
-//     delivers into (reports, heartbeats, sync pages, who). One channel
+//     delivers into (reports, heartbeats, sync pages, and who, which the
+//     who endpoint's handler hands on). One channel
 //     keeps NATS's order: an edge's reports, heartbeats and sync pages are
 //     applied in the order the edge published them, which is what makes a
 //     digest comparison exact.

@@ -16,9 +16,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/natter-chat/natter/shared/names"
+	"github.com/natter-chat/natter/shared/ops"
 	"github.com/natter-chat/natter/shared/proto"
 	"github.com/natter-chat/natter/shared/store"
 	"github.com/natter-chat/natter/shared/subject"
@@ -109,7 +111,7 @@ type Presence struct {
 	baseline    map[string]roomRecord
 	baseEdges   []string // the edges the previous leader knew
 	hasBaseline bool
-	whoSub      *nats.Subscription
+	svc         micro.Service       // this replica on the NATS services framework; with who while live
 	dirty       map[string]struct{} // rooms whose announced users are not written yet
 	dirtyBase   bool                // the baseline marker is not written yet
 	edgesGen    uint64              // state.edgesGen last written
@@ -119,6 +121,32 @@ type Presence struct {
 	sessionSub  *nats.Subscription
 	beatSub     *nats.Subscription
 	replySub    *nats.Subscription
+	// loopDone is closed when the loop has returned: a who request
+	// still being handed to it gives up.
+	loopDone chan struct{}
+
+	// figures are what the stats answer shows (Stats); the loop sets
+	// them, a stats request reads them on its own goroutine.
+	figures struct {
+		role                       atomic.Value // string: RoleStandby, RoleWarming or RoleActive
+		edges, rooms, sessionRooms atomic.Int64
+	}
+}
+
+// The roles a replica shows in its stats answer.
+const (
+	RoleStandby = "standby" // another replica leads
+	RoleWarming = "warming" // leading, waiting for its view to be complete
+	RoleActive  = "active"  // announcing presence and answering who
+)
+
+// Stats are a presence replica's own figures in its stats answer.
+type Stats struct {
+	Replica      string `json:"replica"`
+	Role         string `json:"role"`
+	Edges        int64  `json:"edges"`
+	Rooms        int64  `json:"rooms"`
+	SessionRooms int64  `json:"session_rooms"`
 }
 
 // roomRecord is what the key-value bucket holds per room: the users
@@ -154,7 +182,7 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("presence: %w", err)
 	}
-	return &Presence{
+	p := &Presence{
 		cfg:       cfg,
 		id:        id,
 		token:     id + " " + randomID(),
@@ -169,7 +197,10 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer)
 		liveOnce:  make(chan struct{}),
 		st:        newState(),
 		dirty:     make(map[string]struct{}),
-	}, nil
+		loopDone:  make(chan struct{}),
+	}
+	p.figures.role.Store(RoleStandby)
+	return p, nil
 }
 
 // Live is closed once this replica first announces presence and answers
@@ -217,11 +248,12 @@ func (p *Presence) Run(ctx context.Context) error {
 	writer.Go(func() { p.write(wctx, kv) })
 
 	p.log.Info("presence running", "max_members", p.cfg.MaxMembers, "replicas", p.cfg.Replicas)
-	p.loop(lctx)
-
-	if p.whoSub != nil {
-		_ = p.whoSub.Unsubscribe()
+	if err := p.register(false); err != nil {
+		p.log.Error("not on the NATS services framework", "err", err)
 	}
+	p.loop(lctx)
+	close(p.loopDone)
+	p.unregister()
 	if p.leader {
 		p.lastWrite()
 	}
@@ -268,8 +300,9 @@ func (p *Presence) handle(m *nats.Msg, now time.Time) {
 	case p.replySub:
 		p.syncReply(m, now)
 	default:
-		// A who subscription, the current one or one given up while its
-		// requests were queued: the view answers either way.
+		// A who request (whoRequest), from the current endpoint or one
+		// given up while its requests were queued: the view answers
+		// either way.
 		p.who(m)
 	}
 }
@@ -329,7 +362,57 @@ func (p *Presence) heartbeat(m *nats.Msg, now time.Time) {
 	}
 }
 
-// who answers a who request; only the live replica subscribes.
+// register puts this replica on the NATS services framework again, as a
+// standby or, live, with who as its endpoint: the framework cannot take
+// one endpoint away, so a change of role is a new instance. Owned by the
+// loop.
+func (p *Presence) register(live bool) error {
+	p.unregister()
+	svc, err := ops.AddService(p.nc, ops.Service{
+		Name:        subject.ServicePresence,
+		Description: "natter's presence: turns the edges' session reports into joins and leaves per room, and answers who (the active replica)",
+		Metadata:    map[string]string{"replica": p.id},
+		Stats:       p.stats,
+	})
+	if err != nil {
+		return err
+	}
+	if live {
+		err := svc.AddEndpoint("who", micro.HandlerFunc(p.whoRequest),
+			micro.WithEndpointSubject(subject.PresenceWhoAll), micro.WithEndpointQueueGroup(subject.PresenceQueue))
+		if err != nil {
+			_ = svc.Stop()
+			return fmt.Errorf("presence: subscribe %s: %w", subject.PresenceWhoAll, err)
+		}
+	}
+	p.svc = svc
+	return nil
+}
+
+// unregister takes this replica off the NATS services framework. Owned
+// by the loop, and by Run once the loop has ended.
+func (p *Presence) unregister() {
+	if p.svc != nil {
+		_ = p.svc.Stop()
+		p.svc = nil
+	}
+}
+
+func (p *Presence) stats() any {
+	return Stats{Replica: p.id, Role: p.figures.role.Load().(string), Edges: p.figures.edges.Load(),
+		Rooms: p.figures.rooms.Load(), SessionRooms: p.figures.sessionRooms.Load()}
+}
+
+// whoRequest hands a who request to the loop, in the one channel that
+// keeps NATS's order, so that a who sent after a join report counts it.
+func (p *Presence) whoRequest(req micro.Request) {
+	select {
+	case p.msgs <- &nats.Msg{Subject: req.Subject(), Reply: req.Reply()}:
+	case <-p.loopDone:
+	}
+}
+
+// who answers a who request; only the live replica has the endpoint.
 func (p *Presence) who(m *nats.Msg) {
 	p.metrics.who.Inc()
 	users := []string{}
@@ -337,7 +420,7 @@ func (p *Presence) who(m *nats.Msg) {
 		users = p.st.users(room)
 	}
 	if subject.IsReply(m.Reply) { // never answered on a subject that is no inbox
-		_ = m.Respond(proto.Encode(proto.WhoReply{Users: users}))
+		_ = p.nc.Publish(m.Reply, proto.Encode(proto.WhoReply{Users: users}))
 	}
 }
 
@@ -436,6 +519,9 @@ func (p *Presence) tick(now time.Time) {
 	p.metrics.edges.Set(float64(len(p.st.edges)))
 	p.metrics.pairs.Set(float64(p.st.pairs))
 	p.metrics.rooms.Set(float64(len(p.st.rooms)))
+	p.figures.edges.Store(int64(len(p.st.edges)))
+	p.figures.sessionRooms.Store(int64(p.st.pairs))
+	p.figures.rooms.Store(int64(len(p.st.rooms)))
 }
 
 // setRole follows the elector.
@@ -443,6 +529,7 @@ func (p *Presence) setRole(r role, now time.Time) {
 	switch {
 	case r.leader && !p.leader:
 		p.leader = true
+		p.figures.role.Store(RoleWarming)
 		p.baseline, p.baseEdges, p.hasBaseline = r.baseline, r.edges, r.hasBaseline
 		p.log.Info("leading: this replica will announce presence once its view is complete")
 		p.tryGoLive(now)
@@ -450,9 +537,9 @@ func (p *Presence) setRole(r role, now time.Time) {
 		p.log.Warn("no longer leading: another replica announces presence")
 		p.leader, p.live = false, false
 		p.metrics.active.Set(0)
-		if p.whoSub != nil {
-			_ = p.whoSub.Unsubscribe()
-			p.whoSub = nil
+		p.figures.role.Store(RoleStandby)
+		if err := p.register(false); err != nil {
+			p.log.Error("not on the NATS services framework", "err", err)
 		}
 		clear(p.dirty)
 		p.dirtyBase = false
@@ -498,12 +585,10 @@ func (p *Presence) tryGoLive(now time.Time) {
 	if !p.leader || p.live || !p.warm(now) {
 		return
 	}
-	sub, err := p.nc.ChanQueueSubscribe(subject.PresenceWhoAll, subject.PresenceQueue, p.msgs)
-	if err != nil {
+	if err := p.register(true); err != nil {
 		p.log.Error("subscribe to who; trying again", "subject", subject.PresenceWhoAll, "err", err)
 		return
 	}
-	p.whoSub = sub
 	rooms := maps.Clone(p.st.rooms)
 	ts := now.UnixMilli()
 	announced := 0
@@ -539,6 +624,7 @@ func (p *Presence) tryGoLive(now time.Time) {
 	p.dirtyBase, p.dirtyEdges = true, true
 	p.live = true
 	p.metrics.active.Set(1)
+	p.figures.role.Store(RoleActive)
 	select {
 	case <-p.liveOnce:
 	default:
