@@ -8,8 +8,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
 	"github.com/natter-chat/natter/services/presence/presence"
 	"github.com/natter-chat/natter/shared/natstest"
+	"github.com/natter-chat/natter/shared/servicetest"
+	"github.com/natter-chat/natter/shared/subject"
 )
 
 // Presence promises (PROTOCOL.md sections 3 and 4).
@@ -347,14 +352,37 @@ func TestTwoReplicasAnnounceOnce(t *testing.T) {
 	if p2.active(t) {
 		leader, standby = p2, p1
 	}
+	// nats micro info shows both replicas, the active one with who.
+	checkPresenceInstances(t, nc, presence.RoleActive, presence.RoleStandby)
 	leader.crash(t)
 	dial(t, e.url, "carol").join("lobby")
 	awaitWho(t, nc, "lobby", []string{"alice", "bob", "carol"}, restartPromise)
 	if !standby.active(t) {
 		t.Fatal("the standby answers who but is not active")
 	}
+	checkPresenceInstances(t, nc, presence.RoleActive)
 	dial(t, e.url, "zz-sentinel").join("lobby")
 	w.expect(t, soon(), "lobby join carol", "lobby join zz-sentinel")
+}
+
+// checkPresenceInstances asks the presence replicas for their info, as
+// nats micro info does, and checks their roles (sorted) and that only the
+// active one has the who endpoint.
+func checkPresenceInstances(t *testing.T, nc *nats.Conn, roles ...string) {
+	t.Helper()
+	var got []string
+	for _, info := range servicetest.Ask[micro.Info](t, nc, micro.InfoVerb, subject.ServicePresence, "", len(roles), wait) {
+		role := info.Metadata["role"]
+		got = append(got, role)
+		hasWho := len(info.Endpoints) == 1 && info.Endpoints[0].Subject == subject.PresenceWhoAll
+		if hasWho != (role == presence.RoleActive) {
+			t.Errorf("replica %s, %s: endpoints %+v", info.Metadata["replica"], role, info.Endpoints)
+		}
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, roles) {
+		t.Errorf("presence replicas %v, want %v", got, roles)
+	}
 }
 
 // Rooms over CHAT_PRESENCE_MAX_MEMBERS get no per-user events, counted

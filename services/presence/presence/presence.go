@@ -364,14 +364,19 @@ func (p *Presence) heartbeat(m *nats.Msg, now time.Time) {
 
 // register puts this replica on the NATS services framework again, as a
 // standby or, live, with who as its endpoint: the framework cannot take
-// one endpoint away, so a change of role is a new instance. Owned by the
-// loop.
+// one endpoint away, so a change of role is a new instance. The role is
+// in its metadata too, since a standby has no endpoint to carry stats.
+// Owned by the loop.
 func (p *Presence) register(live bool) error {
 	p.unregister()
+	role := RoleStandby
+	if live {
+		role = RoleActive
+	}
 	svc, err := ops.AddService(p.nc, ops.Service{
 		Name:        subject.ServicePresence,
 		Description: "natter's presence: turns the edges' session reports into joins and leaves per room, and answers who (the active replica)",
-		Metadata:    map[string]string{"replica": p.id},
+		Metadata:    map[string]string{"replica": p.id, "role": role},
 		Stats:       p.stats,
 	})
 	if err != nil {
