@@ -124,6 +124,11 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer)
 			return nil, fmt.Errorf("broadcaster: metrics: %w", err)
 		}
 	}
+	// The codes validation refuses with start at zero, so that a fresh
+	// process exposes them and rate() has a zero to start from.
+	for _, code := range []string{proto.CodeBadRequest, proto.CodeInvalidRoom, proto.CodeInvalidUser, proto.CodeTooLong} {
+		b.metrics.rejected.WithLabelValues(code)
+	}
 	return b, nil
 }
 

@@ -1,6 +1,10 @@
 package edge
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/natter-chat/natter/shared/proto"
+)
 
 // metrics are the edge's counters; the README lists them.
 type metrics struct {
@@ -56,6 +60,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
+	}
+	// Every known label value starts at zero, so that a fresh process
+	// exposes each series and rate() has a zero to start from.
+	for _, reason := range []string{"origin", "address", "token", "user"} {
+		m.refused.WithLabelValues(reason)
+	}
+	for _, by := range []string{"edge", "http"} {
+		m.handshakes.WithLabelValues(by)
+	}
+	for _, code := range []string{proto.CodeBadRequest, proto.CodeUnknownType, proto.CodeInvalidRoom, proto.CodeInvalidUser,
+		proto.CodeNotJoined, proto.CodeTooLong, proto.CodeTooManyRooms, proto.CodeRateLimited, proto.CodeUnavailable} {
+		m.errors.WithLabelValues(code)
 	}
 	return m, nil
 }

@@ -48,5 +48,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			return nil, err
 		}
 	}
+	// Both results start at zero, so that a fresh process exposes them
+	// and rate() has a zero to start from.
+	for _, result := range []string{"done", "failed"} {
+		m.syncs.WithLabelValues(result)
+	}
 	return m, nil
 }
