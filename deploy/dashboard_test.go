@@ -54,7 +54,7 @@ var (
 // valid JSON, unique panel ids, every panel with a data source that
 // resolves and at least one query.
 func TestDashboard(t *testing.T) {
-	d := readDashboard(t)
+	queries := readDashboard(t)
 	series := scrapeBinaries(t)
 	// What Prometheus adds: the per-target series it writes itself, and
 	// the target labels (job, instance and the static ones) on every
@@ -72,28 +72,21 @@ func TestDashboard(t *testing.T) {
 	}
 
 	missing := map[string][]string{} // metric → where the dashboard asks for it
-	for _, q := range d.queries {
+	for _, q := range queries {
 		where := fmt.Sprintf("panel %d %q, query %s", q.panel, q.title, q.refID)
 		sels, bys, err := parseQuery(q.expr)
 		if err != nil {
 			t.Errorf("%s: %v\n  %s", where, err, q.expr)
 			continue
 		}
-		// The labels a selector's series may carry, nil when no binary
-		// exposes it.
-		labelsOf := func(s selector) map[string]bool {
-			ls, ok := series[s.name]
-			if !ok {
-				return nil
-			}
-			return ls
-		}
-		has := func(sels []selector, label string) (known bool, found bool) {
+		// has reports whether one of sels is exposed (known) and whether
+		// the series of one of those carry label.
+		has := func(sels []selector, label string) (known, found bool) {
 			if targetLabels[label] {
 				return true, true
 			}
 			for _, s := range sels {
-				if ls := labelsOf(s); ls != nil {
+				if ls, ok := series[s.name]; ok {
 					known = true
 					found = found || ls[label]
 				}
@@ -101,8 +94,8 @@ func TestDashboard(t *testing.T) {
 			return known, found
 		}
 		for _, s := range sels {
-			ls := labelsOf(s)
-			if ls == nil {
+			ls, ok := series[s.name]
+			if !ok {
 				missing[s.name] = append(missing[s.name], where)
 				continue
 			}
@@ -433,10 +426,6 @@ type query struct {
 	legend      string
 }
 
-type dashboard struct {
-	queries []query
-}
-
 // dsRef is a data source reference: {"type": …, "uid": …}.
 type dsRef struct {
 	Type string `json:"type"`
@@ -465,7 +454,7 @@ type panelJSON struct {
 // ids, every panel placed on the grid, with a Prometheus data source that
 // resolves (the datasource variable or the provisioned uid) and at least
 // one query, each with a refId unique in its panel.
-func readDashboard(t *testing.T) dashboard {
+func readDashboard(t *testing.T) []query {
 	t.Helper()
 	var raw struct {
 		UID           string          `json:"uid"`
@@ -518,7 +507,7 @@ func readDashboard(t *testing.T) dashboard {
 		return ref.UID, nil
 	}
 
-	var d dashboard
+	var queries []query
 	ids := map[int]string{}
 	var walk func(panels []panelJSON)
 	walk = func(panels []panelJSON) {
@@ -563,15 +552,15 @@ func readDashboard(t *testing.T) dashboard {
 					t.Errorf("%s, query %s: no expr", name, tg.RefID)
 					continue
 				}
-				d.queries = append(d.queries, query{panel: *p.ID, title: p.Title, refID: tg.RefID, expr: tg.Expr, legend: tg.LegendFormat})
+				queries = append(queries, query{panel: *p.ID, title: p.Title, refID: tg.RefID, expr: tg.Expr, legend: tg.LegendFormat})
 			}
 		}
 	}
 	walk(raw.Panels)
-	if len(d.queries) == 0 {
+	if len(queries) == 0 {
 		t.Fatal("the dashboard has no queries")
 	}
-	return d
+	return queries
 }
 
 // selector is a vector selector of a query: its metric and the labels it
