@@ -29,6 +29,10 @@ func TestRunAlone(t *testing.T) {
 	awaitStored(t, ns)
 	// Ready once it takes posts.
 	servicetest.GetOK(t, addr, "/readyz")
+	// Its /metrics times the store it made.
+	if n, sum, ok := servicetest.Scrape(t, addr).Histogram("natter_broadcaster_store_seconds"); !ok || n == 0 || !(sum > 0) {
+		t.Errorf("natter_broadcaster_store_seconds: count %d, sum %g, present %v; want a store timed", n, sum, ok)
+	}
 	stop()
 }
 

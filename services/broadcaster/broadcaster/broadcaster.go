@@ -78,6 +78,7 @@ type pendingStore struct {
 	reply    string
 	log      string // what is stored, for logs: "room lobby", "dm alice.bob"
 	deadline time.Time
+	start    time.Time // when PublishMsgAsync was called: natter_broadcaster_store_seconds
 }
 
 type metrics struct {
@@ -85,6 +86,10 @@ type metrics struct {
 	duplicates prometheus.Counter
 	rejected   *prometheus.CounterVec
 	failed     prometheus.Counter
+	// store is natter_broadcaster_store_seconds: from PublishMsgAsync to
+	// its ack or failure (a timeout included), observed by handle or
+	// answer before the post is answered.
+	store prometheus.Histogram
 }
 
 // New returns a broadcaster on nc; its metrics go to reg.
@@ -117,6 +122,9 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer)
 				Name: "natter_broadcaster_rejected_total", Help: "Posts refused by validation, by error code."}, []string{"code"}),
 			failed: prometheus.NewCounter(prometheus.CounterOpts{
 				Name: "natter_broadcaster_store_failures_total", Help: "Posts that could not be stored (answered unavailable)."}),
+			store: prometheus.NewHistogram(prometheus.HistogramOpts{
+				Name: "natter_broadcaster_store_seconds", Help: "Stores of posts, from the asynchronous publish to the stream to its ack or failure (a timeout included).",
+				Buckets: ops.LatencyBuckets}),
 		},
 	}
 	for _, c := range []prometheus.Collector{b.metrics.stored, b.metrics.duplicates, b.metrics.rejected, b.metrics.failed} {
@@ -128,6 +136,9 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer)
 	// process exposes them and rate() has a zero to start from.
 	for _, code := range []string{proto.CodeBadRequest, proto.CodeInvalidRoom, proto.CodeInvalidUser, proto.CodeTooLong} {
 		b.metrics.rejected.WithLabelValues(code)
+	}
+	if err := reg.Register(b.metrics.store); err != nil {
+		return nil, fmt.Errorf("broadcaster: metrics: %w", err)
 	}
 	return b, nil
 }
@@ -320,14 +331,16 @@ func (b *Broadcaster) handle(subj, reply string, data []byte) *proto.Error {
 		}
 		stream, log = subject.Stream, "room "+post.Room
 	}
+	start := time.Now()
 	future, err := b.js.PublishMsgAsync(out, jetstream.WithExpectStream(stream),
 		jetstream.WithStallWait(storeTimeout))
 	if err != nil {
+		b.metrics.store.Observe(time.Since(start).Seconds())
 		b.fail()
 		b.log.Warn("broadcaster: store", "log", log, "err", err)
 		return &proto.Error{Code: proto.CodeUnavailable, Message: "message store unavailable"}
 	}
-	p := pendingStore{future: future, reply: reply, log: log, deadline: time.Now().Add(storeTimeout)}
+	p := pendingStore{future: future, reply: reply, log: log, deadline: start.Add(storeTimeout), start: start}
 	// The acker reads pending until it is stopped, so this send cannot
 	// block Run's write lock for longer than the acker takes per store.
 	b.stopMu.RLock()
@@ -452,10 +465,12 @@ func (b *Broadcaster) answer(p pendingStore, timer *time.Timer, limit *time.Time
 		select {
 		case ack := <-p.future.Ok():
 			timer.Stop()
+			b.settled(p)
 			b.respond(p.reply, b.stored(ack))
 			return
 		case err := <-p.future.Err():
 			timer.Stop()
+			b.settled(p)
 			b.respond(p.reply, b.storeFailed(p.log, err))
 			return
 		case <-stop:
@@ -467,6 +482,7 @@ func (b *Broadcaster) answer(p pendingStore, timer *time.Timer, limit *time.Time
 		}
 		// Out of time; but a store that finished meanwhile is not a
 		// failure (select picks at random among ready cases).
+		b.settled(p)
 		select {
 		case ack := <-p.future.Ok():
 			b.respond(p.reply, b.stored(ack))
@@ -478,6 +494,12 @@ func (b *Broadcaster) answer(p pendingStore, timer *time.Timer, limit *time.Time
 		}
 		return
 	}
+}
+
+// settled observes the time p's store took, once it is acknowledged,
+// has failed or is given up on.
+func (b *Broadcaster) settled(p pendingStore) {
+	b.metrics.store.Observe(time.Since(p.start).Seconds())
 }
 
 func (b *Broadcaster) stored(ack *jetstream.PubAck) proto.PostReply {
