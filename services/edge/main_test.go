@@ -56,6 +56,15 @@ func TestRunAlone(t *testing.T) {
 			t.Fatalf("got %s, want %s", data, want)
 		}
 	}
+	// Its /metrics timed the handshake (observed by the flusher before
+	// it wrote joined), and not the post no broadcaster answered.
+	ms := servicetest.Scrape(t, addr)
+	if n, _, ok := ms.Histogram("natter_edge_handshake_seconds"); !ok || n != 1 {
+		t.Errorf("natter_edge_handshake_seconds: count %d, present %v; want 1", n, ok)
+	}
+	if n, _, ok := ms.Histogram("natter_edge_post_seconds"); !ok || n != 0 {
+		t.Errorf("natter_edge_post_seconds: count %d, present %v; want 0", n, ok)
+	}
 	stop()
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	_, _, err = conn.ReadMessage()

@@ -59,6 +59,11 @@ type client struct {
 	live    int
 	space   *sync.Cond // on mu; signalled when the queue is taken to be written (flush.go) or closing begins
 	waiting bool       // guarded by mu: the reader waits on space
+	// oldest is the ts (Unix ms) of the oldest stored message or dm
+	// queued live since the queue was last taken, 0 when none was: the
+	// write that takes them observes its delivery time (flush.go).
+	// Guarded by mu.
+	oldest int64
 	// rooms is the state of each joined (or joining) room; guarded by mu.
 	rooms map[string]*roomState
 	// convs is the state of each conversation a dm was delivered in,
@@ -101,6 +106,10 @@ type client struct {
 	// preamble is written before anything else: the handshake's answer,
 	// which goes out with the welcome (upgrade.go). Guarded by mu.
 	preamble []byte
+	// accepted is when the connection was accepted, while the
+	// preamble is still to be written: its write observes the
+	// handshake's time. Zero when there is none. Guarded by mu.
+	accepted time.Time
 }
 
 // roomState is a client's view of one room. Guarded by client.mu.
@@ -117,6 +126,7 @@ type roomState struct {
 type pendingEvent struct {
 	seq  uint64 // 0 for an event that is not a stored message
 	prev uint64 // the seq of the room's message before it, 0 if unknown
+	ts   int64  // a stored message's ts (Unix ms), 0 if unknown
 	line []byte
 }
 
@@ -182,16 +192,28 @@ func (c *client) enqueueLiveLocked(line []byte) {
 	c.signal()
 }
 
+// enqueueStoredLocked queues a live stored message or dm whose ts is ts
+// (Unix ms; 0: unknown), as enqueueLiveLocked does, and keeps the oldest
+// ts queued for the write that takes it: a compare and a store per
+// recipient, no clock read.
+func (c *client) enqueueStoredLocked(line []byte, ts int64) {
+	c.enqueueLiveLocked(line)
+	if ts > 0 && !c.closing && (c.oldest == 0 || ts < c.oldest) {
+		c.oldest = ts
+	}
+}
+
 // deliver hands an event of key (a room or a conversation) to the client:
 // held back while the client is joining the room. seq is a stored
 // message's seq, and one already sent is dropped; other events (presence,
-// typing) have seq 0. prev is the seq of the
+// typing) have seq 0 and ts 0. ts is a stored message's ts (Unix ms; 0:
+// unknown), for its delivery time. prev is the seq of the
 // room's message stored before it (0: unknown): when the client has not
 // had that one, the event is not delivered, and deliver reports the gap
 // and the newest seq the client has, for the hub to repair. A nil line
 // is a stored message that cannot be sent (not an event): the client
 // moves past its seq without receiving anything.
-func (c *client) deliver(room string, seq, prev uint64, line []byte) (gap bool, have uint64) {
+func (c *client) deliver(room string, seq, prev uint64, ts int64, line []byte) (gap bool, have uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
@@ -209,7 +231,7 @@ func (c *client) deliver(room string, seq, prev uint64, line []byte) (gap bool, 
 			c.cutOffLocked()
 			return false, 0
 		}
-		st.pending = append(st.pending, pendingEvent{seq: seq, prev: prev, line: line})
+		st.pending = append(st.pending, pendingEvent{seq: seq, prev: prev, ts: ts, line: line})
 		return false, 0
 	}
 	if seq != 0 {
@@ -222,7 +244,7 @@ func (c *client) deliver(room string, seq, prev uint64, line []byte) (gap bool, 
 		st.lastSeq = seq
 	}
 	if line != nil {
-		c.enqueueLiveLocked(line)
+		c.enqueueStoredLocked(line, ts)
 	}
 	return false, 0
 }

@@ -285,7 +285,7 @@ func (h *hub) dispatchTyping(room string, m *nats.Msg) {
 	line := proto.Encode(ev)
 	for _, c := range h.members(room) {
 		if c.user != ev.User {
-			c.deliver(room, 0, 0, line)
+			c.deliver(room, 0, 0, 0, line)
 		}
 	}
 }

@@ -390,10 +390,17 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 		e.releaseAddr(addr)
 		return // the upgrader has answered
 	}
+	// The upgrader has written its 101; the connection is the one the
+	// edge's handshake handed on (upgrade.go), which knows when it was
+	// accepted (a request after others on a kept-alive connection counts
+	// from there too).
+	if pc, ok := wc.NetConn().(*prefixConn); ok && !pc.accepted.IsZero() {
+		e.metrics.handshake.Observe(time.Since(pc.accepted).Seconds())
+	}
 	// From here on the socket is read and written by package ws: gorilla
 	// did the handshake, and holds no data read past it (it refuses a
 	// client that sends before the handshake is complete).
-	e.start(wc.NetConn(), user, addr, nil, nil)
+	e.start(wc.NetConn(), user, addr, nil, time.Time{}, nil)
 }
 
 // refusal is the HTTP answer to a WebSocket request that is refused.
@@ -435,12 +442,16 @@ func (e *Edge) admit(r upgradeRequest) (user, addr string, no *refusal) {
 }
 
 // start serves an upgraded connection of user from addr (counted);
-// preamble, when not nil, is the handshake's answer, still to be written,
-// and w, when not nil, the handshake's watch of conn, in its turn.
-func (e *Edge) start(conn net.Conn, user, addr string, preamble []byte, w *ws.Watch) {
+// preamble, when not nil, is the handshake's answer, still to be written
+// (the write that carries it observes the time since accepted, when not
+// zero), and w, when not nil, the handshake's watch of conn, in its turn.
+func (e *Edge) start(conn net.Conn, user, addr string, preamble []byte, accepted time.Time, w *ws.Watch) {
 	c := newClient(e, conn, user, randomID())
 	c.addr = addr
 	c.preamble = preamble
+	if preamble != nil {
+		c.accepted = accepted
+	}
 
 	e.mu.Lock()
 	if e.stopping {

@@ -39,6 +39,10 @@ type flusher struct {
 	batch [][]byte
 	buf   []byte
 	out   []byte
+	// now is the time the round's writes observe (clock), read stale
+	// flushes ago.
+	now   time.Time
+	stale int
 }
 
 // flushers are how many flushers an edge has: one per P, so that writing
@@ -113,6 +117,7 @@ func (f *flusher) run(ctx context.Context) {
 		f.mu.Lock()
 		f.work, f.dirty = f.dirty, f.work[:0]
 		f.mu.Unlock()
+		f.stale = clockEvery // the clock is read again in each round
 		for _, c := range f.work {
 			f.flush(c)
 		}
@@ -123,9 +128,27 @@ func (f *flusher) run(ctx context.Context) {
 // maxScratch bounds the buffers a flusher keeps between rounds.
 const maxScratch = 1 << 20
 
+// clockEvery is how many flushes of a round the time they observe
+// (clock) is read once for.
+const clockEvery = 16
+
+// clock is the time a write observes: read afresh at most once every
+// clockEvery flushes, and only in a round whose writes observe
+// something, so it is behind by the time of at most that many flushes
+// (tens of µs, where a ts counts milliseconds). A clock read per write
+// would be one per recipient: time.Now takes 54 ns on the kvm-clock of
+// a 2-core VM, twice what the Observe takes (BenchmarkObserveWrite).
+func (f *flusher) clock() time.Time {
+	if f.stale >= clockEvery || f.now.IsZero() {
+		f.now, f.stale = time.Now(), 0
+	}
+	return f.now
+}
+
 // flush writes what c has queued without waiting; what its socket does
 // not take goes to a slow writer.
 func (f *flusher) flush(c *client) {
+	f.stale++
 	c.mu.Lock()
 	c.scheduled = false
 	if c.slow || c.finishing {
@@ -138,7 +161,7 @@ func (f *flusher) flush(c *client) {
 		c.e.writers.Go(c.finish)
 		return
 	}
-	batch, pre, pong, ping := c.takeLocked(f.batch)
+	batch, pre, pong, ping, times := c.takeLocked(f.batch)
 	spareTaken := c.queue != nil
 	c.mu.Unlock()
 
@@ -151,13 +174,16 @@ func (f *flusher) flush(c *client) {
 		var n int
 		n, err = c.writeNow(f.out)
 		if n < len(f.out) && (err == nil || errors.Is(err, unix.EAGAIN)) {
-			// The socket is full: the rest waits for it, on a goroutine.
+			// The socket is full: the rest waits for it, on a goroutine,
+			// which observes times once it is written.
 			rest := slices.Clone(f.out[n:])
 			c.mu.Lock()
 			c.slow = true
 			c.mu.Unlock()
-			c.e.writers.Go(func() { c.slowWriter(rest) })
+			c.e.writers.Go(func() { c.slowWriter(rest, times) })
 			err = nil
+		} else if err == nil && times.any() {
+			c.wrote(times, f.clock())
 		}
 	}
 	if cap(f.out) > maxScratch {
@@ -174,10 +200,15 @@ func (f *flusher) flush(c *client) {
 // takeLocked takes what is to be written: the queued events (swapped
 // with spare, an empty slice to queue into next), the bytes to write
 // before them (the handshake's answer, the first time), a pong frame,
-// and whether a ping is due.
-func (c *client) takeLocked(spare [][]byte) (batch [][]byte, pre, pong []byte, ping bool) {
+// whether a ping is due, and the times to observe once it is written.
+func (c *client) takeLocked(spare [][]byte) (batch [][]byte, pre, pong []byte, ping bool, times writeTimes) {
 	batch, pre, pong, ping = c.queue, c.preamble, c.pong, c.pingDue
 	c.queue, c.preamble, c.pong, c.live, c.pingDue = nil, nil, nil, 0, false
+	times = writeTimes{oldest: c.oldest}
+	c.oldest = 0
+	if pre != nil {
+		times.accepted, c.accepted = c.accepted, time.Time{}
+	}
 	if len(batch) >= 16 && cap(spare) <= 128 {
 		// A busy client: it keeps a queue to append to, instead of
 		// growing a new one each round (a small one: it keeps it while
@@ -187,7 +218,41 @@ func (c *client) takeLocked(spare [][]byte) (batch [][]byte, pre, pong []byte, p
 	if c.waiting {
 		c.space.Broadcast()
 	}
-	return batch, pre, pong, ping
+	return batch, pre, pong, ping, times
+}
+
+// writeTimes are what a write observes once it is made: the ts of the
+// oldest live stored message or dm in it, and when the connection was
+// accepted, for the write that carries the handshake's answer.
+//
+// natter_edge_delivery_seconds is observed once per write, not per
+// event: the dispatcher appends an event to every member's queue, and a
+// clock read there would be one per recipient. Instead each recipient
+// keeps the oldest ts queued (a compare and a store under the lock it
+// holds anyway, enqueueStoredLocked), and the write that takes the queue
+// reads the clock once, only when it carries a stored message. The
+// oldest is the one that waited longest: the histogram shows how late
+// the latest of a write's messages arrived, and its count is the writes
+// that carried messages (bench: BenchmarkFlush measures the cost of a
+// write's observation).
+type writeTimes struct {
+	oldest   int64     // Unix ms; 0: none
+	accepted time.Time // zero: no handshake answer, or not timed
+}
+
+// any reports whether there is something to observe.
+func (t writeTimes) any() bool { return t.oldest != 0 || !t.accepted.IsZero() }
+
+// wrote observes the times of a write made in full, at now.
+func (c *client) wrote(t writeTimes, now time.Time) {
+	if t.oldest != 0 {
+		// ts is in milliseconds, set by the broadcaster's clock: a
+		// clock behind the edge's would make it negative.
+		c.e.metrics.delivery.Observe(max(float64(now.UnixNano()-t.oldest*int64(time.Millisecond)), 0) / 1e9)
+	}
+	if !t.accepted.IsZero() {
+		c.e.metrics.handshake.Observe(now.Sub(t.accepted).Seconds())
+	}
 }
 
 // giveBack returns a written batch, emptied, as the spare for the next
@@ -231,8 +296,9 @@ func (c *client) writeNow(b []byte) (int, error) {
 // (the end of what the flusher could not write), then whatever is queued,
 // waiting for the socket each time, until the queue is empty; then the
 // client goes back to its flusher. A client that takes no 64 KiB within
-// WriteTimeout is dropped.
-func (c *client) slowWriter(rest []byte) {
+// WriteTimeout is dropped. times are those of the write rest is the end
+// of.
+func (c *client) slowWriter(rest []byte, times writeTimes) {
 	lim := c.e.cfg.Limits
 	var batch [][]byte
 	var buf, out []byte
@@ -250,6 +316,9 @@ func (c *client) slowWriter(rest []byte) {
 		return nil
 	}
 	err := write(rest)
+	if err == nil && times.any() {
+		c.wrote(times, time.Now())
+	}
 	for err == nil {
 		c.mu.Lock()
 		if c.closing {
@@ -268,12 +337,15 @@ func (c *client) slowWriter(rest []byte) {
 		}
 		var pre, pong []byte
 		var ping bool
-		batch, pre, pong, ping = c.takeLocked(batch)
+		batch, pre, pong, ping, times = c.takeLocked(batch)
 		c.mu.Unlock()
 		out, buf, err = c.encode(append(out[:0], pre...), buf, batch, pong, ping)
 		batch = c.giveBack(batch)
 		if err == nil {
 			err = write(out)
+		}
+		if err == nil && times.any() {
+			c.wrote(times, time.Now())
 		}
 	}
 	// The stream may end inside a frame: no close frame may follow it,

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"golang.org/x/time/rate"
@@ -191,7 +192,7 @@ func (c *client) join(req proto.Request) {
 		case p.seq > st.lastSeq:
 			st.lastSeq = p.seq
 			if p.line != nil {
-				c.enqueueLiveLocked(p.line)
+				c.enqueueStoredLocked(p.line, p.ts)
 			}
 		}
 	}
@@ -307,6 +308,12 @@ func (c *client) store(req proto.Request, subj string, post proto.Post) {
 	ctx, cancel := context.WithTimeout(c.e.ctx, c.e.cfg.Limits.PostTimeout)
 	msg, err := c.e.nc.RequestWithContext(ctx, subj, proto.Encode(post))
 	cancel()
+	if err == nil {
+		// A broadcaster answered. The post's frame was read in this turn
+		// of the reader, which set heard right after the read that
+		// completed it: no clock read of its own at the start.
+		c.e.metrics.post.Observe(max(float64(time.Now().UnixNano()-c.heard.Load()), 0) / 1e9)
+	}
 	if err != nil {
 		msg := "message store unavailable, try again"
 		if errors.Is(err, nats.ErrNoResponders) {

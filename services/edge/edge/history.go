@@ -3,6 +3,7 @@ package edge
 import (
 	"context"
 	"encoding/json"
+	"time"
 
 	"github.com/natter-chat/natter/shared/proto"
 	"github.com/natter-chat/natter/shared/store"
@@ -82,6 +83,8 @@ func (c *client) replay(ctx context.Context, room string, since, last uint64) ([
 	if since > last {
 		return nil, false, nil // the store was reset: the client reloads
 	}
+	start := time.Now()
+	defer func() { c.e.metrics.replay.Observe(time.Since(start).Seconds()) }()
 	var msgs []store.Stored
 	capped := false
 	for after := since; after < last; {

@@ -362,7 +362,7 @@ func (h *hub) dispatchPresence(room string, m *nats.Msg) {
 	}
 	line := proto.Encode(ev)
 	for _, c := range h.members(room) {
-		c.deliver(room, 0, 0, line)
+		c.deliver(room, 0, 0, 0, line)
 	}
 }
 
@@ -389,9 +389,10 @@ func (h *hub) dispatchMsg(room string, m *nats.Msg) {
 	if line == nil {
 		h.log.Warn("skipping a stored message that is not an event", "subject", m.Subject, "seq", seq)
 	}
+	ts := storedTS(m.Data) // once per message, not per member
 	from, gap := uint64(0), false
 	for _, c := range h.membersAt(room, seq) {
-		if g, have := c.deliver(room, seq, prev, line); g && (!gap || have < from) {
+		if g, have := c.deliver(room, seq, prev, ts, line); g && (!gap || have < from) {
 			from, gap = have, true
 		}
 	}
@@ -425,6 +426,35 @@ func eventLine(data []byte, seq uint64) []byte {
 		data = buf.Bytes()
 	}
 	return proto.WithSeq(data, seq)
+}
+
+// storedTS returns the ts (Unix ms) of a stored message or dm, 0 when it
+// has none. The broadcaster writes ts as the object's last member
+// (proto.Message, proto.DM: their order is Encode's), so it is read from
+// the end of data, without decoding the rest: the dispatcher does it
+// once per message. In a valid JSON object, digits before the closing
+// brace after `,"ts":` (or `{"ts":`) can only be that member's number.
+func storedTS(data []byte) int64 {
+	const key = `"ts":`
+	end := len(data) - 1
+	if end < 0 || data[end] != '}' {
+		return 0
+	}
+	i := end
+	for i > 0 && end-i < 18 && data[i-1] >= '0' && data[i-1] <= '9' {
+		i--
+	}
+	if i == end || i < len(key)+1 || string(data[i-len(key):i]) != key {
+		return 0
+	}
+	if b := data[i-len(key)-1]; b != ',' && b != '{' {
+		return 0
+	}
+	var ts int64
+	for _, d := range data[i:end] {
+		ts = ts*10 + int64(d-'0')
+	}
+	return ts
 }
 
 // validObject reports whether data is one JSON object, so that WithSeq can

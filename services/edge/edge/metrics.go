@@ -3,6 +3,7 @@ package edge
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/natter-chat/natter/shared/ops"
 	"github.com/natter-chat/natter/shared/proto"
 )
 
@@ -22,6 +23,13 @@ type metrics struct {
 	reports     prometheus.Counter
 	gaps        prometheus.Counter
 	gapFailures prometheus.Counter
+
+	// Latency histograms (ops.LatencyBuckets); where each is observed is
+	// in its help and in the README.
+	post      prometheus.Histogram
+	delivery  prometheus.Histogram
+	replay    prometheus.Histogram
+	handshake prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -54,10 +62,23 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "natter_edge_gaps_repaired_total", Help: "Gaps on the live path (messages or dms a subscription missed) filled from the stream."}),
 		gapFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "natter_edge_gaps_failed_total", Help: "Gaps that could not be read from the stream; the members missing them were closed to rejoin with since."}),
+		post: latency("natter_edge_post_seconds",
+			"Posts (messages and dms) from the read of their frame to the broadcaster's answer (ack or refusal); the edge's own refusals and posts left unanswered are not observed."),
+		delivery: latency("natter_edge_delivery_seconds",
+			"Live room messages and dms from their ts (stored, Unix ms) to the write to a client that carries them: one observation per write, of the oldest one in it."),
+		replay: latency("natter_edge_replay_seconds",
+			"Reads from the stream of a join's since replay."),
+		handshake: latency("natter_edge_handshake_seconds",
+			"WebSocket handshakes from the accepted connection to the 101 answer written."),
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.roomSubs, m.userSubs, m.refused, m.handshakes, m.framesIn, m.framesOut,
 		m.posted, m.delivered, m.slowClients, m.errors, m.reports, m.gaps, m.gapFailures} {
 		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	for _, h := range []prometheus.Collector{m.post, m.delivery, m.replay, m.handshake} {
+		if err := reg.Register(h); err != nil {
 			return nil, err
 		}
 	}
@@ -74,4 +95,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.errors.WithLabelValues(code)
 	}
 	return m, nil
+}
+
+// latency is a histogram of seconds with natter's latency buckets.
+func latency(name, help string) prometheus.Histogram {
+	return prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: ops.LatencyBuckets})
 }

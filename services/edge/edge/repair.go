@@ -113,8 +113,9 @@ func (h *hub) finishRepair(d repairDone) {
 	}
 	for _, m := range d.msgs {
 		line := eventLine(m.Data, m.Seq) // nil: moved past, not sent
+		ts := storedTS(m.Data)           // live, if late: its delivery time counts
 		for _, c := range h.membersAt(d.room, m.Seq) {
-			c.deliver(d.room, m.Seq, 0, line)
+			c.deliver(d.room, m.Seq, 0, ts, line)
 		}
 	}
 	if r.overflow && d.err == nil {
@@ -141,9 +142,9 @@ func (h *hub) closeGapped(room string, m *nats.Msg) {
 		return
 	}
 	prev, _ := strconv.ParseUint(m.Header.Get(jetstream.LastSequenceHeader), 10, 64)
-	line := eventLine(m.Data, seq)
+	line, ts := eventLine(m.Data, seq), storedTS(m.Data)
 	for _, c := range h.members(room) {
-		if gap, _ := c.deliver(room, seq, prev, line); gap {
+		if gap, _ := c.deliver(room, seq, prev, ts, line); gap {
 			c.close(ws.CloseInternalError, "missed messages could not be read; rejoin with since")
 		}
 	}

@@ -71,6 +71,9 @@ type handshake struct {
 	conn net.Conn
 	buf  []byte // the request so far; only its reader uses it
 	seen int    // how much of buf was searched for the head's end
+	// accepted is when conn was accepted: natter_edge_handshake_seconds
+	// counts from there.
+	accepted time.Time
 
 	mu    sync.Mutex
 	w     *ws.Watch   // guarded by mu
@@ -78,14 +81,16 @@ type handshake struct {
 	over  bool        // guarded by mu: finish has been called
 }
 
-// handshake starts reading conn's request.
+// handshake starts reading conn's request; it is called as soon as conn
+// is accepted, and the handshake's time starts here.
 func (e *Edge) handshake(conn net.Conn) {
+	accepted := time.Now()
 	sc, ok := conn.(syscall.Conn)
 	if !ok {
-		e.handOff(conn, nil) // not a socket the poller can watch
+		e.handOff(conn, nil, accepted) // not a socket the poller can watch
 		return
 	}
-	h := &handshake{e: e, conn: conn}
+	h := &handshake{e: e, conn: conn, accepted: accepted}
 	e.mu.Lock()
 	if e.stopping {
 		e.mu.Unlock()
@@ -215,17 +220,18 @@ func (h *handshake) readable(w *ws.Watch) {
 	}
 	if !ok {
 		w.End()
-		h.e.handOff(h.conn, h.buf)
+		h.e.handOff(h.conn, h.buf, h.accepted)
 		return
 	}
 	req.remote = h.conn.RemoteAddr().String()
 	h.e.metrics.handshakes.WithLabelValues("edge").Inc()
-	h.e.upgrade(h.conn, req, key, w)
+	h.e.upgrade(h.conn, req, key, w, h.accepted)
 }
 
 // upgrade answers a plain WebSocket request read by the handshake, whose
-// watch, in its turn, goes on as the client's.
-func (e *Edge) upgrade(conn net.Conn, r upgradeRequest, key string, w *ws.Watch) {
+// watch, in its turn, goes on as the client's; conn was accepted at
+// accepted.
+func (e *Edge) upgrade(conn net.Conn, r upgradeRequest, key string, w *ws.Watch, accepted time.Time) {
 	user, addr, no := e.admit(r)
 	if no != nil {
 		w.End()
@@ -235,8 +241,9 @@ func (e *Edge) upgrade(conn net.Conn, r upgradeRequest, key string, w *ws.Watch)
 		return
 	}
 	// The answer goes out with the welcome, in one write: a syscall less
-	// per connection (bench/, F).
-	e.start(conn, user, addr, switchingResponse(key), w)
+	// per connection (bench/, F). That write observes the handshake's
+	// time (flush.go).
+	e.start(conn, user, addr, switchingResponse(key), accepted, w)
 }
 
 // switchingResponse is the 101 answer to a request with key (RFC 6455,
@@ -267,11 +274,12 @@ func refusalResponse(no *refusal) []byte {
 	return []byte(b.String())
 }
 
-// handOff gives conn to net/http, which reads read first.
-func (e *Edge) handOff(conn net.Conn, read []byte) {
+// handOff gives conn, accepted at accepted, to net/http, which reads read
+// first.
+func (e *Edge) handOff(conn net.Conn, read []byte, accepted time.Time) {
 	e.metrics.handshakes.WithLabelValues("http").Inc()
 	if len(read) > 0 {
-		conn = &prefixConn{Conn: conn, prefix: read}
+		conn = &prefixConn{Conn: conn, prefix: read, accepted: accepted}
 	}
 	select {
 	case e.http.conns <- conn:
@@ -324,10 +332,14 @@ func (l *handoff) isClosed() bool {
 	}
 }
 
-// prefixConn is a connection whose first bytes were read already.
+// prefixConn is a connection whose first bytes were read already;
+// accepted is when it was accepted, for the handshake's time of a
+// WebSocket request that net/http serves (serveWS).
 type prefixConn struct {
 	net.Conn
 	prefix []byte
+	// accepted is zero for a connection not timed.
+	accepted time.Time
 }
 
 func (c *prefixConn) Read(p []byte) (int, error) {
