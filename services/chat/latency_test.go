@@ -81,6 +81,22 @@ func TestMetricsLatencyHistograms(t *testing.T) {
 		time.Sleep(10 * time.Millisecond) // polling /metrics
 		after = servicetest.Scrape(t, m.Addr())
 	}
+	// Both of the edge's paths were taken, and timed: three requests
+	// read by the edge, so the fourth handshake timed is dora's (a
+	// scrape's connection counts as read by net/http too, untimed).
+	by := func(ms servicetest.Metrics, path string) float64 {
+		for _, m := range ms["natter_edge_handshakes_total"].GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "by" && l.GetValue() == path {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+		return 0
+	}
+	if edge, http := by(after, "edge")-by(before, "edge"), by(after, "http")-by(before, "http"); edge != 3 || http < 1 {
+		t.Errorf("handshakes read by the edge %g, by net/http %g; want 3 and at least 1", edge, http)
+	}
 	for name, n := range want {
 		n0, s0, _ := before.Histogram(name)
 		n1, s1, _ := after.Histogram(name)
