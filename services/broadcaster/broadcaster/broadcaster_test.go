@@ -298,6 +298,7 @@ func TestAnswerPrefersAFinishedStore(t *testing.T) {
 	b.metrics.stored = prometheus.NewCounter(prometheus.CounterOpts{Name: "stored"})
 	b.metrics.duplicates = prometheus.NewCounter(prometheus.CounterOpts{Name: "duplicates"})
 	b.metrics.failed = prometheus.NewCounter(prometheus.CounterOpts{Name: "failed"})
+	b.metrics.store = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "store_seconds"})
 	reg.MustRegister(b.metrics.stored, b.metrics.failed)
 	timer := time.NewTimer(time.Hour)
 	limit := time.Now().Add(-time.Millisecond) // stopping, and out of time
