@@ -137,7 +137,7 @@ const clockEvery = 16
 // something, so it is behind by the time of at most that many flushes
 // (tens of µs, where a ts counts milliseconds). A clock read per write
 // would be one per recipient: time.Now takes 54 ns on the kvm-clock of
-// a 2-core VM, twice what the Observe takes (BenchmarkObserveWrite).
+// a 2-core VM, more than the Observe (BenchmarkObserveWrite).
 func (f *flusher) clock() time.Time {
 	if f.stale >= clockEvery || f.now.IsZero() {
 		f.now, f.stale = time.Now(), 0
@@ -233,8 +233,11 @@ func (c *client) takeLocked(spare [][]byte) (batch [][]byte, pre, pong []byte, p
 // reads the clock once, only when it carries a stored message. The
 // oldest is the one that waited longest: the histogram shows how late
 // the latest of a write's messages arrived, and its count is the writes
-// that carried messages (bench: BenchmarkFlush measures the cost of a
-// write's observation).
+// that carried messages. On a 2-core VM a write's observation took
+// about 40 ns (BenchmarkObserveWrite: the Observe, and a clock read
+// shared by 16 writes; 95 ns with a clock read of its own), a write of
+// one event about 4 µs (BenchmarkFlush), and keeping the oldest ts
+// 1 to 2 ns per recipient.
 type writeTimes struct {
 	oldest   int64     // Unix ms; 0: none
 	accepted time.Time // zero: no handshake answer, or not timed
