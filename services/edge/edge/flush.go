@@ -230,7 +230,8 @@ func (c *client) takeLocked(spare [][]byte) (batch [][]byte, pre, pong []byte, p
 // clock read there would be one per recipient. Instead each recipient
 // keeps the oldest ts queued (a compare and a store under the lock it
 // holds anyway, enqueueStoredLocked), and the write that takes the queue
-// reads the clock once, only when it carries a stored message. The
+// observes once, only when it carries a stored message, at the time of
+// the flusher's clock (read once per clockEvery flushes). The
 // oldest is the one that waited longest: the histogram shows how late
 // the latest of a write's messages arrived, and its count is the writes
 // that carried messages. On a 2-core VM a write's observation took
@@ -249,8 +250,8 @@ func (t writeTimes) any() bool { return t.oldest != 0 || !t.accepted.IsZero() }
 // wrote observes the times of a write made in full, at now.
 func (c *client) wrote(t writeTimes, now time.Time) {
 	if t.oldest != 0 {
-		// ts is in milliseconds, set by the broadcaster's clock: a
-		// clock behind the edge's would make it negative.
+		// ts is in milliseconds, by the broadcaster's clock: one ahead
+		// of the edge's would make the time negative, counted as 0.
 		c.e.metrics.delivery.Observe(max(float64(now.UnixNano()-t.oldest*int64(time.Millisecond)), 0) / 1e9)
 	}
 	if !t.accepted.IsZero() {
