@@ -55,7 +55,7 @@ var (
 // resolves and at least one query.
 func TestDashboard(t *testing.T) {
 	queries := readDashboard(t)
-	series := scrapeBinaries(t)
+	series := scrapeBinaries(t, startProcesses(t))
 	// What Prometheus adds: the per-target series it writes itself, and
 	// the target labels (job, instance and the static ones) on every
 	// series it scrapes.
@@ -743,11 +743,19 @@ func TestParseQuery(t *testing.T) {
 	}
 }
 
-// scrapeBinaries builds the single binary and the three separate services,
-// starts them (the separate ones against the single binary's embedded
-// NATS), scrapes each /metrics once and returns every series name a query
-// may use with the label names its series carry.
-func scrapeBinaries(t *testing.T) map[string]map[string]bool {
+// processes is natter as processes on this machine: the single binary,
+// with its embedded NATS, and the three separate services against that
+// NATS; so an edge, a presence replica and a broadcaster twice.
+type processes struct {
+	natsURL string
+	// addrs are the HTTP addresses by binary: chat, edge, presence,
+	// broadcaster.
+	addrs map[string]string
+}
+
+// startProcesses builds the single binary and the three separate services
+// and starts them; they stop when the test ends.
+func startProcesses(t *testing.T) processes {
 	t.Helper()
 	bin := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -770,6 +778,14 @@ func scrapeBinaries(t *testing.T) map[string]map[string]bool {
 		logs := startBinary(t, filepath.Join(bin, name), "CHAT_HTTP_ADDR=127.0.0.1:0", "CHAT_NATS_URL="+natsURL)
 		addrs[name] = logs.Await(t, "http", 30*time.Second)
 	}
+	return processes{natsURL: natsURL, addrs: addrs}
+}
+
+// scrapeBinaries scrapes each /metrics of ps once and returns every
+// series name a query may use with the label names its series carry.
+func scrapeBinaries(t *testing.T, ps processes) map[string]map[string]bool {
+	t.Helper()
+	addrs := ps.addrs
 
 	tr := &http.Transport{Proxy: nil, DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
