@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -22,6 +21,7 @@ type Config struct {
 	HTTPAddr     string `envconfig:"HTTP_ADDR" default:":8082" desc:"HTTP listen address of /healthz, /readyz and /metrics"`
 	MaxTextChars int    `envconfig:"MAX_TEXT_CHARS" default:"4000" desc:"longest message text in Unicode code points"`
 	config.NATS
+	config.Log
 	config.Retention
 	config.Replication
 }
@@ -51,7 +51,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	default:
 		return ops.Healthcheck(ctx, cfg.HTTPAddr, stdout)
 	}
-	log := slog.New(slog.NewTextHandler(stderr, nil)).With("service", "broadcaster")
+	log, err := ops.NewLogger(stderr, cfg.Log)
+	if err != nil {
+		return err
+	}
+	log = log.With("service", "broadcaster")
 	if cfg.URL == "" {
 		return fmt.Errorf("CHAT_NATS_URL is required")
 	}

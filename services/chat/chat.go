@@ -39,6 +39,7 @@ type Config struct {
 	NATSLogs bool   `envconfig:"NATS_LOGS" default:"false" desc:"log the embedded NATS server's own messages"`
 	PProf    string `envconfig:"PPROF_ADDR" default:"" desc:"address of a net/http/pprof listener for profiling (empty: none); keep it on loopback"`
 	config.NATS
+	config.Log
 	config.Embedded
 	config.Limits
 	config.Web
@@ -53,7 +54,8 @@ func loadConfig(cfg *Config) error { return config.Load(cfg) }
 // connection per service, and the services.
 type Main struct {
 	cfg   Config
-	log   *slog.Logger
+	logs  *slog.Logger   // each service's lines carry its name: service(name)
+	log   *slog.Logger   // the process's own lines: service=chat
 	ns    *server.Server // nil when CHAT_NATS_URL names an external server
 	conns []*nats.Conn
 	ln    net.Listener
@@ -65,9 +67,15 @@ type Main struct {
 }
 
 // Open starts NATS (unless external), connects the services and opens the
-// HTTP listener. Run serves; on error Open leaves nothing running.
+// HTTP listener; it logs to logOut as CHAT_LOG_FORMAT and CHAT_LOG_LEVEL
+// say, and refuses other values before anything starts. Run serves; on
+// error Open leaves nothing running.
 func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error) {
-	m := &Main{cfg: cfg, log: slog.New(slog.NewTextHandler(logOut, nil))}
+	logs, err := ops.NewLogger(logOut, cfg.Log)
+	if err != nil {
+		return nil, err
+	}
+	m := &Main{cfg: cfg, logs: logs, log: logs.With("service", "chat")}
 	defer func() {
 		if err != nil {
 			m.close()
@@ -94,7 +102,7 @@ func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error
 		url = m.ns.ClientURL()
 	}
 	connect := func(name string) (*nats.Conn, error) {
-		nc, err := natsconn.Connect(url, name, cfg.DrainTimeout, m.log, natsconn.Auth(cfg.NATS)...)
+		nc, err := natsconn.Connect(url, name, cfg.DrainTimeout, m.service(name), natsconn.Auth(cfg.NATS)...)
 		if err == nil {
 			m.conns = append(m.conns, nc)
 		}
@@ -130,16 +138,16 @@ func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error
 
 	reg := ops.NewRegistry()
 	m.broadcaster, err = broadcaster.New(broadcaster.Config{Retention: cfg.Retention, MaxTextChars: cfg.MaxTextChars, Replicas: cfg.Replicas},
-		bNC, m.log.With("service", "broadcaster"), reg)
+		bNC, m.service("broadcaster"), reg)
 	if err != nil {
 		return nil, err
 	}
 	m.edge, err = edge.New(edge.Config{ID: cfg.EdgeID, Limits: cfg.Limits, Web: cfg.Web},
-		edgeNC, web.FS(), m.log.With("service", "edge"), reg)
+		edgeNC, web.FS(), m.service("edge"), reg)
 	if err != nil {
 		return nil, err
 	}
-	m.presence, err = presence.New(presence.Config{MaxMembers: cfg.MaxMembers, Fresh: m.ns != nil, Replicas: cfg.Replicas}, pNC, m.log.With("service", "presence"), reg)
+	m.presence, err = presence.New(presence.Config{MaxMembers: cfg.MaxMembers, Fresh: m.ns != nil, Replicas: cfg.Replicas}, pNC, m.service("presence"), reg)
 	if err != nil {
 		return nil, err
 	}
@@ -154,6 +162,10 @@ func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error
 	}
 	return m, nil
 }
+
+// service is the logger of one part of the process: the edge, presence or
+// the broadcaster.
+func (m *Main) service(name string) *slog.Logger { return m.logs.With("service", name) }
 
 // Addr is the HTTP listener's address.
 func (m *Main) Addr() string { return m.ln.Addr().String() }

@@ -144,7 +144,7 @@ func TestDefaultConfigIsTheContract(t *testing.T) {
 		cfg.PingInterval != 25*time.Second || cfg.PongTimeout != 60*time.Second ||
 		cfg.MaxMsgs != 10000 || cfg.MaxAge != 720*time.Hour || cfg.MaxBytes != 10<<30 || len(cfg.AllowedOrigins) != 0 ||
 		cfg.MaxMembers != 500 || cfg.MessageRate != 10 || cfg.MessageBurst != 20 || cfg.TypingEvery != time.Second ||
-		cfg.MaxConnsPerIP != 0 || cfg.AuthSecret != "" {
+		cfg.MaxConnsPerIP != 0 || cfg.AuthSecret != "" || cfg.Log.Format != "text" || cfg.Log.Level != "info" {
 		t.Fatalf("defaults %+v", cfg)
 	}
 	t.Setenv("CHAT_ALLOWED_ORIGINS", "https://a.example,https://b.example")

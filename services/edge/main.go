@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -23,6 +22,7 @@ type Config struct {
 	HTTPAddr string `envconfig:"HTTP_ADDR" default:":8080" desc:"HTTP listen address of the page, /ws and the operational endpoints"`
 	EdgeID   string `envconfig:"EDGE_ID" default:"" desc:"the edge's name on NATS; empty picks a random one"`
 	config.NATS
+	config.Log
 	config.Limits
 	config.Web
 }
@@ -52,7 +52,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	default:
 		return ops.Healthcheck(ctx, cfg.HTTPAddr, stdout)
 	}
-	log := slog.New(slog.NewTextHandler(stderr, nil)).With("service", "edge")
+	log, err := ops.NewLogger(stderr, cfg.Log)
+	if err != nil {
+		return err
+	}
+	log = log.With("service", "edge")
 	if cfg.URL == "" {
 		return fmt.Errorf("CHAT_NATS_URL is required")
 	}

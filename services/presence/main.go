@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -22,6 +21,7 @@ type Config struct {
 	HTTPAddr string `envconfig:"HTTP_ADDR" default:":8081" desc:"HTTP listen address of /healthz, /readyz and /metrics"`
 	ID       string `envconfig:"PRESENCE_ID" default:"" desc:"the replica's name in logs and in the leader key; empty picks a random one"`
 	config.NATS
+	config.Log
 	config.Presence
 	config.Replication
 }
@@ -51,7 +51,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	default:
 		return ops.Healthcheck(ctx, cfg.HTTPAddr, stdout)
 	}
-	log := slog.New(slog.NewTextHandler(stderr, nil)).With("service", "presence")
+	log, err := ops.NewLogger(stderr, cfg.Log)
+	if err != nil {
+		return err
+	}
+	log = log.With("service", "presence")
 	if cfg.URL == "" {
 		return fmt.Errorf("CHAT_NATS_URL is required")
 	}

@@ -74,6 +74,13 @@ type Replication struct {
 	Replicas int `envconfig:"STREAM_REPLICAS" default:"1" desc:"replicas of the room and dm streams and of the presence bucket, created or updated to it at start (3 on a three-node NATS cluster); more than the cluster has servers is refused at start"`
 }
 
+// Log is how a process logs (PROTOCOL.md section 5); ops.NewLogger
+// refuses any other value.
+type Log struct {
+	Format string `envconfig:"LOG_FORMAT" default:"text" desc:"log format: text (key=value) or json (one object a line)"`
+	Level  string `envconfig:"LOG_LEVEL" default:"info" desc:"least level logged: debug, info, warn or error (the listening lines are logged at any level)"`
+}
+
 // Load fills spec, a pointer to a binary's configuration struct, from the
 // environment.
 func Load(spec any) error {

@@ -1,7 +1,8 @@
 // Package ops serves the operational endpoints every natter service has:
 // /healthz, /readyz and /metrics, runs HTTP servers that log their address
-// and stop with their context, and asks a service's /readyz for its
-// healthcheck subcommand.
+// and stop with their context, asks a service's /readyz for its
+// healthcheck subcommand, and builds each process's logger
+// (CHAT_LOG_FORMAT, CHAT_LOG_LEVEL).
 package ops
 
 import (

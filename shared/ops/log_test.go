@@ -1,0 +1,84 @@
+package ops
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/natter-chat/natter/shared/config"
+)
+
+// Each format writes its own lines, each level hides what is below it,
+// and case does not matter.
+func TestNewLogger(t *testing.T) {
+	for _, tt := range []struct {
+		format, level string
+		json          bool
+		shown         []string // of debug, info, warn, error
+	}{
+		{"text", "info", false, []string{"info", "warn", "error"}},
+		{"json", "debug", true, []string{"debug", "info", "warn", "error"}},
+		{"JSON", "Warn", true, []string{"warn", "error"}},
+		{"text", "error", false, []string{"error"}},
+	} {
+		var out strings.Builder
+		log, err := NewLogger(&out, config.Log{Format: tt.format, Level: tt.level})
+		if err != nil {
+			t.Fatalf("%s %s: %v", tt.format, tt.level, err)
+		}
+		log = log.With("service", "test")
+		log.Debug("said debug", "n", 1)
+		log.Info("said info", "n", 1)
+		log.Warn("said warn", "n", 1)
+		log.Error("said error", "n", 1)
+		lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+		if len(lines) != len(tt.shown) {
+			t.Fatalf("%s %s: lines %q, want %v", tt.format, tt.level, lines, tt.shown)
+		}
+		for i, line := range lines {
+			want := "said " + tt.shown[i]
+			if tt.json {
+				var obj map[string]any
+				if err := json.Unmarshal([]byte(line), &obj); err != nil {
+					t.Fatalf("%s %s: not JSON: %q", tt.format, tt.level, line)
+				}
+				if obj["msg"] != want || obj["service"] != "test" || obj["n"] != 1.0 || obj["level"] != strings.ToUpper(tt.shown[i]) {
+					t.Errorf("%s %s: %q", tt.format, tt.level, line)
+				}
+				continue
+			}
+			if !strings.HasPrefix(line, "time=") || !strings.Contains(line, "level="+strings.ToUpper(tt.shown[i])+" msg=\""+want+"\" service=test n=1") {
+				t.Errorf("%s %s: %q", tt.format, tt.level, line)
+			}
+		}
+	}
+}
+
+// An unknown format or level is refused, naming the variable and what it
+// takes; both are named when both are wrong.
+func TestNewLoggerRefuses(t *testing.T) {
+	for _, tt := range []struct {
+		format, level string
+		want          []string
+	}{
+		{"xml", "info", []string{`CHAT_LOG_FORMAT="xml"`, "text or json"}},
+		{"text", "verbose", []string{`CHAT_LOG_LEVEL="verbose"`, "debug, info, warn or error"}},
+		{"", "", []string{`CHAT_LOG_FORMAT=""`, `CHAT_LOG_LEVEL=""`}},
+		{"json", "warning", []string{`CHAT_LOG_LEVEL="warning"`}},
+	} {
+		var out strings.Builder
+		_, err := NewLogger(&out, config.Log{Format: tt.format, Level: tt.level})
+		if err == nil {
+			t.Errorf("format %q level %q accepted", tt.format, tt.level)
+			continue
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("format %q level %q: %v, want %q in it", tt.format, tt.level, err, w)
+			}
+		}
+		if out.Len() > 0 {
+			t.Errorf("format %q level %q: logged %q", tt.format, tt.level, out.String())
+		}
+	}
+}
