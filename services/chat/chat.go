@@ -97,8 +97,7 @@ func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error
 		if err != nil {
 			return nil, err
 		}
-		addr := embedded.Addr(m.ns)
-		m.log.Info("listening nats "+addr, "kind", "nats", "addr", addr, "data_dir", cfg.DataDir)
+		ops.LogListening(m.log, "nats", embedded.Addr(m.ns), slog.String("data_dir", cfg.DataDir))
 		url = m.ns.ClientURL()
 	}
 	connect := func(name string) (*nats.Conn, error) {

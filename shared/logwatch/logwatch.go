@@ -40,7 +40,9 @@ func (w *Watch) String() string {
 	return w.buf.String()
 }
 
-var listenRE = regexp.MustCompile(`listening (http|nats) (\S+:\d+)`)
+// listenRE finds the line in text and in JSON, where a quote ends the
+// message.
+var listenRE = regexp.MustCompile(`listening (http|nats) ([^\s"]+:\d+)`)
 
 // Await waits up to timeout for the listening line of kind ("http" or
 // "nats") and returns its address, failing the test when none comes or

@@ -1,11 +1,13 @@
 package ops
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/natter-chat/natter/shared/config"
 )
@@ -44,4 +46,16 @@ func NewLogger(w io.Writer, c config.Log) (*slog.Logger, error) {
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	}
 	return slog.New(slog.NewJSONHandler(w, opts)), nil
+}
+
+// LogListening logs the line the contract promises for each listener:
+// the word listening, the kind (http, nats) and the bound host:port, in
+// the message, and kind and addr as attributes too. It is an Info line
+// written at any level: a process told to log only warnings still says
+// where it listens (with port 0, nothing else tells).
+func LogListening(log *slog.Logger, kind, addr string, attrs ...slog.Attr) {
+	r := slog.NewRecord(time.Now(), slog.LevelInfo, "listening "+kind+" "+addr, 0)
+	r.AddAttrs(slog.String("kind", kind), slog.String("addr", addr))
+	r.AddAttrs(attrs...)
+	_ = log.Handler().Handle(context.Background(), r)
 }

@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/natter-chat/natter/shared/config"
+	"github.com/natter-chat/natter/shared/logwatch"
 )
 
 // Each format writes its own lines, each level hides what is below it,
@@ -79,6 +81,29 @@ func TestNewLoggerRefuses(t *testing.T) {
 		}
 		if out.Len() > 0 {
 			t.Errorf("format %q level %q: logged %q", tt.format, tt.level, out.String())
+		}
+	}
+}
+
+// The listening line is written at any level, with the word, the kind and
+// the address in its message; in JSON too.
+func TestListeningAtAnyLevel(t *testing.T) {
+	for _, format := range []string{"text", "json"} {
+		logs := logwatch.New()
+		log, err := NewLogger(logs, config.Log{Format: format, Level: "error"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := Listen("127.0.0.1:0", log.With("service", "test"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		if got := logs.Await(t, "http", time.Second); got != ln.Addr().String() {
+			t.Errorf("%s: logged %s, listening on %s", format, got, ln.Addr())
+		}
+		if n := strings.Count(logs.String(), "\n"); n != 1 || !strings.Contains(logs.String(), "service") {
+			t.Errorf("%s: %q", format, logs.String())
 		}
 	}
 }

@@ -53,7 +53,7 @@ func Listen(addr string, log *slog.Logger) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("http listen %s: %w", addr, err)
 	}
-	log.Info("listening http "+ln.Addr().String(), "kind", "http", "addr", ln.Addr().String())
+	LogListening(log, "http", ln.Addr().String())
 	return ln, nil
 }
 
