@@ -191,7 +191,7 @@ func (m *Main) Run(ctx context.Context) error {
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-		g.Go(func() error { return ops.Serve(gctx, m.pprof, mux, time.Second) })
+		g.Go(func() error { return ops.Serve(gctx, m.pprof, mux, time.Second, m.log.With("listener", "pprof")) })
 	}
 	// Posts need a broadcaster: the edge serves once one takes them (the
 	// listener is open already, so early clients wait in its backlog).

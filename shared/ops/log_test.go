@@ -1,7 +1,10 @@
 package ops
 
 import (
+	"context"
 	"encoding/json"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -105,5 +108,46 @@ func TestListeningAtAnyLevel(t *testing.T) {
 		if n := strings.Count(logs.String(), "\n"); n != 1 || !strings.Contains(logs.String(), "service") {
 			t.Errorf("%s: %q", format, logs.String())
 		}
+	}
+}
+
+// What net/http logs itself, a handler's panic say, goes to the logger in
+// its format, not to the standard logger.
+func TestServeLogsThroughSlog(t *testing.T) {
+	logs := logwatch.New()
+	log, err := NewLogger(logs, config.Log{Format: "json", Level: "info"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := Listen("127.0.0.1:0", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Serve(ctx, ln, http.HandlerFunc(func(http.ResponseWriter, *http.Request) { panic("handler fails") }),
+			time.Second, log)
+	}()
+	if resp, err := http.Get("http://" + ln.Addr().String() + "/"); err == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var panicked bool
+	for line := range strings.Lines(logs.String()) {
+		var obj map[string]any
+		if err := json.Unmarshal([]byte(line), &obj); err != nil {
+			t.Fatalf("not JSON: %q", line)
+		}
+		if msg, _ := obj["msg"].(string); strings.Contains(msg, "panic serving") && strings.Contains(msg, "handler fails") && obj["level"] == "WARN" {
+			panicked = true
+		}
+	}
+	if !panicked {
+		t.Fatalf("no warning of the panic in %s", logs.String())
 	}
 }

@@ -65,9 +65,12 @@ const idleTimeout = 2 * time.Minute
 // timeout for requests in progress, then closes what is left (an idle or
 // half-sent connection must not turn a clean stop into a failure).
 // Hijacked connections (WebSockets) are not its business: their owner
-// closes them. It returns an error only when serving failed.
-func Serve(ctx context.Context, ln net.Listener, h http.Handler, timeout time.Duration) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: idleTimeout}
+// closes them. What net/http itself logs (a panic in a handler, an accept
+// error) goes to log as warnings, in its format, not to the standard
+// logger. It returns an error only when serving failed.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler, timeout time.Duration, log *slog.Logger) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: idleTimeout,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -97,6 +100,6 @@ func RunService(ctx context.Context, addr string, ready func() bool, reg *promet
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return run(gctx) })
-	g.Go(func() error { return Serve(gctx, ln, mux, 2*time.Second) })
+	g.Go(func() error { return Serve(gctx, ln, mux, 2*time.Second, log) })
 	return g.Wait()
 }

@@ -30,7 +30,7 @@ func TestEndpointsAndStopWithIdleConnection(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, ln, mux, 200*time.Millisecond) }()
+	go func() { done <- Serve(ctx, ln, mux, 200*time.Millisecond, slog.New(slog.DiscardHandler)) }()
 	base := "http://" + ln.Addr().String()
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	get := func(path string) (int, string) {

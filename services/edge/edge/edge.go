@@ -261,7 +261,7 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 		defer close(acceptDone)
 		e.acceptLoop(ln, e.http)
 	}()
-	err = ops.Serve(ctx, e.http, e.Handler(), httpShutdownWait)
+	err = ops.Serve(ctx, e.http, e.Handler(), httpShutdownWait, e.log)
 	_ = e.http.Close() // closed already, unless serving failed
 	<-acceptDone
 	e.closeHandshakes()
