@@ -36,7 +36,7 @@ const presenceStartWait = 5 * time.Second
 type Config struct {
 	HTTPAddr string `envconfig:"HTTP_ADDR" default:":8080" desc:"HTTP listen address of the page, /ws and the operational endpoints"`
 	EdgeID   string `envconfig:"EDGE_ID" default:"" desc:"the edge's name on NATS; empty picks a random one"`
-	NATSLogs bool   `envconfig:"NATS_LOGS" default:"false" desc:"log the embedded NATS server's own messages"`
+	NATSLogs bool   `envconfig:"NATS_LOGS" default:"false" desc:"log the embedded NATS server's own messages (with service=nats, in CHAT_LOG_FORMAT, from CHAT_LOG_LEVEL)"`
 	PProf    string `envconfig:"PPROF_ADDR" default:"" desc:"address of a net/http/pprof listener for profiling (empty: none); keep it on loopback"`
 	config.NATS
 	config.Log
@@ -92,8 +92,11 @@ func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error
 		if cfg.Creds != "" {
 			return nil, errors.New("CHAT_NATS_CREDS is for an external NATS (CHAT_NATS_URL); the embedded server takes CHAT_NATS_USER and CHAT_NATS_PASSWORD")
 		}
-		m.ns, err = embedded.Start(embedded.Options{Addr: cfg.NATSAddr, DataDir: cfg.DataDir, Logs: cfg.NATSLogs,
-			User: cfg.User, Password: cfg.Password})
+		opts := embedded.Options{Addr: cfg.NATSAddr, DataDir: cfg.DataDir, User: cfg.User, Password: cfg.Password}
+		if cfg.NATSLogs {
+			opts.Log = m.service("nats")
+		}
+		m.ns, err = embedded.Start(opts)
 		if err != nil {
 			return nil, err
 		}
@@ -162,8 +165,8 @@ func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error
 	return m, nil
 }
 
-// service is the logger of one part of the process: the edge, presence or
-// the broadcaster.
+// service is the logger of one part of the process: the edge, presence,
+// the broadcaster, or the embedded NATS server.
 func (m *Main) service(name string) *slog.Logger { return m.logs.With("service", name) }
 
 // Addr is the HTTP listener's address.

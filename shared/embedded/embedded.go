@@ -4,7 +4,9 @@
 package embedded
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"strconv"
 	"time"
@@ -19,8 +21,10 @@ type Options struct {
 	Addr string
 	// DataDir is the JetStream store directory.
 	DataDir string
-	// Logs turns the server's own logging on.
-	Logs bool
+	// Log, when not nil, takes the server's own logging (CHAT_NATS_LOGS):
+	// its notices as Info, its debug lines when Log is enabled for Debug,
+	// never its traces (they hold the messages).
+	Log *slog.Logger
 	// User and Password, when set, are required of every client. Without
 	// them the server listens on loopback only.
 	User, Password string
@@ -56,7 +60,7 @@ func Start(o Options) (*server.Server, error) {
 		// refuse the stream on a small disk.
 		JetStreamMaxStore: 1 << 40,
 		NoSigs:            true,
-		NoLog:             !o.Logs,
+		NoLog:             o.Log == nil,
 		MaxPayload:        1 << 20,
 		// Each connecting user adds two wildcard subscriptions (its dms),
 		// and with a subject cache every wildcard insert scans the cache:
@@ -71,8 +75,8 @@ func Start(o Options) (*server.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nats server: %w", err)
 	}
-	if o.Logs {
-		ns.ConfigureLogger()
+	if o.Log != nil {
+		ns.SetLoggerV2(natsLog{o.Log}, o.Log.Enabled(context.Background(), slog.LevelDebug), false, false)
 	}
 	ns.Start()
 	if !ns.ReadyForConnections(10 * time.Second) {
@@ -80,6 +84,25 @@ func Start(o Options) (*server.Server, error) {
 		return nil, fmt.Errorf("nats server on %s: not ready after 10s", o.Addr)
 	}
 	return ns, nil
+}
+
+// natsLog hands the server's log calls to slog, in the process's format
+// and from its level. The server's Fatalf does not end the process here:
+// the server returns its error, which Start reports.
+type natsLog struct{ log *slog.Logger }
+
+func (l natsLog) Noticef(format string, v ...any) { l.logf(slog.LevelInfo, format, v) }
+func (l natsLog) Warnf(format string, v ...any)   { l.logf(slog.LevelWarn, format, v) }
+func (l natsLog) Errorf(format string, v ...any)  { l.logf(slog.LevelError, format, v) }
+func (l natsLog) Fatalf(format string, v ...any)  { l.logf(slog.LevelError, format, v) }
+func (l natsLog) Debugf(format string, v ...any)  { l.logf(slog.LevelDebug, format, v) }
+func (l natsLog) Tracef(format string, v ...any)  {} // never turned on
+
+func (l natsLog) logf(level slog.Level, format string, v []any) {
+	ctx := context.Background()
+	if l.log.Enabled(ctx, level) {
+		l.log.Log(ctx, level, fmt.Sprintf(format, v...))
+	}
 }
 
 // loopback reports whether host (a listen host) reaches this machine only.
