@@ -33,6 +33,8 @@ type client struct {
 	// frames.
 	watch  *ws.Watch
 	frames ws.Reader
+	// opened is when the connection was made, for its closing line.
+	opened time.Time
 	// heard is when the client last sent anything (unix nanoseconds):
 	// the pinger drops it after PongTimeout without.
 	heard atomic.Int64
@@ -88,7 +90,10 @@ type client struct {
 	addr string
 	// closeCode is the close code to send once closing has begun, -1
 	// when none is to be sent; closing tells whether it has begun.
-	// Guarded by mu.
+	// closeText is the close frame's reason, and why the connection
+	// closed in its closing line: never the client's own words (empty
+	// only when the client closed, with a code of its own). Guarded by
+	// mu.
 	closing   bool
 	closeCode int
 	closeText string
@@ -141,7 +146,8 @@ func newClient(e *Edge, conn net.Conn, user, session string) *client {
 		rooms:      make(map[string]*roomState),
 	}
 	c.space = sync.NewCond(&c.mu)
-	c.heard.Store(time.Now().UnixNano())
+	c.opened = time.Now()
+	c.heard.Store(c.opened.UnixNano())
 	c.frames.Limit = int(e.cfg.Limits.MaxFrameBytes)
 	c.ends.Store(2)
 	return c
@@ -368,7 +374,7 @@ func (c *client) readable(w *ws.Watch) {
 	case errors.Is(err, unix.EAGAIN):
 		// Nothing to read after all.
 	case err != nil || n == 0:
-		c.close(-1, "") // gone
+		c.close(-1, "connection lost") // gone
 	}
 	if c.isClosing() {
 		w.End()
@@ -378,7 +384,7 @@ func (c *client) readable(w *ws.Watch) {
 	if !w.Resume() {
 		// Stopped meanwhile (closing already), or the socket cannot be
 		// watched any more: either way the client is over.
-		c.close(-1, "")
+		c.close(-1, "connection not watched")
 		c.readEnded()
 	}
 }
@@ -462,7 +468,7 @@ func (c *client) serve(w *ws.Watch, done func()) {
 		}
 		if err != nil {
 			c.e.log.Warn("connection not watched", "user", c.user, "err", err)
-			c.close(-1, "")
+			c.close(-1, "connection not watched")
 			c.readEnded()
 		}
 	}

@@ -415,30 +415,40 @@ type refusal struct {
 // connection is let go of, or releaseAddr.
 func (e *Edge) admit(r upgradeRequest) (user, addr string, no *refusal) {
 	if !e.originAllowed(r) {
-		e.metrics.refused.WithLabelValues("origin").Inc()
-		return "", "", &refusal{http.StatusForbidden, "origin not allowed"}
+		return "", "", e.refuse("origin", "", http.StatusForbidden, "origin not allowed")
 	}
 	addr = e.clientAddr(r)
 	if !e.takeAddr(addr) {
-		e.metrics.refused.WithLabelValues("address").Inc()
-		return "", "", &refusal{http.StatusTooManyRequests, "too many connections from this address"}
+		return "", "", e.refuse("address", addr, http.StatusTooManyRequests, "too many connections from this address")
 	}
 	if secret := e.cfg.Web.AuthSecret; secret != "" {
 		u, err := auth.Check([]byte(secret), r.token)
 		if err != nil {
+			// Neither the token nor the error (which may quote a
+			// piece of it) is logged: the reason is enough.
 			e.releaseAddr(addr)
-			e.metrics.refused.WithLabelValues("token").Inc()
-			return "", "", &refusal{http.StatusUnauthorized, "a valid token is needed: /ws?token=JWT (HS256, with sub and exp)"}
+			return "", "", e.refuse("token", addr, http.StatusUnauthorized, "a valid token is needed: /ws?token=JWT (HS256, with sub and exp)")
 		}
 		return u, addr, nil
 	}
 	user = r.user
 	if !names.ValidUser(user) {
 		e.releaseAddr(addr)
-		e.metrics.refused.WithLabelValues("user").Inc()
-		return "", "", &refusal{http.StatusBadRequest, "user must match ^[A-Za-z0-9_-]{1,32}$"}
+		return "", "", e.refuse("user", addr, http.StatusBadRequest, "user must match ^[A-Za-z0-9_-]{1,32}$")
 	}
 	return user, addr, nil
+}
+
+// refuse counts a refused upgrade by reason and logs it at Debug: the
+// reason and the client's address (empty before it is looked at), never
+// what the request carried.
+func (e *Edge) refuse(reason, addr string, status int, text string) *refusal {
+	e.metrics.refused.WithLabelValues(reason).Inc()
+	if e.log.Enabled(context.Background(), slog.LevelDebug) {
+		e.log.LogAttrs(context.Background(), slog.LevelDebug, "websocket refused",
+			slog.String("reason", reason), slog.Int("status", status), slog.String("addr", logAddr(addr)))
+	}
+	return &refusal{status, text}
 }
 
 // start serves an upgraded connection of user from addr (counted);
@@ -471,6 +481,7 @@ func (e *Edge) start(conn net.Conn, user, addr string, preamble []byte, accepted
 	e.open.Add(1)
 	e.handlers.Add(1)
 	e.mu.Unlock()
+	e.logOpened(c)
 	// welcome is queued first, then the user's dms are subscribed to;
 	// writing starts with serve, after both, so welcome goes out first
 	// and a dm stored after it reaches this session live.
@@ -491,8 +502,57 @@ func (e *Edge) start(conn net.Conn, user, addr string, preamble []byte, accepted
 		e.mu.Unlock()
 		e.releaseAddr(c.addr)
 		e.metrics.connections.Dec()
+		e.logClosed(c)
 		e.handlers.Done()
 	})
+}
+
+// The lines of a connection's life, one when it opens and one when it is
+// let go of, at Info: on a connect burst there are thousands a second, so
+// their attributes are built without formatting. Neither holds anything
+// the client wrote but its user name (the token's sub, with a secret).
+
+// logOpened logs that c is open.
+func (e *Edge) logOpened(c *client) {
+	e.log.LogAttrs(context.Background(), slog.LevelInfo, "websocket open",
+		slog.String("user", c.user), slog.String("session", c.session), slog.String("addr", logAddr(c.addr)))
+}
+
+// logClosed logs that c is over: the close code it ended with (RFC 6455:
+// the one sent, or the client's own echoed; 1005 for a close frame
+// without one, 1006 when none was sent), why, and how long it was open.
+func (e *Edge) logClosed(c *client) {
+	c.mu.Lock()
+	code, text := c.closeCode, c.closeText
+	c.mu.Unlock()
+	if text == "" {
+		// Only the client's close frame gives a code without a text; its
+		// own reason is never kept.
+		text = "closed by the client"
+		if code < 0 {
+			text = "connection lost"
+		}
+	}
+	switch {
+	case code < 0:
+		code = ws.CloseAbnormal
+	case code == closeEmpty:
+		code = ws.CloseNoStatus
+	}
+	e.log.LogAttrs(context.Background(), slog.LevelInfo, "websocket closed",
+		slog.String("user", c.user), slog.String("session", c.session), slog.String("addr", logAddr(c.addr)),
+		slog.Int("code", code), slog.String("reason", text),
+		slog.Duration("duration", time.Since(c.opened).Round(time.Millisecond)))
+}
+
+// logAddr is a client address for the logs: an address behind a trusted
+// proxy that is not one (clientAddr) is the client's own text, and is
+// left out.
+func logAddr(addr string) string {
+	if strings.HasPrefix(addr, forwardedPrefix) {
+		return forwardedPrefix + "(not an address)"
+	}
+	return addr
 }
 
 // clientAddr is the address a connection counts against: the peer's IP,
@@ -521,7 +581,7 @@ func (e *Edge) clientAddr(r upgradeRequest) string {
 		if err != nil {
 			// Not an address: counted as it is written, not as the
 			// proxy (which would put everyone behind it together).
-			return "forwarded:" + strings.TrimSpace(hops[i])
+			return forwardedPrefix + strings.TrimSpace(hops[i])
 		}
 		ip = hop
 		if !e.trusted(ip) {
@@ -530,6 +590,10 @@ func (e *Edge) clientAddr(r upgradeRequest) string {
 	}
 	return bucket(ip)
 }
+
+// forwardedPrefix marks an address taken as it is written in
+// X-Forwarded-For (clientAddr).
+const forwardedPrefix = "forwarded:"
 
 // parseHop reads an X-Forwarded-For entry: an address, perhaps with a
 // port ("192.0.2.1:4711", "[2001:db8::1]:4711").

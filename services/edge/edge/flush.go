@@ -193,7 +193,7 @@ func (f *flusher) flush(c *client) {
 		f.buf = nil
 	}
 	if err != nil {
-		c.close(-1, "") // gone: the next round finishes it
+		c.close(-1, "write failed") // gone: the next round finishes it
 	}
 }
 
@@ -356,7 +356,7 @@ func (c *client) slowWriter(rest []byte, times writeTimes) {
 	// whatever closing had asked for (a cut-off's 1008, a stop's 1001).
 	c.mu.Lock()
 	c.closeLocked(-1, "")
-	c.closeCode = -1
+	c.closeCode, c.closeText = -1, "write failed or timed out"
 	c.finishing = true
 	c.mu.Unlock()
 	c.finish()

@@ -38,7 +38,7 @@ func (e *Edge) pinger(ctx context.Context) {
 		}
 		e.mu.Unlock()
 		for _, c := range gone {
-			c.close(-1, "") // gone without a word: no close frame
+			c.close(-1, "silent past the pong timeout") // gone without a word: no close frame
 		}
 		for _, c := range due {
 			c.mu.Lock()

@@ -26,6 +26,7 @@ const (
 	CloseProtocolError   = 1002
 	CloseUnsupportedData = 1003
 	CloseNoStatus        = 1005 // never sent: a close frame without a code
+	CloseAbnormal        = 1006 // never sent: a connection that ended without a close frame
 	CloseInvalidPayload  = 1007
 	ClosePolicyViolation = 1008
 	CloseMessageTooBig   = 1009
