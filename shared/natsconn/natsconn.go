@@ -6,6 +6,7 @@ package natsconn
 import (
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -73,9 +74,34 @@ func Connect(url, name string, drainTimeout time.Duration, log *slog.Logger, ext
 	}
 	nc, err := nats.Connect(url, append(opts, extra...)...)
 	if err != nil {
-		return nil, fmt.Errorf("nats connect %s: %w", url, err)
+		return nil, connectError(url, err)
 	}
 	return nc, nil
+}
+
+// connectError is the error of a failed Connect to urls: the URLs, and
+// err, with the credentials any of them carries (user:password@, or a
+// token@) replaced, since a URL that does not parse is quoted whole.
+func connectError(urls string, err error) error {
+	shown, msg := urls, err.Error()
+	for u := range strings.SplitSeq(urls, ",") {
+		_, rest, ok := strings.Cut(u, "://")
+		if !ok {
+			rest = u
+		}
+		authority, _, _ := strings.Cut(rest, "/")
+		i := strings.LastIndex(authority, "@")
+		if i <= 0 {
+			continue
+		}
+		info := authority[:i+1]
+		shown = strings.ReplaceAll(shown, info, "REDACTED@")
+		msg = strings.ReplaceAll(msg, info, "REDACTED@")
+	}
+	if shown == urls {
+		return fmt.Errorf("nats connect %s: %w", urls, err)
+	}
+	return fmt.Errorf("nats connect %s: %s", shown, msg)
 }
 
 // Auth returns the options that present cfg's credentials: a credentials

@@ -4,6 +4,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -212,4 +213,24 @@ func (h *blackHole) close() {
 	}
 	h.mu.Unlock()
 	h.wg.Wait()
+}
+
+// A URL list that does not parse is refused, and the error, which the
+// process prints as it exits, shows neither a password nor a token.
+func TestConnectErrorHidesCredentials(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	for _, url := range []string{
+		"nats://edge:pw-secret@127.0.0.1:1,nats://h%zz:1",
+		"nats://edge:pw-secret@[::1",
+		"tok-secret@127.0.0.1:1,nats://%zz",
+	} {
+		nc, err := Connect(url, "test", time.Second, log)
+		if err == nil {
+			nc.Close()
+			t.Fatalf("%s: connected", url)
+		}
+		if strings.Contains(err.Error(), "secret") || !strings.Contains(err.Error(), "REDACTED@") {
+			t.Errorf("%s: %v", url, err)
+		}
+	}
 }
