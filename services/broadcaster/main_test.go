@@ -108,3 +108,9 @@ func TestNotReadyUntilServing(t *testing.T) {
 		time.Sleep(100 * time.Millisecond) // asking again while it keeps trying
 	}
 }
+
+// An unknown CHAT_LOG_FORMAT or CHAT_LOG_LEVEL is refused at start, and
+// CHAT_LOG_FORMAT=json makes every line one JSON object.
+func TestRunLogSettings(t *testing.T) {
+	servicetest.CheckLogSettings(t, run, natstest.Start(t).ClientURL(), "broadcaster")
+}

@@ -91,3 +91,9 @@ func TestHealthcheck(t *testing.T) {
 // Without CHAT_HTTP_ADDR the healthcheck asks the edge's own default address,
 // on 127.0.0.1; any other argument is refused before anything starts.
 func TestRunArguments(t *testing.T) { servicetest.CheckArguments(t, run, "127.0.0.1:8080") }
+
+// An unknown CHAT_LOG_FORMAT or CHAT_LOG_LEVEL is refused at start, and
+// CHAT_LOG_FORMAT=json makes every line one JSON object.
+func TestRunLogSettings(t *testing.T) {
+	servicetest.CheckLogSettings(t, run, natstest.Start(t).ClientURL(), "edge")
+}

@@ -69,3 +69,9 @@ func TestRunArguments(t *testing.T) { servicetest.CheckArguments(t, run, "127.0.
 func TestRunRefusesReplicas(t *testing.T) {
 	servicetest.CheckRefusesReplicas(t, run, natstest.Start(t).ClientURL())
 }
+
+// An unknown CHAT_LOG_FORMAT or CHAT_LOG_LEVEL is refused at start, and
+// CHAT_LOG_FORMAT=json makes every line one JSON object.
+func TestRunLogSettings(t *testing.T) {
+	servicetest.CheckLogSettings(t, run, natstest.Start(t).ClientURL(), "presence")
+}

@@ -5,6 +5,7 @@ package servicetest
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -24,7 +25,14 @@ type RunFunc func(ctx context.Context, args []string, stdout, stderr io.Writer) 
 // if it returned an error; it also runs when the test ends.
 func Run(t *testing.T, run RunFunc) (addr string, stop func()) {
 	t.Helper()
-	logs := logwatch.New()
+	addr, _, stop = RunWatched(t, run)
+	return addr, stop
+}
+
+// RunWatched is Run that also returns what run logs.
+func RunWatched(t *testing.T, run RunFunc) (addr string, logs *logwatch.Watch, stop func()) {
+	t.Helper()
+	logs = logwatch.New()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, nil, io.Discard, logs) }()
@@ -40,7 +48,7 @@ func Run(t *testing.T, run RunFunc) (addr string, stop func()) {
 		}
 	}
 	t.Cleanup(stop)
-	return logs.Await(t, "http", 10*time.Second), stop
+	return logs.Await(t, "http", 10*time.Second), logs, stop
 }
 
 // GetOK checks that each path answers 200 on addr.
@@ -159,5 +167,56 @@ func CheckRefusesReplicas(t *testing.T, run RunFunc, url string) {
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("CHAT_STREAM_REPLICAS=%s: run returned %v, want %q", tt.value, err, tt.want)
 		}
+	}
+}
+
+// CheckLogSettings tests a separate service's CHAT_LOG_FORMAT and
+// CHAT_LOG_LEVEL against the NATS server at url: a value it does not know
+// stops run at start, with an error naming the variable and the values it
+// takes, before anything is logged (main then exits 1); and with json,
+// every line is one JSON object carrying the service's name (service),
+// the listening line among them.
+func CheckLogSettings(t *testing.T, run RunFunc, url, service string) {
+	t.Helper()
+	t.Setenv("CHAT_NATS_URL", url)
+	t.Setenv("CHAT_HTTP_ADDR", "127.0.0.1:0")
+	for _, tt := range []struct{ format, level, want string }{
+		{"xml", "info", `CHAT_LOG_FORMAT="xml": the log format is text or json`},
+		{"text", "verbose", `CHAT_LOG_LEVEL="verbose": the log level is debug, info, warn or error`},
+		{"json", "", `CHAT_LOG_LEVEL="": the log level is debug, info, warn or error`},
+	} {
+		t.Setenv("CHAT_LOG_FORMAT", tt.format)
+		t.Setenv("CHAT_LOG_LEVEL", tt.level)
+		var logged strings.Builder
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := run(ctx, nil, io.Discard, &logged)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("CHAT_LOG_FORMAT=%q CHAT_LOG_LEVEL=%q: run returned %v, want %q", tt.format, tt.level, err, tt.want)
+		}
+		if logged.Len() > 0 {
+			t.Errorf("CHAT_LOG_FORMAT=%q CHAT_LOG_LEVEL=%q: logged %q before refusing", tt.format, tt.level, logged.String())
+		}
+	}
+	t.Setenv("CHAT_LOG_FORMAT", "json")
+	t.Setenv("CHAT_LOG_LEVEL", "debug")
+	_, logs, stop := RunWatched(t, run)
+	stop()
+	listening := false
+	for line := range strings.Lines(logs.String()) {
+		var obj map[string]any
+		if err := json.Unmarshal([]byte(line), &obj); err != nil {
+			t.Errorf("a line that is not one JSON object: %q", line)
+			continue
+		}
+		if obj["service"] != service {
+			t.Errorf("a line without service=%s: %q", service, line)
+		}
+		if obj["kind"] == "http" && strings.HasPrefix(obj["msg"].(string), "listening http 127.0.0.1:") {
+			listening = true
+		}
+	}
+	if !listening {
+		t.Errorf("no listening line in JSON:\n%s", logs.String())
 	}
 }
