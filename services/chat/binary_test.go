@@ -209,11 +209,7 @@ func TestSIGTERMShutsDownCleanly(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "chat")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildChat(t)
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(),
 		"CHAT_HTTP_ADDR=127.0.0.1:0", "CHAT_NATS_ADDR=127.0.0.1:0", "CHAT_DATA_DIR="+t.TempDir())
@@ -265,4 +261,15 @@ func TestSIGTERMShutsDownCleanly(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("still running 15s after SIGTERM\n%s", logs.String())
 	}
+}
+
+// buildChat builds the real binary into the test's temporary folder.
+func buildChat(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "chat")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
 }

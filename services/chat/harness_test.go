@@ -246,7 +246,14 @@ func dialWith(t *testing.T, d *websocket.Dialer, base, user string) *wsClient {
 // dialSetup lets setup change the connection before its reader starts.
 func dialSetup(t *testing.T, d *websocket.Dialer, base, user string, setup func(*websocket.Conn)) *wsClient {
 	t.Helper()
-	conn, resp, err := d.Dial(wsURL(base, user), nil)
+	return dialURL(t, d, wsURL(base, user), nil, user, setup)
+}
+
+// dialURL connects to the WebSocket url with the request headers h, and
+// reads the welcome of user.
+func dialURL(t *testing.T, d *websocket.Dialer, url string, h http.Header, user string, setup func(*websocket.Conn)) *wsClient {
+	t.Helper()
+	conn, resp, err := d.Dial(url, h)
 	if err != nil {
 		t.Fatalf("dial as %s: %v (%v)", user, err, resp)
 	}
