@@ -275,13 +275,20 @@ func TestLogJSONHoldsNoTextOrToken(t *testing.T) {
 func TestLogTextLevels(t *testing.T) {
 	for _, level := range []string{"warn", "info", "debug"} {
 		t.Run(level, func(t *testing.T) {
-			os.Unsetenv("CHAT_LOG_FORMAT") // the default
+			t.Setenv("CHAT_LOG_FORMAT", "")
+			os.Unsetenv("CHAT_LOG_FORMAT") // the default; t.Setenv restores it
 			t.Setenv("CHAT_LOG_LEVEL", level)
 			base, logs, stop := runLogged(t)
 			c := dial(t, base, "alice")
 			c.join("lobby")
 			c.post("lobby", "hello", "1")
-			c.close()
+			if err := c.conn.WriteControl(websocket.CloseMessage,
+				websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(wait)); err != nil {
+				t.Fatal(err)
+			}
+			if code := c.closeCode(); code != websocket.CloseNormalClosure {
+				t.Fatalf("closed with %d, want 1000 back", code)
+			}
 			if status, _ := dialStatus(t, base, "user=not%20a%20name", nil); status != http.StatusBadRequest {
 				t.Fatalf("a bad name: status %d", status)
 			}
@@ -305,7 +312,7 @@ func TestLogTextLevels(t *testing.T) {
 					}
 				case strings.Contains(line, ` msg="websocket closed" `):
 					closed++
-					if !strings.Contains(line, " user=alice session="+c.session+" addr=127.0.0.1 code=1006 reason=\"connection lost\" duration=") {
+					if !strings.Contains(line, " user=alice session="+c.session+" addr=127.0.0.1 code=1000 reason=\"closed by the client\" duration=") {
 						t.Errorf("close line %q", line)
 					}
 				case strings.Contains(line, ` msg="websocket refused" `):
