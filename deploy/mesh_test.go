@@ -26,6 +26,7 @@ const processLoss, serverLoss = 10 * time.Second, 15 * time.Second
 func TestMesh(t *testing.T) {
 	m := startMesh(t)
 	t.Run("browsers", func(t *testing.T) { browsersThroughMesh(t, m) })
+	t.Run("micro", func(t *testing.T) { microThroughMesh(t, m) })
 
 	s := startScenario(t, m)
 	s.phase("edge-kill", "SIGKILL edge-1", processLoss, func(t *testing.T) time.Duration {

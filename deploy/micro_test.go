@@ -96,6 +96,30 @@ func TestMicroProcesses(t *testing.T) {
 	}
 }
 
+// microThroughMesh: the observer, on the published NATS port, sees every
+// natter container of the compose mesh through nats micro: two of each
+// service, one presence replica active.
+func microThroughMesh(t *testing.T, m *mesh) {
+	nc := natsClient(t, m, "observer")
+	awaitInstances(t, nc, 6)
+	for _, name := range []string{subject.ServiceEdge, subject.ServiceBroadcaster} {
+		servicetest.Ask[micro.Ping](t, nc, micro.PingVerb, name, "", 2, 10*time.Second)
+	}
+	var roles []string
+	for _, info := range servicetest.Ask[micro.Info](t, nc, micro.InfoVerb, subject.ServicePresence, "", 2, 10*time.Second) {
+		roles = append(roles, info.Metadata["role"])
+	}
+	slices.Sort(roles)
+	if !slices.Equal(roles, []string{"active", "standby"}) {
+		t.Errorf("presence replicas %v, want one active and one standby", roles)
+	}
+	for _, s := range servicetest.Ask[micro.Stats](t, nc, micro.StatsVerb, subject.ServiceEdge, "", 2, 10*time.Second) {
+		if len(s.Endpoints) != 1 || len(s.Endpoints[0].Data) == 0 {
+			t.Errorf("edge %s: stats without its figures: %+v", s.ID, s)
+		}
+	}
+}
+
 // awaitInstances waits until n service instances answer one bare PING.
 func awaitInstances(t *testing.T, nc *nats.Conn, n int) {
 	t.Helper()

@@ -191,7 +191,7 @@ func (b *Broadcaster) Run(ctx context.Context) error {
 func (b *Broadcaster) register() (micro.Service, error) {
 	svc, err := ops.AddService(b.nc, ops.Service{
 		Name:        subject.ServiceBroadcaster,
-		Description: "natter's broadcaster: validates posted messages and dms, stores them in JetStream and answers with their seq",
+		Description: "natter broadcaster: checks and stores posts and dms",
 		Stats:       b.stats,
 	})
 	if err != nil {

@@ -294,7 +294,7 @@ func (e *Edge) register() micro.Service {
 	}
 	svc, err := ops.AddService(e.nc, ops.Service{
 		Name:        subject.ServiceEdge,
-		Description: "natter's edge: holds the WebSockets of the chat and connects them to NATS",
+		Description: "natter edge: the chat's WebSockets, connected to NATS",
 		Metadata:    map[string]string{"edge": e.id},
 		Stats:       func() any { return e.Stats() },
 	})

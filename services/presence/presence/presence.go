@@ -375,7 +375,7 @@ func (p *Presence) register(live bool) error {
 	}
 	svc, err := ops.AddService(p.nc, ops.Service{
 		Name:        subject.ServicePresence,
-		Description: "natter's presence: turns the edges' session reports into joins and leaves per room, and answers who (the active replica)",
+		Description: "natter presence: joins, leaves and who per room",
 		Metadata:    map[string]string{"replica": p.id, "role": role},
 		Stats:       p.stats,
 	})
