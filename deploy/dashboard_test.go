@@ -250,10 +250,10 @@ func TestObservabilityProfile(t *testing.T) {
 	if published(moved.Services["prometheus"]) != "19090" || published(moved.Services["grafana"]) != "13000" {
 		t.Errorf("NATTER_PROMETHEUS_PORT and NATTER_GRAFANA_PORT do not move the ports")
 	}
-	// Anonymous viewers, and no way to log in: nobody has a password to
-	// guess, not even Grafana's default admin's.
+	// Anonymous viewers, and an admin whose password is .env's, not
+	// Grafana's default (admin), which its login API would take.
 	for k, want := range map[string]string{"GF_AUTH_ANONYMOUS_ENABLED": "true", "GF_AUTH_ANONYMOUS_ORG_ROLE": "Viewer",
-		"GF_AUTH_DISABLE_LOGIN_FORM": "true", "GF_AUTH_BASIC_ENABLED": "false"} {
+		"GF_AUTH_BASIC_ENABLED": "false", "GF_SECURITY_ADMIN_PASSWORD": "dev-grafana-change-me"} {
 		if v := graf.Environment[k]; v == nil || *v != want {
 			t.Errorf("Grafana's %s is not %s", k, want)
 		}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"io"
 	"net"
+	"net/http"
 	"testing"
 	"time"
 
@@ -21,7 +22,7 @@ func TestMetricsLatencyHistograms(t *testing.T) {
 	base := "http://" + m.Addr()
 	want := map[string]uint64{
 		// alice, bob and carol through the edge's handshake, dora's
-		// through net/http's.
+		// through net/http's; not erin's, after another request.
 		"natter_edge_handshake_seconds":    4,
 		"natter_edge_post_seconds":         1,
 		"natter_broadcaster_store_seconds": 1,
@@ -58,6 +59,33 @@ func TestMetricsLatencyHistograms(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectWelcome(t, bufio.NewReader(conn), "dora")
+
+	// erin's upgrade comes on a kept-alive connection after a request for
+	// the page: it is not timed (the time since the accept would be the
+	// connection's age, not the handshake's).
+	kept, err := net.Dial("tcp", m.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { kept.Close() })
+	_ = kept.SetDeadline(time.Now().Add(wait))
+	if _, err := io.WriteString(kept, "GET / HTTP/1.1\r\nHost: "+m.Addr()+"\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	kr := bufio.NewReader(kept)
+	page, err := http.ReadResponse(kr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, page.Body)
+	page.Body.Close()
+	if page.StatusCode != http.StatusOK || page.Close {
+		t.Fatalf("the page: %s, close %v", page.Status, page.Close)
+	}
+	if _, err := io.WriteString(kept, upgradeRequest(m.Addr(), "erin", "")); err != nil {
+		t.Fatal(err)
+	}
+	expectWelcome(t, kr, "erin")
 
 	c := dial(t, base, "carol")
 	if replayed, _ := c.joinSince("lobby", 0); len(replayed) != 1 || replayed[0].seq() != seq {

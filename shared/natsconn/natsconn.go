@@ -89,12 +89,13 @@ func connectError(urls string, err error) error {
 		if !ok {
 			rest = u
 		}
-		authority, _, _ := strings.Cut(rest, "/")
-		i := strings.LastIndex(authority, "@")
+		// The last @ of the URL, not of its authority: a password may
+		// hold a / (base64 does), and a NATS URL has no path.
+		i := strings.LastIndex(rest, "@")
 		if i <= 0 {
 			continue
 		}
-		info := authority[:i+1]
+		info := rest[:i+1]
 		shown = strings.ReplaceAll(shown, info, "REDACTED@")
 		msg = strings.ReplaceAll(msg, info, "REDACTED@")
 	}

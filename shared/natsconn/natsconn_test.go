@@ -223,6 +223,8 @@ func TestConnectErrorHidesCredentials(t *testing.T) {
 		"nats://edge:pw-secret@127.0.0.1:1,nats://h%zz:1",
 		"nats://edge:pw-secret@[::1",
 		"tok-secret@127.0.0.1:1,nats://%zz",
+		"nats://edge:pw/secret@127.0.0.1:4222", // a / in the password
+		"nats://edge:pw/se@cret@127.0.0.1:4222",
 	} {
 		nc, err := Connect(url, "test", time.Second, log)
 		if err == nil {

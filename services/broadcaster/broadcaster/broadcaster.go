@@ -23,7 +23,7 @@ import (
 	"github.com/natter-chat/natter/shared/subject"
 )
 
-// maxPending bounds the stores in flight: past it the subscription callback
+// maxPending bounds the stores in flight: past it an endpoint's handler
 // waits, and NATS buffers the posts (and finally reports a slow consumer).
 const maxPending = 4096
 
@@ -31,7 +31,7 @@ const maxPending = 4096
 // unavailable.
 const storeTimeout = 5 * time.Second
 
-// finalWait bounds how long Run, once the subscription is drained, waits
+// finalWait bounds how long Run, once the posts taken are handled, waits
 // for the stores still in flight; with the drain it fits the 10-second
 // shutdown promise.
 const finalWait = 2 * time.Second
@@ -59,10 +59,10 @@ type Broadcaster struct {
 	}
 
 	// pending carries accepted stores, in the order published, from the
-	// subscription callback to the acker. It is never closed: a callback
-	// may still run after a drain that timed out.
+	// endpoints' handlers to the acker. It is never closed: a handler may
+	// still run after a drain that timed out.
 	pending chan pendingStore
-	// serving is closed once the subscription is in place.
+	// serving is closed once the endpoints are in place.
 	serving chan struct{}
 	// stopAcker is closed when the acker is to answer what is left and
 	// end. stopMu orders it against the callbacks: a callback sends on
@@ -225,16 +225,19 @@ func (b *Broadcaster) stats() any {
 // answered, and waits for them under one deadline, the connection's
 // drain timeout. Stop unsubscribes the endpoints; the flush's round trip
 // makes sure every post the server sent before that has arrived, and the
-// barrier that each has been handled. Without NATS the flush fails and
-// only what arrived is waited for: the process must still stop inside
-// the 10 s its contract gives it.
+// barrier that each has been handled. Without NATS nothing more can
+// arrive, and a flush would only wait for the reconnect: then only what
+// arrived is waited for. The process must still stop inside the 10 s its
+// contract gives it.
 func (b *Broadcaster) drain(svc micro.Service) {
 	deadline := time.Now().Add(b.nc.Opts.DrainTimeout)
 	if err := svc.Stop(); err != nil {
 		b.log.Warn("broadcaster: stop serving", "err", err)
 	}
-	if err := b.nc.FlushTimeout(max(time.Until(deadline), time.Millisecond)); err != nil {
-		b.log.Warn("broadcaster: flush after unsubscribing", "err", err)
+	if b.nc.IsConnected() {
+		if err := b.nc.FlushTimeout(max(time.Until(deadline), time.Millisecond)); err != nil {
+			b.log.Warn("broadcaster: flush after unsubscribing", "err", err)
+		}
 	}
 	handled := make(chan struct{})
 	if err := b.nc.Barrier(func() { close(handled) }); err != nil {

@@ -392,8 +392,7 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	// The upgrader has written its 101; the connection is the one the
 	// edge's handshake handed on (upgrade.go), which knows when it was
-	// accepted (a request after others on a kept-alive connection counts
-	// from there too).
+	// accepted when this request was its first.
 	if pc, ok := wc.NetConn().(*prefixConn); ok && !pc.accepted.IsZero() {
 		e.metrics.handshake.Observe(time.Since(pc.accepted).Seconds())
 	}

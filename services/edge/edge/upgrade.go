@@ -278,6 +278,13 @@ func refusalResponse(no *refusal) []byte {
 // first.
 func (e *Edge) handOff(conn net.Conn, read []byte, accepted time.Time) {
 	e.metrics.handshakes.WithLabelValues("http").Inc()
+	if !bytes.HasPrefix(read, []byte("GET /ws ")) && !bytes.HasPrefix(read, []byte("GET /ws?")) {
+		// Timed only when its first request is for the WebSocket: net/http
+		// may serve other requests on a kept-alive connection (the page,
+		// through a proxy's pool) before an upgrade, which would then
+		// count the connection's age.
+		accepted = time.Time{}
+	}
 	if len(read) > 0 {
 		conn = &prefixConn{Conn: conn, prefix: read, accepted: accepted}
 	}

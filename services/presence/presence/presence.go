@@ -121,9 +121,6 @@ type Presence struct {
 	sessionSub  *nats.Subscription
 	beatSub     *nats.Subscription
 	replySub    *nats.Subscription
-	// loopDone is closed when the loop has returned: a who request
-	// still being handed to it gives up.
-	loopDone chan struct{}
 
 	// figures are what the stats answer shows (Stats); the loop sets
 	// them, a stats request reads them on its own goroutine.
@@ -197,7 +194,6 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer)
 		liveOnce:  make(chan struct{}),
 		st:        newState(),
 		dirty:     make(map[string]struct{}),
-		loopDone:  make(chan struct{}),
 	}
 	p.figures.role.Store(RoleStandby)
 	return p, nil
@@ -252,7 +248,6 @@ func (p *Presence) Run(ctx context.Context) error {
 		p.log.Error("not on the NATS services framework", "err", err)
 	}
 	p.loop(lctx)
-	close(p.loopDone)
 	p.unregister()
 	if p.leader {
 		p.lastWrite()
@@ -410,10 +405,14 @@ func (p *Presence) stats() any {
 
 // whoRequest hands a who request to the loop, in the one channel that
 // keeps NATS's order, so that a who sent after a join report counts it.
+// When the channel is full the request is dropped, as NATS drops what a
+// full channel subscription cannot take: waiting here would take the
+// free slots from the reports and heartbeats, which NATS then drops. The
+// asker times out and asks again.
 func (p *Presence) whoRequest(req micro.Request) {
 	select {
 	case p.msgs <- &nats.Msg{Subject: req.Subject(), Reply: req.Reply()}:
-	case <-p.loopDone:
+	default:
 	}
 }
 
