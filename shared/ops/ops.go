@@ -1,8 +1,9 @@
 // Package ops serves the operational endpoints every natter service has:
 // /healthz, /readyz and /metrics, runs HTTP servers that log their address
 // and stop with their context, asks a service's /readyz for its
-// healthcheck subcommand, and builds each process's logger
-// (CHAT_LOG_FORMAT, CHAT_LOG_LEVEL).
+// healthcheck subcommand, builds each process's logger (CHAT_LOG_FORMAT,
+// CHAT_LOG_LEVEL), and registers a service with the NATS services
+// framework with the build's version (micro.go).
 package ops
 
 import (

@@ -45,6 +45,11 @@
 //   - The reporter goroutine (report.go) owns the session table reported
 //     to presence; Run stops it after the clients are gone, so their
 //     leaves go out first.
+//   - Run registers the edge on the NATS services framework (natter-edge,
+//     its figures in Stats) before the reporter's first heartbeat; the
+//     sync endpoint's handler, on a nats.go goroutine, only hands
+//     presence's requests to the reporter (dropping them when it is
+//     behind). Run stops the service before it stops the reporter.
 //
 // Locks: hub.mu guards the room and user tables; client.mu guards a
 // client's send queue and its room and conversation states. The
