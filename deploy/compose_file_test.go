@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/nats-io/nats-server/v2/server"
 )
@@ -21,20 +20,7 @@ import (
 // over the environment as a shell would.
 func loadCompose(t *testing.T, env ...string) *types.Project {
 	t.Helper()
-	// In the order docker compose applies them: the shell's variables
-	// first, then .env for those the shell does not set.
-	opts, err := cli.NewProjectOptions([]string{filepath.Join(root, "docker-compose.yml")},
-		cli.WithWorkingDirectory(root), cli.WithEnv(env), cli.WithEnvFiles(), cli.WithDotEnv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	p, err := opts.LoadProject(ctx)
-	if err != nil {
-		t.Fatalf("docker compose v2 would refuse docker-compose.yml: %v", err)
-	}
-	return p
+	return loadComposeProfiles(t, nil, env...)
 }
 
 // The compose file is what the contract and the README describe, as

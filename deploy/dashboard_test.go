@@ -349,6 +349,8 @@ func TestObservabilityProfile(t *testing.T) {
 // loadComposeProfiles is loadCompose with profiles enabled.
 func loadComposeProfiles(t *testing.T, profiles []string, env ...string) *types.Project {
 	t.Helper()
+	// In the order docker compose applies them: the shell's variables
+	// first, then .env for those the shell does not set.
 	opts, err := cli.NewProjectOptions([]string{filepath.Join(root, "docker-compose.yml")},
 		cli.WithWorkingDirectory(root), cli.WithEnv(env), cli.WithEnvFiles(), cli.WithDotEnv, cli.WithProfiles(profiles))
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/natter-chat/natter/shared/auth"
 	"github.com/natter-chat/natter/shared/logwatch"
+	"github.com/natter-chat/natter/shared/servicetest"
 )
 
 // runLogged runs the single binary's run in-process, configured from the
@@ -28,25 +29,9 @@ func runLogged(t *testing.T) (base string, logs *logwatch.Watch, stop func()) {
 	t.Setenv("CHAT_HTTP_ADDR", "127.0.0.1:0")
 	t.Setenv("CHAT_NATS_ADDR", "127.0.0.1:0")
 	t.Setenv("CHAT_DATA_DIR", t.TempDir())
-	logs = logwatch.New()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, nil, io.Discard, logs) }()
-	stopped := false
-	stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}
-	t.Cleanup(stop)
-	base = "http://" + logs.Await(t, "http", wait)
+	addr, logs, stop := servicetest.RunWatched(t, run)
 	logs.Await(t, "nats", wait)
-	return base, logs, stop
+	return "http://" + addr, logs, stop
 }
 
 // jsonLines parses each line of logs as one JSON object, failing the test
