@@ -764,6 +764,7 @@ func startProcesses(t *testing.T) processes {
 	defer cancel()
 	// One build of the four: they share most packages. Without -race,
 	// even when the tests run with it: only what they expose matters.
+	// .ci/run builds the same first, so that this one hits the cache.
 	build := exec.CommandContext(ctx, "go", "build", "-buildvcs=false", "-o", bin+string(filepath.Separator),
 		"./services/chat", "./services/edge", "./services/presence", "./services/broadcaster")
 	build.Dir = root
