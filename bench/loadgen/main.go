@@ -1,5 +1,5 @@
 // Command loadgen drives a chat server over WebSockets and measures it:
-// natter (PROTOCOL.md) or the gorilla/websocket examples/chat server, the
+// natter (docs/protocol.md) or the gorilla/websocket examples/chat server, the
 // seed's design without NATS or storage. N connections, spread over
 // 127.0.0.x source addresses, in rooms of S members (gorilla: one room);
 // P of them publish at a rate; every message carries its send time and an

@@ -45,7 +45,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch {
 	case len(args) == 0:
 	case args[0] != "healthcheck":
-		return fmt.Errorf("unexpected arguments %q: broadcaster takes its configuration from CHAT_* variables (see README); the one subcommand is healthcheck", args)
+		return fmt.Errorf("unexpected arguments %q: broadcaster takes its configuration from CHAT_* variables (see docs/operations.md); the one subcommand is healthcheck", args)
 	case len(args) > 1:
 		return fmt.Errorf("healthcheck: unexpected arguments %q", args[1:])
 	default:

@@ -37,7 +37,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case args[0] == "healthcheck":
 		return healthcheckCommand(ctx, args[1:], stdout)
 	default:
-		return fmt.Errorf("unexpected arguments %q: chat takes its configuration from CHAT_* variables (see README); its subcommands are token and healthcheck", args)
+		return fmt.Errorf("unexpected arguments %q: chat takes its configuration from CHAT_* variables (see docs/operations.md); its subcommands are token and healthcheck", args)
 	}
 	var cfg Config
 	if err := loadConfig(&cfg); err != nil {

@@ -17,7 +17,7 @@ import (
 	"github.com/natter-chat/natter/shared/subject"
 )
 
-// Presence promises (PROTOCOL.md sections 3 and 4).
+// Presence promises (docs/protocol.md).
 const (
 	vanishPromise  = 20 * time.Second // leaves of a vanished edge's users
 	restartPromise = 10 * time.Second // who right after a presence restart

@@ -1,4 +1,4 @@
-// Package auth holds the WebSocket tokens of PROTOCOL.md section 3: an
+// Package auth holds the WebSocket tokens of docs/protocol.md: an
 // HS256 JWT whose sub is the user name and whose exp is in the future.
 // The checks are github.com/golang-jwt/jwt/v5's; this package only says
 // which: HS256 alone (alg none and every other algorithm are refused),

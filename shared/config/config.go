@@ -1,6 +1,6 @@
 // Package config defines the groups of settings that natter's binaries
 // combine into their own configuration struct, read once with envconfig
-// under the prefix CHAT (PROTOCOL.md section 1). Each field documents its
+// under the prefix CHAT (docs/operations.md). Each field documents its
 // default; constructors take these values and never read the environment.
 package config
 
@@ -40,7 +40,7 @@ type Web struct {
 	TrustedProxies []string `envconfig:"TRUSTED_PROXIES" default:"" desc:"addresses or CIDRs of proxies whose X-Forwarded-For names the client, comma separated; from anyone else the header is ignored"`
 }
 
-// Limits are the per-connection limits of PROTOCOL.md section 3.
+// Limits are the per-connection limits of the protocol (docs/protocol.md).
 type Limits struct {
 	MaxFrameBytes int64         `envconfig:"MAX_FRAME_BYTES" default:"65536" desc:"largest incoming WebSocket frame; larger closes with 1009"`
 	MaxTextChars  int           `envconfig:"MAX_TEXT_CHARS" default:"4000" desc:"longest message text in Unicode code points"`
@@ -74,7 +74,7 @@ type Replication struct {
 	Replicas int `envconfig:"STREAM_REPLICAS" default:"1" desc:"replicas of the room and dm streams and of the presence bucket, created or updated to it at start (3 on a three-node NATS cluster); more than the cluster has servers is refused at start"`
 }
 
-// Log is how a process logs (PROTOCOL.md section 5); ops.NewLogger
+// Log is how a process logs (docs/operations.md); ops.NewLogger
 // refuses any other value.
 type Log struct {
 	Format string `envconfig:"LOG_FORMAT" default:"text" desc:"log format: text (key=value) or json (one object a line)"`

@@ -1,5 +1,5 @@
 // Package logwatch collects a process's log output in tests and finds the
-// lines PROTOCOL.md section 1 promises: "listening", the kind of listener
+// lines every process promises (docs/operations.md): "listening", the kind of listener
 // and the bound host:port.
 package logwatch
 

@@ -1,4 +1,4 @@
-// Package names holds the naming rules of PROTOCOL.md section 3. They keep
+// Package names holds the naming rules of docs/protocol.md. They keep
 // names safe as NATS subject tokens: '.', '*', '>' and spaces never reach a
 // subject.
 package names

@@ -12,9 +12,9 @@ import (
 	"time"
 )
 
-// healthcheckTimeout bounds one check, connect and answer together: the
-// README promises an exit within 3 s, and the process needs some of that
-// to start and exit.
+// healthcheckTimeout bounds one check, connect and answer together:
+// docs/operations.md promises an exit within 3 s, and the process needs
+// some of that to start and exit.
 const healthcheckTimeout = 2500 * time.Millisecond
 
 // Healthcheck asks the /readyz of the service that listens on addr (its

@@ -7,7 +7,7 @@ import (
 	"encoding/json"
 )
 
-// Presence events and requests (PROTOCOL.md sections 3 and 4).
+// Presence events and requests (docs/protocol.md).
 const (
 	TypePresence = "presence"
 
@@ -85,7 +85,7 @@ type SyncSession struct {
 	Rooms   []string `json:"rooms"`
 }
 
-// MaxSyncPage is the largest encoded SyncPage (PROTOCOL.md: under 512 KiB).
+// MaxSyncPage is the largest encoded SyncPage (docs/protocol.md: under 512 KiB).
 const MaxSyncPage = 500 << 10
 
 // Digest is a hash of a set of session-room pairs that is kept up to date

@@ -1,5 +1,5 @@
 // Package proto holds natter's wire formats: the WebSocket requests and
-// events of PROTOCOL.md section 3, their JSON-lines frame codec, and the
+// events of docs/protocol.md, their JSON-lines frame codec, and the
 // payloads exchanged over NATS.
 package proto
 
@@ -12,7 +12,7 @@ import (
 	"github.com/natter-chat/natter/shared/names"
 )
 
-// Error codes of PROTOCOL.md section 3, in the order they are checked.
+// Error codes of docs/protocol.md, in the order they are checked.
 const (
 	CodeBadRequest   = "bad_request"
 	CodeUnknownType  = "unknown_type"

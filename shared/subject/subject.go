@@ -1,5 +1,5 @@
 // Package subject is the one place where natter's NATS subjects are built
-// (PROTOCOL.md section 4). Every subject says who publishes and who
+// (docs/protocol.md). Every subject says who publishes and who
 // subscribes. Room and user names are checked by package names before they
 // get here, so no token ever holds '.', '*', '>' or a space.
 package subject
@@ -180,7 +180,7 @@ func RoomOfPresenceKey(key string) (string, bool) {
 	return room, ok && room != ""
 }
 
-// Direct messages (PROTOCOL.md section 4). A conversation between a and
+// Direct messages (docs/protocol.md). A conversation between a and
 // b is named by the two users in bytewise order, a <= b (a == b for notes
 // to oneself), so both parties find it under the same subjects.
 const (

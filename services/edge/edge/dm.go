@@ -18,7 +18,7 @@ import (
 	"github.com/natter-chat/natter/shared/subject"
 )
 
-// Direct messages and typing (PROTOCOL.md sections 3 and 4).
+// Direct messages and typing (docs/protocol.md).
 //
 // An edge subscribes to the dms of each user with a local session, on
 // the user's first session, and drops the subscriptions after the last

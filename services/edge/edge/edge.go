@@ -752,7 +752,7 @@ func (e *Edge) forgetWho(room string) {
 	e.whoMu.Unlock()
 }
 
-// originAllowed applies PROTOCOL.md section 3: no Origin (not a browser),
+// originAllowed applies the Origin rule of docs/protocol.md: no Origin (not a browser),
 // the request's own host, or an entry of the allowed list.
 func (e *Edge) originAllowed(r upgradeRequest) bool {
 	origin := r.origin

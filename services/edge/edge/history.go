@@ -9,7 +9,7 @@ import (
 	"github.com/natter-chat/natter/shared/store"
 )
 
-// History and replay limits (PROTOCOL.md section 3).
+// History and replay limits (docs/protocol.md).
 const (
 	historyDefault = 50
 	historyMax     = 200
@@ -78,7 +78,7 @@ func lines(msgs []store.Stored) []json.RawMessage {
 // replay reads the messages of room after since, up to last (the room's
 // newest when the join subscribed), keeping the newest maxReplay. It
 // reports whether the replay is complete: nothing after since was dropped
-// by retention and the cap was not hit (PROTOCOL.md, recovery promise).
+// by retention and the cap was not hit (docs/protocol.md, recovery).
 func (c *client) replay(ctx context.Context, room string, since, last uint64) ([]store.Stored, bool, error) {
 	if since > last {
 		return nil, false, nil // the store was reset: the client reloads

@@ -7,7 +7,7 @@ import (
 	"github.com/natter-chat/natter/shared/proto"
 )
 
-// metrics are the edge's counters; the README lists them.
+// metrics are the edge's counters; docs/operations.md lists them.
 type metrics struct {
 	connections prometheus.Gauge
 	roomSubs    prometheus.Gauge
@@ -25,7 +25,7 @@ type metrics struct {
 	gapFailures prometheus.Counter
 
 	// Latency histograms (ops.LatencyBuckets); where each is observed is
-	// in its help and in the README.
+	// in its help and in docs/operations.md.
 	post      prometheus.Histogram
 	delivery  prometheus.Histogram
 	replay    prometheus.Histogram

@@ -12,7 +12,7 @@ import (
 	"github.com/natter-chat/natter/shared/store"
 )
 
-// Gap repair on the live path (DESIGN.md, "Recovery without gaps"). Core
+// Gap repair on the live path (docs/architecture.md, recovery). Core
 // NATS drops messages for a subscription that falls behind, and a NATS
 // reconnect loses what was published meanwhile. Each republished message
 // names the room's previous one (Nats-Last-Sequence), so a member that has

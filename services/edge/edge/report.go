@@ -17,7 +17,7 @@ import (
 	"github.com/natter-chat/natter/shared/subject"
 )
 
-// Presence reporting (PROTOCOL.md section 4).
+// Presence reporting (docs/protocol.md).
 const (
 	// heartbeatInterval is how often an edge tells presence it is alive;
 	// presence expires an edge after three missed heartbeats.

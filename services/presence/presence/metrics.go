@@ -2,7 +2,7 @@ package presence
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// metrics are the presence service's measures; the README lists them.
+// metrics are the presence service's measures; docs/operations.md lists them.
 type metrics struct {
 	active        prometheus.Gauge
 	edges         prometheus.Gauge

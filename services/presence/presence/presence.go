@@ -26,7 +26,7 @@ import (
 	"github.com/natter-chat/natter/shared/subject"
 )
 
-// Timing defaults, from PROTOCOL.md section 4: edges send a heartbeat
+// Timing defaults, from the protocol (docs/protocol.md): edges send a heartbeat
 // every 5 s; an edge silent for three of them has vanished, which keeps
 // the promise of announcing its leaves within 20 s (15 s and at most one
 // tick). A replica that becomes active waits until it has heard from

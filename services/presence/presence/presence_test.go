@@ -58,7 +58,7 @@ func runOn(t *testing.T, nc *nats.Conn, cfg Config) *Presence {
 	return p
 }
 
-// fakeEdge speaks the edge side of PROTOCOL.md section 4 by hand: it holds
+// fakeEdge speaks the edge side of the presence subjects (docs/protocol.md) by hand: it holds
 // a set of sessions, sends heartbeats on demand and answers syncs from a
 // snapshot, and can publish a report between two pages of a sync.
 type fakeEdge struct {
