@@ -42,22 +42,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := config.Load(&cfg); err != nil {
 		return err
 	}
-	switch {
-	case len(args) == 0:
-	case args[0] != "healthcheck":
-		return fmt.Errorf("unexpected arguments %q: presence takes its configuration from CHAT_* variables (see docs/operations.md); the one subcommand is healthcheck", args)
-	case len(args) > 1:
-		return fmt.Errorf("healthcheck: unexpected arguments %q", args[1:])
-	default:
-		return ops.Healthcheck(ctx, cfg.HTTPAddr, stdout)
-	}
-	log, err := ops.NewLogger(stderr, cfg.Log)
-	if err != nil {
+	log, done, err := ops.StartService(ctx, "presence", args, cfg.HTTPAddr, cfg.URL, cfg.Log, stdout, stderr)
+	if done || err != nil {
 		return err
-	}
-	log = log.With("service", "presence")
-	if cfg.URL == "" {
-		return fmt.Errorf("CHAT_NATS_URL is required")
 	}
 	nc, err := natsconn.Connect(cfg.URL, "presence", cfg.DrainTimeout, log, natsconn.Auth(cfg.NATS)...)
 	if err != nil {

@@ -5,11 +5,14 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/natter-chat/natter/shared/config"
 )
 
 // healthcheckTimeout bounds one check, connect and answer together:
@@ -80,4 +83,28 @@ func readyzURL(addr string) (string, error) {
 	}
 	u := url.URL{Scheme: "http", Host: net.JoinHostPort(host, strconv.Itoa(n)), Path: "/readyz"}
 	return u.String(), nil
+}
+
+// StartService is what each separate service's run does before it
+// connects: it answers the one subcommand, healthcheck (done, with err
+// its result), refuses other arguments, builds the service's logger
+// (CHAT_LOG_FORMAT, CHAT_LOG_LEVEL) and requires CHAT_NATS_URL.
+func StartService(ctx context.Context, service string, args []string, httpAddr, natsURL string, lc config.Log,
+	stdout, stderr io.Writer) (log *slog.Logger, done bool, err error) {
+	switch {
+	case len(args) == 0:
+	case args[0] != "healthcheck":
+		return nil, false, fmt.Errorf("unexpected arguments %q: %s takes its configuration from CHAT_* variables (see docs/operations.md); the one subcommand is healthcheck", args, service)
+	case len(args) > 1:
+		return nil, false, fmt.Errorf("healthcheck: unexpected arguments %q", args[1:])
+	default:
+		return nil, true, Healthcheck(ctx, httpAddr, stdout)
+	}
+	if log, err = NewLogger(stderr, lc); err != nil {
+		return nil, false, err
+	}
+	if natsURL == "" {
+		return nil, false, fmt.Errorf("CHAT_NATS_URL is required")
+	}
+	return log.With("service", service), false, nil
 }
