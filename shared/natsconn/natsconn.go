@@ -119,7 +119,11 @@ func Auth(cfg config.NATS) []nats.Option {
 
 // Drain drains nc and waits until it is closed, at most its drain timeout
 // plus a second. It is safe on a connection that is already closed.
-func Drain(nc *nats.Conn) {
+func Drain(nc *nats.Conn) { DrainWithin(nc, nc.Opts.DrainTimeout+time.Second) }
+
+// DrainWithin drains nc and waits until it is closed, at most limit; then
+// it closes nc, dropping what was not flushed.
+func DrainWithin(nc *nats.Conn, limit time.Duration) {
 	if nc.IsClosed() {
 		return
 	}
@@ -131,7 +135,7 @@ func Drain(nc *nats.Conn) {
 	}
 	select {
 	case <-closed:
-	case <-time.After(nc.Opts.DrainTimeout + time.Second):
+	case <-time.After(limit):
 		nc.Close()
 	}
 }

@@ -63,7 +63,8 @@ func Listen(addr string, log *slog.Logger) (net.Listener, error) {
 const idleTimeout = 2 * time.Minute
 
 // Serve serves h on ln until ctx ends, then shuts down: it waits up to
-// timeout for requests in progress, then closes what is left (an idle or
+// timeout (less when ctx's stop deadline leaves less: Budget) for
+// requests in progress, then closes what is left (an idle or
 // half-sent connection must not turn a clean stop into a failure).
 // Hijacked connections (WebSockets) are not its business: their owner
 // closes them. What net/http itself logs (a panic in a handler, an accept
@@ -79,7 +80,7 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler, timeout time.Du
 		return fmt.Errorf("http serve %s: %w", ln.Addr(), err)
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), timeout)
+	sctx, cancel := context.WithTimeout(context.Background(), Budget(ctx, timeout))
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		_ = srv.Close()

@@ -33,7 +33,9 @@ const storeTimeout = 5 * time.Second
 
 // finalWait bounds how long Run, once the posts taken are handled, waits
 // for the stores still in flight; with the drain it fits the 10-second
-// shutdown promise.
+// shutdown promise. Both take less when Run's context was stopped with a
+// deadline that leaves less (ops.Budget): the single binary stops its
+// edge first, and gives the broadcaster what is left.
 const finalWait = 2 * time.Second
 
 // Config is what a broadcaster needs.
@@ -71,6 +73,9 @@ type Broadcaster struct {
 	stopAcker chan struct{}
 	stopMu    sync.RWMutex
 	stopped   bool // guarded by stopMu
+	// finalWait is the acker's finalWait, cut to what the stop's
+	// deadline leaves: set before stopAcker is closed.
+	finalWait time.Duration
 }
 
 type pendingStore struct {
@@ -177,10 +182,11 @@ func (b *Broadcaster) Run(ctx context.Context) error {
 	}()
 
 	<-ctx.Done()
-	b.drain(svc)
+	b.drain(svc, ops.Budget(ctx, b.nc.Opts.DrainTimeout))
 	b.stopMu.Lock()
 	b.stopped = true
 	b.stopMu.Unlock()
+	b.finalWait = ops.Budget(ctx, finalWait)
 	close(b.stopAcker)
 	<-ackerDone
 	return nil
@@ -222,15 +228,15 @@ func (b *Broadcaster) stats() any {
 }
 
 // drain stops the service, so that posts already taken are stored and
-// answered, and waits for them under one deadline, the connection's
-// drain timeout. Stop unsubscribes the endpoints; the flush's round trip
+// answered, and waits for them under one deadline, within (the
+// connection's drain timeout, or what the stop's deadline leaves). Stop unsubscribes the endpoints; the flush's round trip
 // makes sure every post the server sent before that has arrived, and the
 // barrier that each has been handled. Without NATS nothing more can
 // arrive, and a flush would only wait for the reconnect: then only what
 // arrived is waited for. The process must still stop inside the 10 s its
 // contract gives it.
-func (b *Broadcaster) drain(svc micro.Service) {
-	deadline := time.Now().Add(b.nc.Opts.DrainTimeout)
+func (b *Broadcaster) drain(svc micro.Service, within time.Duration) {
+	deadline := time.Now().Add(within)
 	if err := svc.Stop(); err != nil {
 		b.log.Warn("broadcaster: stop serving", "err", err)
 	}
@@ -439,7 +445,7 @@ func (b *Broadcaster) ack() {
 		case <-b.stopAcker:
 		}
 		if limit.IsZero() {
-			limit = time.Now().Add(finalWait)
+			limit = time.Now().Add(b.finalWait)
 		}
 		for {
 			select {
@@ -478,7 +484,7 @@ func (b *Broadcaster) answer(p pendingStore, timer *time.Timer, limit *time.Time
 			return
 		case <-stop:
 			timer.Stop()
-			*limit = time.Now().Add(finalWait)
+			*limit = time.Now().Add(b.finalWait)
 			stop = nil
 			continue
 		case <-timer.C:

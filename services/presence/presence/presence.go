@@ -248,9 +248,10 @@ func (p *Presence) Run(ctx context.Context) error {
 		p.log.Error("not on the NATS services framework", "err", err)
 	}
 	p.loop(lctx)
+	p.takeLast(ctx)
 	p.unregister()
 	if p.leader {
-		p.lastWrite()
+		p.lastWrite(ctx)
 	}
 	// The writer ends before the lead is given up: nothing is announced
 	// once a standby may take over.
@@ -259,6 +260,31 @@ func (p *Presence) Run(ctx context.Context) error {
 	stopElector()
 	elector.Wait()
 	return refused
+}
+
+// takeLast applies, once the loop has ended, the reports and heartbeats
+// that reached the replica before it stopped: the single binary stops
+// its edge first, whose last reports (its sessions leaving) would
+// otherwise be lost with the loop, unannounced. The flush's round trip
+// makes sure that what the server sent before it is in the channel (its
+// pong comes after them); only then do the subscriptions end, since the
+// client drops what arrives for a subscription it has ended. It waits at
+// most what the stop leaves (ops.Budget).
+func (p *Presence) takeLast(ctx context.Context) {
+	if p.nc.IsConnected() {
+		_ = p.nc.FlushTimeout(max(ops.Budget(ctx, stopWait), time.Millisecond))
+	}
+	_ = p.sessionSub.Unsubscribe()
+	_ = p.beatSub.Unsubscribe()
+	now := time.Now()
+	for {
+		select {
+		case m := <-p.msgs:
+			p.handle(m, now)
+		default:
+			return
+		}
+	}
 }
 
 // leading reports whether this replica may still act as the leader.

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/natter-chat/natter/shared/ops"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
@@ -184,9 +185,9 @@ func (p *Presence) store(ctx context.Context, b *bucket, bt batch) persistResult
 
 // lastWrite writes and announces what is left when the leader stops,
 // waiting for a batch already with the writer first; at most stopWait in
-// all.
-func (p *Presence) lastWrite() {
-	deadline := time.After(stopWait)
+// all, or what the deadline of ctx's stop leaves (ops.Budget).
+func (p *Presence) lastWrite(ctx context.Context) {
+	deadline := time.After(ops.Budget(ctx, stopWait))
 	if p.persisting {
 		select {
 		case res := <-p.persisted:
