@@ -15,7 +15,6 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/natter-chat/natter/services/broadcaster/broadcaster"
 	"github.com/natter-chat/natter/services/edge/edge"
@@ -58,8 +57,11 @@ type Main struct {
 	log   *slog.Logger   // the process's own lines: service=chat
 	ns    *server.Server // nil when CHAT_NATS_URL names an external server
 	conns []*nats.Conn
-	ln    net.Listener
-	pprof net.Listener // nil unless CHAT_PPROF_ADDR is set
+	// edgeNC is the edge's connection (in conns): its last reports are
+	// flushed before presence stops.
+	edgeNC *nats.Conn
+	ln     net.Listener
+	pprof  net.Listener // nil unless CHAT_PPROF_ADDR is set
 
 	edge        *edge.Edge
 	broadcaster *broadcaster.Broadcaster
@@ -110,7 +112,7 @@ func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error
 		}
 		return nc, err
 	}
-	edgeNC, err := connect("edge")
+	m.edgeNC, err = connect("edge")
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +147,7 @@ func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error
 		return nil, err
 	}
 	m.edge, err = edge.New(edge.Config{ID: cfg.EdgeID, Limits: cfg.Limits, Web: cfg.Web},
-		edgeNC, web.FS(), m.service("edge"), reg)
+		m.edgeNC, web.FS(), m.service("edge"), reg)
 	if err != nil {
 		return nil, err
 	}
@@ -180,21 +182,39 @@ func (m *Main) NATSAddr() string {
 	return embedded.Addr(m.ns)
 }
 
-// Run serves until ctx ends, then shuts down from the outside in: the edge
-// stops accepting and closes its clients (1001), the broadcaster drains,
-// the connections drain, the embedded server stops.
+// stopWithin bounds the whole of a stop, from the signal to the return
+// of Run: the contract promises an exit within 10 s, and the process
+// needs a moment after Run to exit.
+const stopWithin = 9 * time.Second
+
+// Run serves until ctx ends (or a part fails), then stops from the
+// outside in, one step after the other, under one deadline (stopWithin):
+//
+//  1. the edge: it stops accepting, closes its WebSockets with 1001 and
+//     reports their sessions gone, while everything behind it still
+//     runs, so that posts in flight are stored and answered and the
+//     leaves are announced; the pprof listener with it;
+//  2. the broadcaster (it stores and answers what it took) and presence
+//     (its last write), at once;
+//  3. the NATS connections (drained) and the embedded server.
+//
+// Each step's waits take no more than the deadline leaves (ops.Budget),
+// and each step's end is logged ("stopped", with the part's name).
 func (m *Main) Run(ctx context.Context) error {
-	defer m.close()
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return m.broadcaster.Run(gctx) })
-	g.Go(func() error { return m.presence.Run(gctx) })
+	failed := make(chan struct{}, 1)
+	broadcaster := m.start("broadcaster", m.broadcaster.Run, failed)
+	presence := m.start("presence", m.presence.Run, failed)
+	front := []*part{}
 	if m.pprof != nil {
 		mux := http.NewServeMux()
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-		g.Go(func() error { return ops.Serve(gctx, m.pprof, mux, time.Second, m.log.With("listener", "pprof")) })
+		log := m.log.With("listener", "pprof")
+		front = append(front, m.start("pprof", func(ctx context.Context) error {
+			return ops.Serve(ctx, m.pprof, mux, time.Second, log)
+		}, failed))
 	}
 	// Posts need a broadcaster: the edge serves once one takes them (the
 	// listener is open already, so early clients wait in its backlog).
@@ -208,22 +228,93 @@ func (m *Main) Run(ctx context.Context) error {
 			case <-m.presence.Live():
 			case <-time.After(presenceStartWait):
 				m.log.Warn("presence not live yet; serving without it", "waited", presenceStartWait)
-			case <-gctx.Done():
+			case <-ctx.Done():
+			case <-failed:
 			}
 		}
-		g.Go(func() error { return m.edge.Run(gctx, m.ln) })
-	case <-gctx.Done():
+		front = append(front, m.start("edge", func(ctx context.Context) error { return m.edge.Run(ctx, m.ln) }, failed))
+	case <-ctx.Done():
+	case <-failed:
 	}
-	err := g.Wait()
-	m.log.Info("shutting down")
-	return err
+	select {
+	case <-ctx.Done():
+	case <-failed:
+	}
+	deadline := time.Now().Add(stopWithin)
+	m.log.Info("shutting down", "within", stopWithin)
+	m.stop(deadline, front...)
+	// The edge's last reports, its sessions leaving, reach the server
+	// before presence stops listening (it applies what reached it).
+	if m.edgeNC.IsConnected() {
+		_ = m.edgeNC.FlushTimeout(max(time.Until(deadline), time.Millisecond))
+	}
+	m.stop(deadline, broadcaster, presence)
+	m.closeWithin(max(time.Until(deadline), 0))
+	m.log.Info("stopped", "part", "nats")
+	var errs []error
+	for _, p := range append(front, broadcaster, presence) {
+		errs = append(errs, p.err)
+	}
+	return errors.Join(errs...)
 }
 
-// close drains every connection at once and stops the embedded server.
+// part is one part of the process, running on a goroutine of its own
+// until its context ends (stop) or it fails.
+type part struct {
+	name string
+	stop context.CancelCauseFunc
+	done chan struct{} // closed once run has returned; err is set then
+	err  error
+}
+
+// start runs run as the part name; failed gets a value if it returns
+// before it is stopped.
+func (m *Main) start(name string, run func(context.Context) error, failed chan<- struct{}) *part {
+	ctx, stop := context.WithCancelCause(context.Background())
+	p := &part{name: name, stop: stop, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		p.err = run(ctx)
+		if ctx.Err() == nil {
+			if p.err == nil {
+				p.err = fmt.Errorf("%s stopped by itself", name)
+			}
+			select {
+			case failed <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return p
+}
+
+// stop stops the parts at once, to be done by deadline, and waits for
+// them: a part's waits shorten to fit (ops.Budget), so it returns by
+// then or soon after.
+func (m *Main) stop(deadline time.Time, parts ...*part) {
+	began := time.Now()
+	for _, p := range parts {
+		p.stop(ops.StopDeadline{At: deadline})
+	}
+	for _, p := range parts {
+		<-p.done
+		m.log.Info("stopped", "part", p.name, "took", time.Since(began).Round(time.Millisecond))
+	}
+}
+
+// close drains every connection at once and stops the embedded server,
+// for a Main that never ran.
 func (m *Main) close() {
+	m.closeWithin(m.cfg.DrainTimeout + time.Second)
+}
+
+// closeWithin drains every connection at once, for at most limit (what
+// a connection has not flushed by then is dropped), and stops the
+// embedded server.
+func (m *Main) closeWithin(limit time.Duration) {
 	var wg sync.WaitGroup
 	for _, nc := range m.conns {
-		wg.Go(func() { natsconn.Drain(nc) })
+		wg.Go(func() { natsconn.DrainWithin(nc, limit) })
 	}
 	wg.Wait()
 	m.conns = nil
