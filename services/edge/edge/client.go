@@ -68,11 +68,10 @@ type client struct {
 	oldest int64
 	// rooms is the state of each joined (or joining) room; guarded by mu.
 	rooms map[string]*roomState
-	// convs is the state of each conversation a dm was delivered in,
-	// by convKey; made on the first, at most maxConvs of them (the
-	// quietest goes; a conversation made again starts from convFloor).
-	// Guarded by mu.
-	convs     map[string]*roomState
+	// convs is the state of each conversation a dm was delivered in;
+	// made on the first, at most maxConvs of them (the quietest goes; a
+	// conversation made again starts from convFloor). Guarded by mu.
+	convs     map[conversation]*roomState
 	convFloor uint64
 	// dmFloor is the hub's dm floor when the session started (dm.go);
 	// floorKnown is false when the hub had none (the dm stream could not
@@ -209,7 +208,7 @@ func (c *client) enqueueStoredLocked(line []byte, ts int64) {
 	}
 }
 
-// deliver hands an event of key (a room or a conversation) to the client:
+// deliver hands an event of k (a room or a conversation) to the client:
 // held back while the client is joining the room. seq is a stored
 // message's seq, and one already sent is dropped; other events (presence,
 // typing) have seq 0 and ts 0. ts is a stored message's ts (Unix ms; 0:
@@ -219,17 +218,17 @@ func (c *client) enqueueStoredLocked(line []byte, ts int64) {
 // and the newest seq the client has, for the hub to repair. A nil line
 // is a stored message that cannot be sent (not an event): the client
 // moves past its seq without receiving anything.
-func (c *client) deliver(room string, seq, prev uint64, ts int64, line []byte) (gap bool, have uint64) {
+func (c *client) deliver(k key, seq, prev uint64, ts int64, line []byte) (gap bool, have uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
 		return false, 0
 	}
-	st := c.stateLocked(room, seq != 0)
+	st := c.stateLocked(k, seq != 0)
 	if st == nil {
 		return false, 0
 	}
-	if !c.floorKnown && st.lastSeq == 0 && c.convs[room] == st {
+	if !c.floorKnown && st.lastSeq == 0 && k.isDM() {
 		prev = 0 // a conversation's first dm, with no floor: nothing to check
 	}
 	if st.joining {
@@ -255,23 +254,30 @@ func (c *client) deliver(room string, seq, prev uint64, ts int64, line []byte) (
 	return false, 0
 }
 
-// stateLocked returns the client's state of key: a room it joined, or a
+// stateLocked returns the client's state of k: a room it joined, or a
 // conversation, whose state is made (starting from the dm floor) when
 // create is set.
-func (c *client) stateLocked(key string, create bool) *roomState {
-	if _, _, ok := parties(key); !ok {
-		return c.rooms[key]
+func (c *client) stateLocked(k key, create bool) *roomState {
+	if !k.isDM() {
+		return c.rooms[k.room]
 	}
-	st := c.convs[key]
+	return c.convStateLocked(k.conv, create)
+}
+
+// convStateLocked is stateLocked for a conversation. Apart, so that
+// stateLocked is inlined into deliver: a room message's members take
+// the short way.
+func (c *client) convStateLocked(cv conversation, create bool) *roomState {
+	st := c.convs[cv]
 	if st == nil && create {
 		if c.convs == nil {
-			c.convs = make(map[string]*roomState)
+			c.convs = make(map[conversation]*roomState)
 		}
 		if len(c.convs) >= maxConvs {
 			c.forgetQuietestLocked()
 		}
 		st = &roomState{lastSeq: max(c.dmFloor, c.convFloor)}
-		c.convs[key] = st
+		c.convs[cv] = st
 	}
 	return st
 }
@@ -285,26 +291,26 @@ const maxConvs = 4096
 // the newest dm so forgotten: what came before that was delivered, or
 // is found by the drop check (dm.go).
 func (c *client) forgetQuietestLocked() {
-	var quiet string
-	var seq uint64
-	for k, st := range c.convs {
-		if quiet == "" || st.lastSeq < seq {
-			quiet, seq = k, st.lastSeq
+	var quiet conversation
+	seq, found := uint64(0), false
+	for cv, st := range c.convs {
+		if !found || st.lastSeq < seq {
+			quiet, seq, found = cv, st.lastSeq, true
 		}
 	}
 	delete(c.convs, quiet)
 	c.convFloor = max(c.convFloor, seq)
 }
 
-// roomSeq returns the newest seq of key sent to the client, and whether
-// it is joined (not joining) there; for a conversation without a dm yet,
-// the dm floor, when known.
-func (c *client) roomSeq(key string) (uint64, bool) {
+// sentSeq returns the newest seq of k sent to the client, and whether it
+// is joined (not joining) there; for a conversation without a dm yet, the
+// dm floor, when known.
+func (c *client) sentSeq(k key) (uint64, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st := c.stateLocked(key, false)
+	st := c.stateLocked(k, false)
 	if st == nil {
-		if _, _, ok := parties(key); ok && c.floorKnown {
+		if k.isDM() && c.floorKnown {
 			return c.dmFloor, true
 		}
 		return 0, false
@@ -317,12 +323,12 @@ func (c *client) roomSeq(key string) (uint64, bool) {
 
 // conversations returns the keys of the conversations the client has had
 // dms in.
-func (c *client) conversations() []string {
+func (c *client) conversations() []key {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	keys := make([]string, 0, len(c.convs))
-	for k := range c.convs {
-		keys = append(keys, k)
+	keys := make([]key, 0, len(c.convs))
+	for cv := range c.convs {
+		keys = append(keys, key{conv: cv})
 	}
 	return keys
 }

@@ -25,8 +25,8 @@ import (
 // one, like rooms: chat.dm.<user>.* and chat.dm.*.<user>, both into the
 // hub's one dispatch channel. A stored dm reaches the hub on the subject
 // of its conversation, and the hub hands it to the sessions of both
-// parties. Each conversation is keyed by convKey, and from there on it is
-// treated like a room: dropped by seq when already sent, its gaps
+// parties. Each conversation is keyed by dmKey (key.go), and from there on
+// it is treated like a room: dropped by seq when already sent, its gaps
 // (Nats-Last-Sequence) filled from the dm stream.
 //
 // A session has no "join" for conversations, so the edge has no seq to
@@ -39,28 +39,6 @@ import (
 // newest seq read each dropCheck while users are connected, whichever is
 // larger: so what a gap repair reads from the floor is at most a moment's
 // dms.
-
-// convKey names the conversation of a and b (either order) in the hub and
-// in a client's state. Room names never hold a '.', so the two kinds of
-// key never meet.
-func convKey(x, y string) string {
-	a, b := subject.Pair(x, y)
-	return a + "." + b
-}
-
-// parties returns the users of a conversation key, a <= b, and false for
-// a room.
-func parties(key string) (a, b string, ok bool) {
-	return strings.Cut(key, ".")
-}
-
-// logOf is the store log of key: a room's messages or a conversation's dms.
-func logOf(key string) store.Log {
-	if a, b, ok := parties(key); ok {
-		return store.Between(a, b)
-	}
-	return store.Room(key)
-}
 
 // hubUser is a user with local sessions.
 type hubUser struct {
@@ -161,8 +139,8 @@ func (h *hub) unsubscribeUser(user string, u *hubUser) {
 
 // dispatchDM hands a stored dm to the sessions of both parties, like a
 // room message, and moves the dm floor up to it.
-func (h *hub) dispatchDM(key string, m *nats.Msg) {
-	h.dispatchMsg(key, m)
+func (h *hub) dispatchDM(k key, m *nats.Msg) {
+	h.dispatchMsg(k, m)
 	if seq, err := parseSeq(m); err == nil {
 		h.raiseFloor(seq)
 	}
@@ -225,6 +203,13 @@ func (h *hub) findNext() {
 	}
 }
 
+// newestDM is a conversation and the seq of its newest dm, 0 when it is
+// not known.
+type newestDM struct {
+	k   key
+	seq uint64
+}
+
 // findMissed looks, on a reader, for the dms a user's subscriptions may
 // have dropped: it lists the user's conversations with their newest seq
 // and hands them to the dispatcher (readMissed). This finds a dropped dm
@@ -233,21 +218,21 @@ func (h *hub) findNext() {
 func (h *hub) findMissed(user string, sessions []*client) {
 	h.repairing.Go(func() {
 		ctx, cancel := context.WithTimeout(h.ctx, repairTimeout)
-		convs, err := store.Conversations(ctx, h.js, user)
+		listed, err := store.Conversations(ctx, h.js, user)
 		cancel()
+		var convs []newestDM
 		if err != nil {
 			// More than the store lists at once, or the store is away:
 			// read on in the conversations the sessions have had.
 			h.log.Warn("conversations not read; reading on in the known ones", "user", user, "err", err)
-			convs = nil
 			for _, c := range sessions {
-				for _, key := range c.conversations() {
-					convs = append(convs, store.Conversation{With: key}) // Seq 0: read on
+				for _, k := range c.conversations() {
+					convs = append(convs, newestDM{k: k}) // seq 0: read on
 				}
 			}
 		} else {
-			for i := range convs {
-				convs[i].With = convKey(user, convs[i].With)
+			for _, cv := range listed {
+				convs = append(convs, newestDM{k: dmKey(user, cv.With), seq: cv.Seq})
 			}
 		}
 		select {
@@ -257,16 +242,16 @@ func (h *hub) findMissed(user string, sessions []*client) {
 	})
 }
 
-// readMissed reads on in each conversation (With holds its key) some
-// member has not had up to its newest seq (0: unknown, read on).
-func (h *hub) readMissed(convs []store.Conversation) {
+// readMissed reads on in each conversation some member has not had up to
+// its newest seq (0: unknown, read on).
+func (h *hub) readMissed(convs []newestDM) {
 	for _, cv := range convs {
-		for _, c := range h.members(cv.With) {
-			if seq, ok := c.roomSeq(cv.With); ok && (cv.Seq == 0 || seq < cv.Seq) {
-				if cv.Seq != 0 {
+		for _, c := range h.members(cv.k) {
+			if seq, ok := c.sentSeq(cv.k); ok && (cv.seq == 0 || seq < cv.seq) {
+				if cv.seq != 0 {
 					h.metrics.gaps.Inc() // a dm the member has not had
 				}
-				h.readOn(cv.With)
+				h.readOn(cv.k)
 				break
 			}
 		}
@@ -283,9 +268,10 @@ func (h *hub) dispatchTyping(room string, m *nats.Msg) {
 		return
 	}
 	line := proto.Encode(ev)
-	for _, c := range h.members(room) {
+	k := roomKey(room)
+	for _, c := range h.members(k) {
 		if c.user != ev.User {
-			c.deliver(room, 0, 0, 0, line)
+			c.deliver(k, 0, 0, 0, line)
 		}
 	}
 }

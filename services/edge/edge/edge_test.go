@@ -340,7 +340,7 @@ func TestRejoinWhileQueueFullCarriesNewestSeq(t *testing.T) {
 		c.mu.Unlock()
 		runtime.Gosched() // polling: the join is on its way to waiting
 	}
-	c.deliver("r", 11, 10, 0, []byte(`{"type":"message","seq":11}`))
+	c.deliver(roomKey("r"), 11, 10, 0, []byte(`{"type":"message","seq":11}`))
 	c.mu.Lock() // the writer takes the queue
 	batch := c.queue
 	c.queue, c.live = nil, 0
@@ -397,8 +397,7 @@ func TestConversationsBounded(t *testing.T) {
 	c := newClient(e, nil, "bob", "s")
 	c.floorKnown = true
 	for i := range maxConvs + 10 {
-		key := convKey("bob", fmt.Sprint("u", i))
-		if gap, _ := c.deliver(key, uint64(i+1), 0, 0, []byte(`{}`)); gap {
+		if gap, _ := c.deliver(dmKey("bob", fmt.Sprint("u", i)), uint64(i+1), 0, 0, []byte(`{}`)); gap {
 			t.Fatalf("conversation %d: a gap", i)
 		}
 	}
@@ -410,7 +409,7 @@ func TestConversationsBounded(t *testing.T) {
 	}
 	// A forgotten conversation's next dm, whose previous one (seq 3) was
 	// delivered, is not a gap.
-	if gap, _ := c.deliver(convKey("bob", "u2"), 20000, 3, 0, []byte(`{}`)); gap {
+	if gap, _ := c.deliver(dmKey("bob", "u2"), 20000, 3, 0, []byte(`{}`)); gap {
 		t.Fatal("a forgotten conversation's next dm taken for a gap")
 	}
 }

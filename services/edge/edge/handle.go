@@ -164,7 +164,7 @@ func (c *client) join(req proto.Request) {
 		}
 		c.mu.Unlock()
 		ctx, cancel := context.WithTimeout(c.e.ctx, c.e.cfg.Limits.PostTimeout)
-		msgs, err := c.e.hub.readRange(ctx, room, sent, upTo+1)
+		msgs, err := c.e.hub.readRange(ctx, roomKey(room), sent, upTo+1)
 		cancel()
 		if err == nil {
 			for _, line := range lines(msgs) {

@@ -17,7 +17,6 @@ import (
 
 	"github.com/natter-chat/natter/shared/names"
 	"github.com/natter-chat/natter/shared/proto"
-	"github.com/natter-chat/natter/shared/store"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
@@ -27,8 +26,9 @@ import (
 const dispatchBuffer = 1 << 16
 
 // hub maps rooms to their local members and users to their local
-// sessions, and owns their subscriptions. Everything it dispatches is
-// keyed: a room by its name, a conversation by convKey (dm.go).
+// sessions, and owns their subscriptions. The stored messages it
+// dispatches and repairs belong to a key: a room or a conversation
+// (key.go).
 type hub struct {
 	nc      *nats.Conn
 	js      jetstream.JetStream
@@ -41,9 +41,10 @@ type hub struct {
 	// flushes shares a NATS flush between the users subscribed at once.
 	flushes sharedFlush
 
-	// repairs are the rooms whose gaps are being filled, owned by run;
-	// repaired receives the reads; repairing counts the readers.
-	repairs   map[string]*repair
+	// repairs are the rooms and conversations whose gaps are being
+	// filled, owned by run; repaired receives the reads; repairing counts
+	// the readers.
+	repairs   map[key]*repair
 	repaired  chan repairDone
 	repairing sync.WaitGroup
 	ctx       context.Context // run's, for the readers
@@ -62,7 +63,7 @@ type hub struct {
 	// dm subscriptions dropped messages, with their newest seqs. The
 	// users wait in missQueue (missQueued) and at most maxFinders are
 	// read at once (finding); all three are owned by run.
-	found      chan []store.Conversation
+	found      chan []newestDM
 	missQueue  []missedUser
 	missQueued map[string]bool
 	finding    int
@@ -107,9 +108,9 @@ func newHub(nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, m *metrics,
 		log:      log,
 		metrics:  m,
 		msgs:     make(chan *nats.Msg, buffer),
-		repairs:  make(map[string]*repair),
+		repairs:  make(map[key]*repair),
 		repaired: make(chan repairDone),
-		found:    make(chan []store.Conversation),
+		found:    make(chan []newestDM),
 
 		missQueued: make(map[string]bool),
 		rooms:      make(map[string]*hubRoom),
@@ -226,16 +227,17 @@ func raise(v *atomic.Uint64, seq uint64) {
 	}
 }
 
-// membersAt returns room's members (as members does), after raising the
+// membersAt returns k's members (as members does), after raising a
 // room's newest seq to seq: a member added after this call is handed
-// nothing up to seq, and reads seq or more from newest.
-func (h *hub) membersAt(room string, seq uint64) []*client {
-	if _, _, ok := parties(room); ok {
-		return h.members(room)
+// nothing up to seq, and reads seq or more from newest. A conversation
+// has no newest seq to raise: no session joins it.
+func (h *hub) membersAt(k key, seq uint64) []*client {
+	if k.isDM() {
+		return h.members(k)
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	r := h.rooms[room]
+	r := h.rooms[k.room]
 	if r == nil {
 		return nil
 	}
@@ -243,13 +245,14 @@ func (h *hub) membersAt(room string, seq uint64) []*client {
 	return r.members
 }
 
-// members returns the clients that key's events go to: a room's
-// members, or the sessions of both parties of a conversation. The caller
-// must not change the list.
-func (h *hub) members(key string) []*client {
+// members returns the clients that k's events go to: a room's members,
+// or the sessions of both parties of a conversation. The caller must not
+// change the list.
+func (h *hub) members(k key) []*client {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if a, b, ok := parties(key); ok {
+	if k.isDM() {
+		a, b := k.conv.a, k.conv.b
 		var ma, mb []*client
 		if u := h.users[a]; u != nil {
 			ma = u.members
@@ -265,7 +268,7 @@ func (h *hub) members(key string) []*client {
 		}
 		return append(slices.Clip(ma), mb...)
 	}
-	if r := h.rooms[key]; r != nil {
+	if r := h.rooms[k.room]; r != nil {
 		return r.members
 	}
 	return nil
@@ -330,7 +333,7 @@ func (h *hub) run(ctx context.Context) {
 
 func (h *hub) dispatch(m *nats.Msg) {
 	if a, b, ok := subject.PartiesOf(m.Subject); ok {
-		h.dispatchDM(convKey(a, b), m)
+		h.dispatchDM(dmKey(a, b), m)
 		return
 	}
 	room, kind, ok := subject.RoomOf(m.Subject)
@@ -339,7 +342,7 @@ func (h *hub) dispatch(m *nats.Msg) {
 	}
 	switch kind {
 	case subject.KindMsg:
-		h.dispatchMsg(room, m)
+		h.dispatchMsg(roomKey(room), m)
 	case subject.KindPresence:
 		h.dispatchPresence(room, m)
 	case subject.KindTyping:
@@ -361,16 +364,17 @@ func (h *hub) dispatchPresence(room string, m *nats.Msg) {
 		h.presenceChanged(room)
 	}
 	line := proto.Encode(ev)
-	for _, c := range h.members(room) {
-		c.deliver(room, 0, 0, 0, line)
+	k := roomKey(room)
+	for _, c := range h.members(k) {
+		c.deliver(k, 0, 0, 0, line)
 	}
 }
 
-// dispatchMsg hands a stored message to the members of key (a room or a
-// conversation), or holds it while key's gaps are being repaired
+// dispatchMsg hands a stored message to the members of k (a room or a
+// conversation), or holds it while k's gaps are being repaired
 // (repair.go).
-func (h *hub) dispatchMsg(room string, m *nats.Msg) {
-	if r := h.repairs[room]; r != nil {
+func (h *hub) dispatchMsg(k key, m *nats.Msg) {
+	if r := h.repairs[k]; r != nil {
 		r.hold(m)
 		return
 	}
@@ -391,13 +395,13 @@ func (h *hub) dispatchMsg(room string, m *nats.Msg) {
 	}
 	ts := storedTS(m.Data) // once per message, not per member
 	from, gap := uint64(0), false
-	for _, c := range h.membersAt(room, seq) {
-		if g, have := c.deliver(room, seq, prev, ts, line); g && (!gap || have < from) {
+	for _, c := range h.membersAt(k, seq) {
+		if g, have := c.deliver(k, seq, prev, ts, line); g && (!gap || have < from) {
 			from, gap = have, true
 		}
 	}
 	if gap {
-		h.startRepair(room, from, seq, m)
+		h.startRepair(k, from, seq, m)
 	}
 }
 

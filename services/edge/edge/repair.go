@@ -34,7 +34,8 @@ const repairTimeout = 10 * time.Second
 // it the held ones are dropped and read from the stream as well.
 const maxHeld = 1 << 14
 
-// repair is a room whose gap is being read. Owned by the dispatcher.
+// repair is a room or conversation whose gap is being read. Owned by the
+// dispatcher.
 type repair struct {
 	held     []*nats.Msg
 	overflow bool // held ones were dropped: read on to the newest
@@ -48,30 +49,30 @@ func (r *repair) hold(m *nats.Msg) {
 	r.held = append(r.held, m)
 }
 
-// repairDone is a reader's result: the room's messages after from and
-// before the message that showed the gap (or up to the newest).
+// repairDone is a reader's result: k's messages after from and before
+// the message that showed the gap (or up to the newest).
 type repairDone struct {
-	room string
+	k    key
 	msgs []store.Stored
 	err  error
 }
 
-// startRepair reads room's messages after from and before seq, holding
-// m (the message that showed the gap) and the room's next ones meanwhile.
-func (h *hub) startRepair(room string, from, seq uint64, m *nats.Msg) {
+// startRepair reads k's messages after from and before seq, holding m
+// (the message that showed the gap) and k's next ones meanwhile.
+func (h *hub) startRepair(k key, from, seq uint64, m *nats.Msg) {
 	h.metrics.gaps.Inc()
-	h.log.Info("filling a gap in a room from the stream", "room", room, "after", from, "before", seq)
-	h.repairs[room] = &repair{held: []*nats.Msg{m}}
-	h.read(room, from, seq)
+	h.log.Info("filling a gap from the stream", "log", k.String(), "after", from, "before", seq)
+	h.repairs[k] = &repair{held: []*nats.Msg{m}}
+	h.read(k, from, seq)
 }
 
-// read starts a reader of room's messages after from and before upTo (0:
-// to the newest).
-func (h *hub) read(room string, from, upTo uint64) {
+// read starts a reader of k's messages after from and before upTo (0: to
+// the newest).
+func (h *hub) read(k key, from, upTo uint64) {
 	h.repairing.Go(func() {
-		d := repairDone{room: room}
+		d := repairDone{k: k}
 		ctx, cancel := context.WithTimeout(h.ctx, repairTimeout)
-		d.msgs, d.err = h.readRange(ctx, room, from, upTo)
+		d.msgs, d.err = h.readRange(ctx, k, from, upTo)
 		cancel()
 		select {
 		case h.repaired <- d:
@@ -80,10 +81,13 @@ func (h *hub) read(room string, from, upTo uint64) {
 	})
 }
 
-func (h *hub) readRange(ctx context.Context, room string, from, upTo uint64) ([]store.Stored, error) {
+// readRange reads k's messages after from and before upTo (0: to the
+// newest).
+func (h *hub) readRange(ctx context.Context, k key, from, upTo uint64) ([]store.Stored, error) {
+	log := k.log()
 	var out []store.Stored
 	for {
-		batch, more, err := store.After(ctx, h.js, logOf(room), from, replayBatch)
+		batch, more, err := store.After(ctx, h.js, log, from, replayBatch)
 		if err != nil {
 			return out, err
 		}
@@ -100,51 +104,51 @@ func (h *hub) readRange(ctx context.Context, room string, from, upTo uint64) ([]
 	}
 }
 
-// finishRepair delivers what was read, then what the room held.
+// finishRepair delivers what was read, then what was held.
 func (h *hub) finishRepair(d repairDone) {
-	r := h.repairs[d.room]
-	delete(h.repairs, d.room)
+	r := h.repairs[d.k]
+	delete(h.repairs, d.k)
 	if d.err != nil {
 		// The stream cannot be read: the members with the gap cannot be
 		// served without it. They are closed and come back with since,
 		// which replays what they missed.
-		h.log.Warn("gap not filled: closing the members that miss messages", "room", d.room, "err", d.err)
+		h.log.Warn("gap not filled: closing the members that miss messages", "log", d.k.String(), "err", d.err)
 		h.metrics.gapFailures.Inc()
 	}
 	for _, m := range d.msgs {
 		line := eventLine(m.Data, m.Seq) // nil: moved past, not sent
 		ts := storedTS(m.Data)           // live, if late: its delivery time counts
-		for _, c := range h.membersAt(d.room, m.Seq) {
-			c.deliver(d.room, m.Seq, 0, ts, line)
+		for _, c := range h.membersAt(d.k, m.Seq) {
+			c.deliver(d.k, m.Seq, 0, ts, line)
 		}
 	}
 	if r.overflow && d.err == nil {
 		// Messages were dropped while holding, or more were missed
 		// meanwhile: read on to the newest (what was held is in the
 		// stream too), holding again.
-		h.readOn(d.room)
+		h.readOn(d.k)
 		return
 	}
 	for _, m := range r.held {
 		if d.err != nil {
-			h.closeGapped(d.room, m)
+			h.closeGapped(d.k, m)
 			continue
 		}
-		h.dispatchMsg(d.room, m)
+		h.dispatchMsg(d.k, m)
 	}
 }
 
 // closeGapped delivers m to the members that can take it and closes those
 // that would have a gap.
-func (h *hub) closeGapped(room string, m *nats.Msg) {
+func (h *hub) closeGapped(k key, m *nats.Msg) {
 	seq, err := parseSeq(m)
 	if err != nil {
 		return
 	}
 	prev, _ := strconv.ParseUint(m.Header.Get(jetstream.LastSequenceHeader), 10, 64)
 	line, ts := eventLine(m.Data, seq), storedTS(m.Data)
-	for _, c := range h.members(room) {
-		if gap, _ := c.deliver(room, seq, prev, ts, line); gap {
+	for _, c := range h.members(k) {
+		if gap, _ := c.deliver(k, seq, prev, ts, line); gap {
 			c.close(ws.CloseInternalError, "missed messages could not be read; rejoin with since")
 		}
 	}
@@ -197,7 +201,7 @@ func (h *hub) checkDrops() {
 	}
 	h.mu.Unlock()
 	for _, room := range rooms {
-		h.readOn(room)
+		h.readOn(roomKey(room))
 	}
 	for user, sessions := range dropped {
 		if !h.missQueued[user] {
@@ -209,22 +213,22 @@ func (h *hub) checkDrops() {
 	h.readFloor()
 }
 
-// readOn reads room's messages after the oldest one its members have, up
-// to the newest, holding its live messages meanwhile.
-func (h *hub) readOn(room string) {
-	if r := h.repairs[room]; r != nil {
+// readOn reads k's messages after the oldest one its members have, up to
+// the newest, holding its live messages meanwhile.
+func (h *hub) readOn(k key) {
+	if r := h.repairs[k]; r != nil {
 		r.overflow = true // the running read goes on to the newest
 		return
 	}
 	from, any := uint64(0), false
-	for _, c := range h.members(room) {
-		if seq, joined := c.roomSeq(room); joined && (!any || seq < from) {
+	for _, c := range h.members(k) {
+		if seq, joined := c.sentSeq(k); joined && (!any || seq < from) {
 			from, any = seq, true
 		}
 	}
 	if !any {
 		return
 	}
-	h.repairs[room] = &repair{}
-	h.read(room, from, 0)
+	h.repairs[k] = &repair{}
+	h.read(k, from, 0)
 }
