@@ -67,75 +67,22 @@ func (c *client) joined(room string) bool {
 // no event is lost or doubled between the replay and the live path.
 func (c *client) join(req proto.Request) {
 	room := *req.Room
-	c.mu.Lock()
-	if st := c.rooms[room]; st != nil {
-		// Only the reader joins, so st is joined, not joining.
-		c.mu.Unlock()
-		users := c.presentUsers(room)
-		c.mu.Lock()
-		// Wait for room first: lastSeq may move while waiting, and joined
-		// must carry the newest seq sent before it.
-		if c.waitSpaceLocked() && c.rooms[room] == st {
-			j := proto.Joined{Type: proto.TypeJoined, Room: room, Users: users, Seq: st.lastSeq}
-			if req.Since != nil {
-				// Live on this connection already: nothing is replayed,
-				// and only a client that has seen everything sent here
-				// has recovered.
-				recovered := uint64(*req.Since) == st.lastSeq
-				j.Recovered = &recovered
-			}
-			c.replyLocked(proto.Encode(j))
-		}
-		c.mu.Unlock()
+	st, again, perr := c.beginJoin(room)
+	if perr != nil {
+		c.refuse(req, perr)
 		return
 	}
-	if len(c.rooms) >= c.e.cfg.Limits.MaxRooms {
-		c.mu.Unlock()
-		c.refuse(req, &proto.Error{Code: proto.CodeTooManyRooms, Message: "joined to too many rooms"})
+	if again {
+		c.rejoin(req, room, st)
 		return
-	}
-	if !c.e.nc.IsConnected() {
-		c.mu.Unlock()
-		c.refuse(req, &proto.Error{Code: proto.CodeUnavailable, Message: "NATS unavailable, try again"})
-		return
-	}
-	st := &roomState{joining: true}
-	c.rooms[room] = st
-	c.mu.Unlock()
-
-	undo := func(err error) {
-		c.e.log.Warn("join failed", "room", room, "session", c.session, "err", err)
-		c.e.hub.leave(room, c)
-		c.mu.Lock()
-		delete(c.rooms, room)
-		c.mu.Unlock()
-		c.refuse(req, &proto.Error{Code: proto.CodeUnavailable, Message: "message store unavailable, try again"})
 	}
 	if err := c.e.hub.join(room, c); err != nil {
-		undo(err)
+		c.undoJoin(req, room, err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(c.e.ctx, c.e.cfg.Limits.PostTimeout)
-	// The room's newest seq: from the hub when it has it (the room has
-	// other local members), else from the stream, after the subscription.
-	last, known := c.e.hub.newest(room)
-	var err error
-	if !known {
-		reconnects := c.e.nc.Stats().Reconnects
-		if last, err = store.LastSeq(ctx, c.e.nc, store.Room(room)); err == nil {
-			c.e.hub.learned(room, last, reconnects)
-		}
-	}
-	var replayed []store.Stored
-	var recovered *bool
-	if err == nil && req.Since != nil {
-		var ok bool
-		replayed, ok, err = c.replay(ctx, room, uint64(*req.Since), last)
-		recovered = &ok
-	}
-	cancel()
+	last, replayed, recovered, err := c.readSince(room, req.Since)
 	if err != nil {
-		undo(err)
+		c.undoJoin(req, room, err)
 		return
 	}
 	// The replay goes out before joined, with back-pressure; live events
@@ -146,21 +93,136 @@ func (c *client) join(req proto.Request) {
 	// The report is published before who is asked, on the same
 	// connection, so presence counts this session in its answer.
 	c.e.reporter.join(c.session, c.user, room)
-	users := c.presentUsers(room)
+	joined := proto.Joined{Type: proto.TypeJoined, Room: room, Users: c.presentUsers(room), Recovered: recovered}
+	if err := c.goLive(room, st, last, joined); err != nil {
+		// The session was reported in the room: its leave is too.
+		c.e.reporter.leave(c.session, c.user, room)
+		c.undoJoin(req, room, err)
+	}
+}
 
-	// Live events held back meanwhile may show a gap after last (the
-	// subscription missed one): read up to the newest held from the
-	// stream first, so that joined is followed by no gap.
-	sent := last
+// beginJoin checks a join against the limits and marks room joining, so
+// that its live events are held back from the moment the hub makes the
+// client a member. It returns the room's state, with again set when the
+// client is joined there already, or why the join is refused.
+func (c *client) beginJoin(room string) (st *roomState, again bool, perr *proto.Error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if st := c.rooms[room]; st != nil {
+		// Only the reader joins, so st is joined, not joining.
+		return st, true, nil
+	}
+	if len(c.rooms) >= c.e.cfg.Limits.MaxRooms {
+		return nil, false, &proto.Error{Code: proto.CodeTooManyRooms, Message: "joined to too many rooms"}
+	}
+	if !c.e.nc.IsConnected() {
+		// Told at once, rather than once the read of the room's newest
+		// seq has timed out.
+		return nil, false, &proto.Error{Code: proto.CodeUnavailable, Message: "NATS unavailable, try again"}
+	}
+	st = &roomState{joining: true}
+	c.rooms[room] = st
+	return st, false, nil
+}
+
+// rejoin answers a join of a room the client is joined to already.
+func (c *client) rejoin(req proto.Request, room string, st *roomState) {
+	users := c.presentUsers(room)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// Wait for room first: lastSeq may move while waiting, and joined
+	// must carry the newest seq sent before it.
+	if !c.waitSpaceLocked() || c.rooms[room] != st {
+		return
+	}
+	j := proto.Joined{Type: proto.TypeJoined, Room: room, Users: users, Seq: st.lastSeq}
+	if req.Since != nil {
+		// Live on this connection already: nothing is replayed, and only
+		// a client that has seen everything sent here has recovered.
+		recovered := uint64(*req.Since) == st.lastSeq
+		j.Recovered = &recovered
+	}
+	c.replyLocked(proto.Encode(j))
+}
+
+// undoJoin takes back a join that cannot be completed, after beginJoin,
+// and tells the client to try again.
+func (c *client) undoJoin(req proto.Request, room string, err error) {
+	c.e.log.Warn("join failed", "room", room, "session", c.session, "err", err)
+	c.e.hub.leave(room, c)
+	c.mu.Lock()
+	delete(c.rooms, room)
+	c.mu.Unlock()
+	c.refuse(req, &proto.Error{Code: proto.CodeUnavailable, Message: "message store unavailable, try again"})
+}
+
+// readSince reads room's newest seq (last) and, with since, the messages
+// after since up to last, and whether those are all of them (recovered).
+// The client is a member already: a message stored before the read is
+// at most last, and one stored after it reaches the client live, held
+// back until joined.
+func (c *client) readSince(room string, since *int64) (last uint64, replayed []store.Stored, recovered *bool, err error) {
+	ctx, cancel := context.WithTimeout(c.e.ctx, c.e.cfg.Limits.PostTimeout)
+	defer cancel()
+	last, err = c.newestSeq(ctx, room)
+	if err != nil || since == nil {
+		return last, nil, nil, err
+	}
+	replayed, ok, err := c.replay(ctx, room, uint64(*since), last)
+	return last, replayed, &ok, err
+}
+
+// newestSeq returns room's newest seq: from the hub when it has it (the
+// room has other local members), which spares the stream a read, else
+// from the stream, which the hub then keeps for the next join.
+func (c *client) newestSeq(ctx context.Context, room string) (uint64, error) {
+	if last, known := c.e.hub.newest(room); known {
+		return last, nil
+	}
+	// Counted before the read, so that a reconnect during it, which may
+	// lose messages the hub never sees, sends the next join to the
+	// stream again (hubRoom).
+	reconnects := c.e.nc.Stats().Reconnects
+	last, err := store.LastSeq(ctx, c.e.nc, store.Room(room))
+	if err == nil {
+		c.e.hub.learned(room, last, reconnects)
+	}
+	return last, err
+}
+
+// goLive ends a join whose replay (up to sent) is queued: it fills a gap
+// in the events held back, then queues joined and the held events. The
+// last check for a gap, joined and the held events are done under one
+// hold of mu, so no live event can come between joined and those held
+// before it. A client closing meanwhile is sent nothing more.
+func (c *client) goLive(room string, st *roomState, sent uint64, joined proto.Joined) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	sent, err := c.fillHeldGapLocked(room, st, sent)
+	if err != nil || c.closing {
+		return err
+	}
+	// There is room in the queue: replyLocked does not wait.
+	joined.Seq = sent
+	c.replyLocked(proto.Encode(joined))
+	c.releaseHeldLocked(st, sent)
+	return nil
+}
+
+// fillHeldGapLocked reads from the stream and queues the messages that
+// the events held back skip after sent (the subscription missed one), so
+// that joined is followed by no gap. It returns the newest seq sent, with
+// room in the queue and no gap held, unless the client is closing or a
+// read failed. It releases mu while it waits and reads; events held back
+// meanwhile may skip again, so it looks again after each read.
+func (c *client) fillHeldGapLocked(room string, st *roomState, sent uint64) (uint64, error) {
 	for {
 		if !c.waitSpaceLocked() {
-			return // closing
+			return sent, nil // closing
 		}
 		upTo := pendingGap(st.pending, sent)
 		if upTo == 0 {
-			break
+			return sent, nil
 		}
 		c.mu.Unlock()
 		ctx, cancel := context.WithTimeout(c.e.ctx, c.e.cfg.Limits.PostTimeout)
@@ -170,19 +232,19 @@ func (c *client) join(req proto.Request) {
 			for _, line := range lines(msgs) {
 				c.reply(line)
 			}
-			sent = upTo
 		}
 		c.mu.Lock()
 		if err != nil {
-			c.mu.Unlock()
-			c.e.reporter.leave(c.session, c.user, room)
-			undo(err)
-			c.mu.Lock()
-			return
+			return sent, err
 		}
+		sent = upTo
 	}
-	// There is room in the queue: replyLocked does not wait.
-	c.replyLocked(proto.Encode(proto.Joined{Type: proto.TypeJoined, Room: room, Users: users, Seq: sent, Recovered: recovered}))
+}
+
+// releaseHeldLocked makes st live: the events held back while joining go
+// out in the order they came, after joined, except the stored messages
+// the replay or a gap's read sent already (up to sent).
+func (c *client) releaseHeldLocked(st *roomState, sent uint64) {
 	st.joining = false
 	st.lastSeq = sent
 	for _, p := range st.pending {
