@@ -24,13 +24,14 @@ const (
 // another user, from the store. The answer is a reply: it waits for room
 // in the queue rather than counting against the slow-client limit.
 func (c *client) history(req proto.Request) {
-	var log store.Log
+	var k key
 	answer := proto.History{Type: proto.TypeHistory, Messages: []json.RawMessage{}}
 	if req.DM != nil {
-		log, answer.DM = store.Between(c.user, *req.DM), *req.DM
+		k, answer.DM = dmKey(c.user, *req.DM), *req.DM
 	} else {
-		log, answer.Room = store.Room(*req.Room), *req.Room
+		k, answer.Room = roomKey(*req.Room), *req.Room
 	}
+	log := k.log()
 	limit := historyDefault
 	if req.Limit != nil {
 		limit = int(min(max(*req.Limit, 1), historyMax))
@@ -55,7 +56,7 @@ func (c *client) history(req proto.Request) {
 		msgs, more, err = store.Before(ctx, c.e.js, log, before, limit)
 	}
 	if err != nil {
-		c.e.log.Warn("history read failed", "log", log.Name, "err", err)
+		c.e.log.Warn("history read failed", "log", k.String(), "err", err)
 		c.refuse(req, &proto.Error{Code: proto.CodeUnavailable, Message: "message store unavailable, try again"})
 		return
 	}
