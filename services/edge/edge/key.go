@@ -36,7 +36,7 @@ func dmKey(x, y string) key { return key{conv: conversationOf(x, y)} }
 // (names.ValidRoom), so an empty room is the mark of one.
 func (k key) isDM() bool { return k.room == "" }
 
-// log is the store log of k, which gap repairs read.
+// log is the store log of k, which gap repairs and history read.
 func (k key) log() store.Log {
 	if k.isDM() {
 		return store.Between(k.conv.a, k.conv.b)
