@@ -64,7 +64,8 @@ func queryValue(q, key string) string {
 // "GET /ws[?query] HTTP/1.1", each header a "Name: value" line of visible
 // characters, one Host, at most one Origin, key and version, a key of 16
 // bytes, version 13, Connection naming upgrade and Upgrade websocket in
-// lists of tokens, at most maxParams query parameters, and no body. It
+// lists of tokens, at most maxParams query parameters, no body and no
+// Expect (net/http answers 417 to all but 100-continue). It
 // reports the request and its key. Anything else is left to net/http (ok
 // false), which answers it as it answers every request: this is a strict
 // subset of what net/http and gorilla's Upgrader accept, read without
@@ -128,7 +129,7 @@ func parsePlain(head []byte) (r upgradeRequest, key string, ok bool) {
 		case equalFold(name, "Sec-WebSocket-Version"):
 			versions++
 			version = string(value)
-		case equalFold(name, "Content-Length"), equalFold(name, "Transfer-Encoding"):
+		case equalFold(name, "Content-Length"), equalFold(name, "Transfer-Encoding"), equalFold(name, "Expect"):
 			return r, "", false
 		}
 	}
