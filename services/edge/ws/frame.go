@@ -121,6 +121,30 @@ func (r *Reader) frame(buf []byte, fn func(op Op, payload []byte) bool) (int, er
 	if b1&0x80 == 0 {
 		return 0, protocolError("a client's frames must be masked")
 	}
+	// What the first two bytes show is refused before the length is
+	// read, as gorilla/websocket does (differential_test.go).
+	switch op {
+	case OpClose, OpPing, OpPong:
+		if !fin {
+			return 0, protocolError("fragmented control frame")
+		}
+		// The 7-bit length: a control frame's length is never in the
+		// 16- or 64-bit form (RFC 6455, 5.5, and 5.2's shortest form),
+		// whatever that form says.
+		if b1&0x7F > maxControlPayload {
+			return 0, protocolError("control frame longer than 125 bytes")
+		}
+	case OpText, OpBinary:
+		if r.msgOp != OpContinuation {
+			return 0, protocolError("a new message before the last one ended")
+		}
+	case OpContinuation:
+		if r.msgOp == OpContinuation {
+			return 0, protocolError("continuation frame without a message")
+		}
+	default:
+		return 0, protocolError(fmt.Sprintf("unknown opcode %d", op))
+	}
 	size, head := uint64(b1&0x7F), 2
 	switch size {
 	case 126:
@@ -136,25 +160,6 @@ func (r *Reader) frame(buf []byte, fn func(op Op, payload []byte) bool) (int, er
 		if size>>63 != 0 {
 			return 0, protocolError("frame length has its top bit set")
 		}
-	}
-	switch op {
-	case OpClose, OpPing, OpPong:
-		if !fin {
-			return 0, protocolError("fragmented control frame")
-		}
-		if size > maxControlPayload {
-			return 0, protocolError("control frame longer than 125 bytes")
-		}
-	case OpText, OpBinary:
-		if r.msgOp != OpContinuation {
-			return 0, protocolError("a new message before the last one ended")
-		}
-	case OpContinuation:
-		if r.msgOp == OpContinuation {
-			return 0, protocolError("continuation frame without a message")
-		}
-	default:
-		return 0, protocolError(fmt.Sprintf("unknown opcode %d", op))
 	}
 	// In uint64, so that no limit and no length can overflow: a Limit of
 	// 0 or less takes empty messages only.

@@ -120,6 +120,8 @@ func TestReaderRefuses(t *testing.T) {
 		{"unknown opcode", clientFrame(true, 0x3, []byte("x")), 100, CloseProtocolError},
 		{"fragmented ping", clientFrame(false, OpPing, nil), 100, CloseProtocolError},
 		{"long ping", clientFrame(true, OpPing, make([]byte, 126)), 1000, CloseProtocolError},
+		{"ping of one byte with a 16-bit length", cat([]byte{0x89, 0x80 | 126, 0, 1}, make([]byte, 4), []byte("p")), 100, CloseProtocolError},
+		{"unknown opcode, from its first two bytes", []byte{0x83, 0x80 | 126}, 100, CloseProtocolError},
 		{"continuation first", clientFrame(true, OpContinuation, []byte("x")), 100, CloseProtocolError},
 		{"message in a message", cat(clientFrame(false, OpText, []byte("a")), clientFrame(true, OpText, []byte("b"))), 100, CloseProtocolError},
 		{"one-byte close", clientFrame(true, OpClose, []byte{3}), 100, CloseProtocolError},
