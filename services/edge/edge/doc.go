@@ -5,10 +5,11 @@
 //   - Run owns the listener's accept loop (upgrade.go), the HTTP server
 //     that serves what the edge's handshake hands on, the poller
 //     (services/edge/ws), the flushers (flush.go), the hub's dispatch
-//     goroutine, the pinger (ping.go) and, through WaitGroups, every
-//     connection (handlers) and the goroutines of its writing (writers).
-//     When its context ends it stops accepting, aborts the handshakes in
-//     progress, closes every client with 1001, waits for them to be let
+//     goroutine, the pinger (ping.go) and, through WaitGroups, the
+//     handshakes' timeouts (timers), every connection (handlers) and the
+//     goroutines of its writing (writers). When its context ends it stops
+//     accepting, aborts the handshakes in progress and waits for their
+//     timeouts, closes every client with 1001, waits for them to be let
 //     go of, stops the flushers, the writers and the poller, then drops
 //     the subscriptions and stops the dispatcher.
 //   - A connection has no goroutine of its own. Its request is read by

@@ -111,6 +111,7 @@ type Edge struct {
 	poller      *ws.Poller
 	http        *handoff                // what net/http serves (upgrade.go); made by Run
 	handshakes  map[*handshake]struct{} // guarded by mu: requests being read
+	timers      sync.WaitGroup          // the handshakes' timeouts not yet run or stopped
 	flushers    []*flusher
 	flusherNext atomic.Uint32
 	writers     sync.WaitGroup
@@ -265,6 +266,7 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 	_ = e.http.Close() // closed already, unless serving failed
 	<-acceptDone
 	e.closeHandshakes()
+	e.timers.Wait()
 	e.closeClients()
 	stopFlushers()
 	flushersDone()

@@ -77,7 +77,7 @@ type handshake struct {
 
 	mu    sync.Mutex
 	w     *ws.Watch   // guarded by mu
-	timer *time.Timer // guarded by mu: handshakeTimeout
+	timer *time.Timer // guarded by mu: handshakeTimeout; counted in Edge.timers
 	over  bool        // guarded by mu: finish has been called
 }
 
@@ -120,7 +120,14 @@ func (e *Edge) handshake(conn net.Conn) {
 		return
 	}
 	h.w = w
-	h.timer = time.AfterFunc(cmp.Or(e.cfg.HandshakeTimeout, handshakeTimeout), h.abort)
+	// The timer's goroutine is counted until it has run or been stopped,
+	// so that Run waits for it (timers: only the accept loop adds, and
+	// Run waits once that has ended).
+	e.timers.Add(1)
+	h.timer = time.AfterFunc(cmp.Or(e.cfg.HandshakeTimeout, handshakeTimeout), func() {
+		defer e.timers.Done()
+		h.abort()
+	})
 	h.mu.Unlock()
 }
 
@@ -133,8 +140,8 @@ func (h *handshake) finish() bool {
 		return false
 	}
 	h.over = true
-	if h.timer != nil {
-		h.timer.Stop()
+	if h.timer != nil && h.timer.Stop() {
+		h.e.timers.Done() // it will not run
 	}
 	h.mu.Unlock()
 	h.e.mu.Lock()
