@@ -379,7 +379,7 @@ func (e *Edge) closeClients() {
 // serves the WebSocket requests that net/http gets: those the edge's own
 // handshake (upgrade.go) passed on, because they were not plain.
 func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
-	user, addr, no := e.admit(requestOf(r))
+	user, addr, no := e.admit(ws.RequestOf(r))
 	if no != nil {
 		if no.status == http.StatusTooManyRequests {
 			w.Header().Set("Retry-After", "10")
@@ -414,7 +414,7 @@ type refusal struct {
 // the per-address limit (429), then the token (401) or the user name
 // (400). On success the address is counted (takeAddr) until the
 // connection is let go of, or releaseAddr.
-func (e *Edge) admit(r upgradeRequest) (user, addr string, no *refusal) {
+func (e *Edge) admit(r ws.Request) (user, addr string, no *refusal) {
 	if !e.originAllowed(r) {
 		return "", "", e.refuse("origin", "", http.StatusForbidden, "origin not allowed")
 	}
@@ -423,7 +423,7 @@ func (e *Edge) admit(r upgradeRequest) (user, addr string, no *refusal) {
 		return "", "", e.refuse("address", addr, http.StatusTooManyRequests, "too many connections from this address")
 	}
 	if secret := e.cfg.Web.AuthSecret; secret != "" {
-		u, err := auth.Check([]byte(secret), r.token)
+		u, err := auth.Check([]byte(secret), r.Query("token"))
 		if err != nil {
 			// Neither the token nor the error (which may quote a
 			// piece of it) is logged: the reason is enough.
@@ -432,7 +432,7 @@ func (e *Edge) admit(r upgradeRequest) (user, addr string, no *refusal) {
 		}
 		return u, addr, nil
 	}
-	user = r.user
+	user = r.Query("user")
 	if !names.ValidUser(user) {
 		e.releaseAddr(addr)
 		return "", "", e.refuse("user", addr, http.StatusBadRequest, "user must match ^[A-Za-z0-9_-]{1,32}$")
@@ -560,10 +560,10 @@ func logAddr(addr string) string {
 // or, when the peer is a trusted proxy, the nearest address in
 // X-Forwarded-For that is not one (the header's entries to its right
 // were added by trusted proxies; those to its left could be forged).
-func (e *Edge) clientAddr(r upgradeRequest) string {
-	host, _, err := net.SplitHostPort(r.remote)
+func (e *Edge) clientAddr(r ws.Request) string {
+	host, _, err := net.SplitHostPort(r.Remote)
 	if err != nil {
-		host = r.remote
+		host = r.Remote
 	}
 	ip, err := netip.ParseAddr(host)
 	if err != nil {
@@ -574,7 +574,7 @@ func (e *Edge) clientAddr(r upgradeRequest) string {
 		return bucket(ip)
 	}
 	var hops []string
-	for _, h := range r.forwarded {
+	for _, h := range r.Forwarded {
 		hops = append(hops, strings.Split(h, ",")...)
 	}
 	for i := len(hops) - 1; i >= 0; i-- {
@@ -756,8 +756,8 @@ func (e *Edge) forgetWho(room string) {
 
 // originAllowed applies the Origin rule of docs/protocol.md: no Origin (not a browser),
 // the request's own host, or an entry of the allowed list.
-func (e *Edge) originAllowed(r upgradeRequest) bool {
-	origin := r.origin
+func (e *Edge) originAllowed(r ws.Request) bool {
+	origin := r.Origin
 	if origin == "" {
 		return true
 	}
@@ -768,7 +768,7 @@ func (e *Edge) originAllowed(r upgradeRequest) bool {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Path != "" || u.RawQuery != "" {
 		return false
 	}
-	return strings.EqualFold(u.Host, r.host)
+	return strings.EqualFold(u.Host, r.Host)
 }
 
 // Subscriptions is the number of room subscriptions the edge holds.

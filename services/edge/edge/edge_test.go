@@ -118,7 +118,7 @@ func TestClientAddr(t *testing.T) {
 		if tc.xff != "" {
 			r.Header.Set("X-Forwarded-For", tc.xff)
 		}
-		if got := e.clientAddr(requestOf(r)); got != tc.want {
+		if got := e.clientAddr(ws.RequestOf(r)); got != tc.want {
 			t.Errorf("%s with X-Forwarded-For %q: %s, want %s", tc.remote, tc.xff, got, tc.want)
 		}
 	}
@@ -278,7 +278,7 @@ func TestOriginAllowed(t *testing.T) {
 		if tt.origin != "" {
 			r.Header.Set("Origin", tt.origin)
 		}
-		if got := e.originAllowed(requestOf(r)); got != tt.ok {
+		if got := e.originAllowed(ws.RequestOf(r)); got != tt.ok {
 			t.Errorf("origin %q on host %q: %v, want %v", tt.origin, tt.host, got, tt.ok)
 		}
 	}

@@ -217,20 +217,20 @@ func (h *handshake) readable(w *ws.Watch) {
 		w.End()
 		return // aborted meanwhile: the socket is closed
 	}
-	var req upgradeRequest
+	var req ws.Request
 	var key string
 	ok := false
 	// Else longer than maxHead, not ended by CRLF, or with something
 	// (early frames) after the head.
 	if end >= 0 && len(h.buf) == end+len(headEnd) {
-		req, key, ok = parsePlain(h.buf)
+		req, key, ok = ws.ParsePlain(h.buf)
 	}
 	if !ok {
 		w.End()
 		h.e.handOff(h.conn, h.buf, h.accepted)
 		return
 	}
-	req.remote = h.conn.RemoteAddr().String()
+	req.Remote = h.conn.RemoteAddr().String()
 	h.e.metrics.handshakes.WithLabelValues("edge").Inc()
 	h.e.upgrade(h.conn, req, key, w, h.accepted)
 }
@@ -238,7 +238,7 @@ func (h *handshake) readable(w *ws.Watch) {
 // upgrade answers a plain WebSocket request read by the handshake, whose
 // watch, in its turn, goes on as the client's; conn was accepted at
 // accepted.
-func (e *Edge) upgrade(conn net.Conn, r upgradeRequest, key string, w *ws.Watch, accepted time.Time) {
+func (e *Edge) upgrade(conn net.Conn, r ws.Request, key string, w *ws.Watch, accepted time.Time) {
 	user, addr, no := e.admit(r)
 	if no != nil {
 		w.End()

@@ -1,4 +1,4 @@
-package edge
+package ws
 
 import (
 	"bytes"
@@ -8,27 +8,36 @@ import (
 	"strings"
 )
 
-// upgradeRequest is what admitting a WebSocket request looks at. It comes
-// from net/http's request (requestOf) or from the edge's own parse of a
-// plain one (parsePlain), so both are admitted alike.
-type upgradeRequest struct {
-	host      string   // the Host header
-	origin    string   // the Origin header, empty when there is none
-	forwarded []string // the X-Forwarded-For headers, in order
-	user      string   // the query's user parameter
-	token     string   // the query's token parameter
-	remote    string   // the peer's host:port
+// Request is what admitting a WebSocket request looks at. It comes from
+// the wire's own parse of a plain request (parsePlain) or from net/http's
+// (requestOf), so both are admitted alike.
+type Request struct {
+	Host      string   // the Host header
+	Origin    string   // the Origin header, empty when there is none
+	Forwarded []string // the X-Forwarded-For headers, in order
+	Remote    string   // the peer's host:port
+
+	rawQuery string     // the query of a plain request, as sent
+	query    url.Values // net/http's parse of the query, when it read the request
 }
 
-// requestOf is the upgradeRequest of a request read by net/http.
-func requestOf(r *http.Request) upgradeRequest {
-	return upgradeRequest{
-		host:      r.Host,
-		origin:    r.Header.Get("Origin"),
-		forwarded: r.Header.Values("X-Forwarded-For"),
-		user:      r.URL.Query().Get("user"),
-		token:     r.URL.Query().Get("token"),
-		remote:    r.RemoteAddr,
+// Query returns the first value of the query parameter key, as net/http's
+// URL.Query().Get finds it; "" when there is none.
+func (r Request) Query(key string) string {
+	if r.query != nil {
+		return r.query.Get(key)
+	}
+	return queryValue(r.rawQuery, key)
+}
+
+// RequestOf is the Request of a request read by net/http.
+func RequestOf(r *http.Request) Request {
+	return Request{
+		Host:      r.Host,
+		Origin:    r.Header.Get("Origin"),
+		Forwarded: r.Header.Values("X-Forwarded-For"),
+		Remote:    r.RemoteAddr,
+		query:     r.URL.Query(),
 	}
 }
 
@@ -70,7 +79,7 @@ func queryValue(q, key string) string {
 // false), which answers it as it answers every request: this is a strict
 // subset of what net/http and gorilla's Upgrader accept, read without
 // net/http's allocations (bench/, F).
-func parsePlain(head []byte) (r upgradeRequest, key string, ok bool) {
+func parsePlain(head []byte) (r Request, key string, ok bool) {
 	// The head ends at its first blank line, and nothing follows it.
 	if i := bytes.Index(head, headEnd); i < 0 || i != len(head)-len(headEnd) {
 		return r, "", false
@@ -105,12 +114,12 @@ func parsePlain(head []byte) (r upgradeRequest, key string, ok bool) {
 		switch {
 		case equalFold(name, "Host"):
 			hosts++
-			r.host = string(value)
+			r.Host = string(value)
 		case equalFold(name, "Origin"):
 			origins++
-			r.origin = string(value)
+			r.Origin = string(value)
 		case equalFold(name, "X-Forwarded-For"):
-			r.forwarded = append(r.forwarded, string(value))
+			r.Forwarded = append(r.Forwarded, string(value))
 		case equalFold(name, "Connection"):
 			has, wellFormed := hasListToken(value, "upgrade")
 			if !wellFormed {
@@ -133,7 +142,7 @@ func parsePlain(head []byte) (r upgradeRequest, key string, ok bool) {
 			return r, "", false
 		}
 	}
-	if hosts != 1 || !validHost(r.host) || origins > 1 || keys != 1 || versions != 1 ||
+	if hosts != 1 || !validHost(r.Host) || origins > 1 || keys != 1 || versions != 1 ||
 		version != "13" || !upgrade || !connection {
 		return r, "", false
 	}
@@ -147,11 +156,14 @@ func parsePlain(head []byte) (r upgradeRequest, key string, ok bool) {
 	if bytes.Count(query, []byte("&")) >= maxParams {
 		return r, "", false
 	}
-	r.user, r.token = queryValue(string(query), "user"), queryValue(string(query), "token")
+	r.rawQuery = string(query)
 	return r, key, true
 }
 
-var crlf = []byte("\r\n")
+var (
+	crlf    = []byte("\r\n")
+	headEnd = []byte("\r\n\r\n")
+)
 
 // visible reports whether b is only visible ASCII: no space, no control.
 func visible(b []byte) bool {
@@ -218,3 +230,6 @@ func hasListToken(v []byte, token string) (has, wellFormed bool) {
 	}
 	return false, true
 }
+
+// ParsePlain is parsePlain, for the edge's handshake until it moves here.
+func ParsePlain(head []byte) (r Request, key string, ok bool) { return parsePlain(head) }

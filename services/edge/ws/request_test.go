@@ -1,4 +1,4 @@
-package edge
+package ws
 
 import (
 	"bufio"
@@ -17,24 +17,28 @@ func plainHead(target string, extra ...string) string {
 }
 
 func TestParsePlain(t *testing.T) {
+	type want struct {
+		host, origin, user, token string
+		forwarded                 []string
+	}
 	accepted := []struct {
 		name, head string
-		want       upgradeRequest
+		want       want
 	}{
-		{"minimal", plainHead("/ws?user=amy"), upgradeRequest{host: "chat.example:8080", user: "amy"}},
-		{"no query", plainHead("/ws"), upgradeRequest{host: "chat.example:8080"}},
+		{"minimal", plainHead("/ws?user=amy"), want{host: "chat.example:8080", user: "amy"}},
+		{"no query", plainHead("/ws"), want{host: "chat.example:8080"}},
 		{"origin and proxies", plainHead("/ws?token=a.b.c&user=x%20y", "Origin: https://chat.example\r\n",
 			"X-Forwarded-For: 10.0.0.1, 10.0.0.2\r\n", "x-forwarded-for: 10.0.0.3\r\n"),
-			upgradeRequest{host: "chat.example:8080", origin: "https://chat.example", token: "a.b.c", user: "x y",
+			want{host: "chat.example:8080", origin: "https://chat.example", token: "a.b.c", user: "x y",
 				forwarded: []string{"10.0.0.1, 10.0.0.2", "10.0.0.3"}}},
 		{"any case, lists, spaces", "GET /ws?user=bo HTTP/1.1\r\nhost:\t[::1]:80 \r\nupgrade: WebSocket\r\n" +
 			"CONNECTION: keep-alive, Upgrade\r\nsec-websocket-key:dGhlIHNhbXBsZSBub25jZQ==\r\n" +
 			"sec-websocket-version: 13\r\nSec-WebSocket-Protocol: chat\r\nUser-Agent: test/1 (x)\r\n\r\n",
-			upgradeRequest{host: "[::1]:80", user: "bo"}},
+			want{host: "[::1]:80", user: "bo"}},
 		{"upgrade found before a bad element", strings.Replace(plainHead("/ws"), "Connection: Upgrade", "Connection: Upgrade, a b", 1),
-			upgradeRequest{host: "chat.example:8080"}},
+			want{host: "chat.example:8080"}},
 		{"sixteen parameters", plainHead("/ws?" + strings.Repeat("a=1&", 15) + "user=amy"),
-			upgradeRequest{host: "chat.example:8080", user: "amy"}},
+			want{host: "chat.example:8080", user: "amy"}},
 	}
 	for _, tc := range accepted {
 		r, key, ok := parsePlain([]byte(tc.head))
@@ -42,8 +46,8 @@ func TestParsePlain(t *testing.T) {
 			t.Errorf("%s: not taken as plain", tc.name)
 			continue
 		}
-		if key != "dGhlIHNhbXBsZSBub25jZQ==" || r.host != tc.want.host || r.origin != tc.want.origin ||
-			r.user != tc.want.user || r.token != tc.want.token || !slices.Equal(r.forwarded, tc.want.forwarded) {
+		if key != "dGhlIHNhbXBsZSBub25jZQ==" || r.Host != tc.want.host || r.Origin != tc.want.origin ||
+			r.Query("user") != tc.want.user || r.Query("token") != tc.want.token || !slices.Equal(r.Forwarded, tc.want.forwarded) {
 			t.Errorf("%s: %+v with key %q, want %+v", tc.name, r, key, tc.want)
 		}
 	}
@@ -109,11 +113,11 @@ func TestQueryValue(t *testing.T) {
 	}
 }
 
-// FuzzParsePlain checks that what the edge takes for a plain WebSocket
+// FuzzParsePlain checks that what the wire takes for a plain WebSocket
 // request net/http reads alike: the same host, origin, proxies, user,
 // token and key, with nothing left over.
 //
-//	go test -fuzz FuzzParsePlain ./services/edge/edge
+//	go test -fuzz FuzzParsePlain ./services/edge/ws
 func FuzzParsePlain(f *testing.F) {
 	f.Add([]byte(plainHead("/ws?user=amy")))
 	f.Add([]byte(plainHead("/ws?token=a.b.c&user=x", "Origin: http://h\r\n", "X-Forwarded-For: 1.2.3.4\r\n")))
@@ -131,9 +135,9 @@ func FuzzParsePlain(f *testing.F) {
 			t.Fatalf("taken as plain, net/http refuses it: %v", err)
 		}
 		if br.Buffered() != 0 || req.Method != "GET" || req.URL.Path != "/ws" || req.ProtoMinor != 1 ||
-			req.Host != r.host || req.Header.Get("Origin") != r.origin ||
-			req.URL.Query().Get("user") != r.user || req.URL.Query().Get("token") != r.token ||
-			req.Header.Get("Sec-Websocket-Key") != key || !slices.Equal(req.Header.Values("X-Forwarded-For"), r.forwarded) {
+			req.Host != r.Host || req.Header.Get("Origin") != r.Origin ||
+			req.URL.Query().Get("user") != r.Query("user") || req.URL.Query().Get("token") != r.Query("token") ||
+			req.Header.Get("Sec-Websocket-Key") != key || !slices.Equal(req.Header.Values("X-Forwarded-For"), r.Forwarded) {
 			t.Fatalf("read otherwise by net/http: %+v, key %q; net/http: %s %s host %q header %v",
 				r, key, req.Method, req.URL, req.Host, req.Header)
 		}
