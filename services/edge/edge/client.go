@@ -1,71 +1,35 @@
 package edge
 
 import (
-	"errors"
-	"io"
-	"net"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
-	"unicode/utf8"
 
-	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
 	"github.com/natter-chat/natter/services/edge/ws"
 	"github.com/natter-chat/natter/shared/proto"
 )
 
-// closeGrace is how long a closing connection waits for the peer's close
-// frame, and then for its end of the TCP connection, before closing hard.
-const closeGrace = time.Second
-
-// client is one WebSocket connection.
+// client is one session: a user's WebSocket connection, its rooms and
+// conversations. It is the connection's handler (ws.Handler): the wire
+// hands it each text message, and it queues its answers and the live
+// events of its rooms into the connection's send queue.
+//
+// Lock order: client.mu, then the connection's own lock (taken inside
+// ws.Conn's methods), never the other way around: the connection never
+// calls the session while it holds its lock. deliver holds mu while it
+// pushes, so that a room's seq and what was queued move together.
 type client struct {
 	e       *Edge
-	conn    net.Conn // upgraded: frames are read and written by ws
+	conn    *ws.Conn // set by Open
 	user    string
 	session string
-
-	// watch is the poller's watch of conn; frames parses what the
-	// reader reads. Only the reader (readable, one turn at a time) uses
-	// frames.
-	watch  *ws.Watch
-	frames ws.Reader
-	// opened is when the connection was made, for its closing line.
+	// addr is the client's address, counted against MaxConnsPerIP.
+	addr string
+	// opened is when the connection was opened, for its closing line.
 	opened time.Time
-	// heard is when the client last sent anything (unix nanoseconds):
-	// the pinger drops it after PongTimeout without.
-	heard atomic.Int64
-	// ends counts down the two ends of a connection, its reading and its
-	// finish; the one that comes second lets go of the client (done).
-	ends atomic.Int32
-	done func()
-
-	// flusher writes what is queued (flush.go); readerDone is closed
-	// when the reading has ended.
-	flusher    *flusher
-	readerDone chan struct{}
-	// pingSlot is the pinger's turn for this client (ping.go).
-	pingSlot int
 
 	mu sync.Mutex
-	// queue holds encoded events for the writer; guarded by mu. Live
-	// events (room messages, dms, presence and typing events) count
-	// against the slow-client limit: live is how many of them are queued.
-	// Answers to the client's own requests never cut it off: the read
-	// pump waits on space instead, so a client that floods requests is
-	// slowed down by its own reading.
-	queue   [][]byte
-	live    int
-	space   *sync.Cond // on mu; signalled when the queue is taken to be written (flush.go) or closing begins
-	waiting bool       // guarded by mu: the reader waits on space
-	// oldest is the ts (Unix ms) of the oldest stored message or dm
-	// queued live since the queue was last taken, 0 when none was: the
-	// write that takes them observes its delivery time (flush.go).
-	// Guarded by mu.
-	oldest int64
 	// rooms is the state of each joined (or joining) room; guarded by mu.
 	rooms map[string]*roomState
 	// convs is the state of each conversation a dm was delivered in;
@@ -85,35 +49,6 @@ type client struct {
 	// limiter is the rate limit of the client's posts, made on the first;
 	// only the reader uses it.
 	limiter *rate.Limiter
-	// addr is the client's address, counted against MaxConnsPerIP.
-	addr string
-	// closeCode is the close code to send once closing has begun, -1
-	// when none is to be sent; closing tells whether it has begun.
-	// closeText is the close frame's reason, and why the connection
-	// closed in its closing line: never the client's own words (empty
-	// only when the client closed, with a code of its own). Guarded by
-	// mu.
-	closing   bool
-	closeCode int
-	closeText string
-	// Who writes (flush.go), guarded by mu: serving is set once serve
-	// has started, and from then on signal hands the client to its
-	// flusher (scheduled), unless a slow writer owns the socket (slow),
-	// or finish does (finishing). pingDue asks for a ping, pong holds the
-	// pong frame to send (nil: none), which answers the latest ping.
-	serving   bool
-	scheduled bool
-	slow      bool
-	finishing bool
-	pingDue   bool
-	pong      []byte
-	// preamble is written before anything else: the handshake's answer,
-	// which goes out with the welcome (upgrade.go). Guarded by mu.
-	preamble []byte
-	// accepted is when the connection was accepted, while the
-	// preamble is still to be written: its write observes the
-	// handshake's time. Zero when there is none. Guarded by mu.
-	accepted time.Time
 }
 
 // roomState is a client's view of one room. Guarded by client.mu.
@@ -134,77 +69,93 @@ type pendingEvent struct {
 	line []byte
 }
 
-func newClient(e *Edge, conn net.Conn, user, session string) *client {
-	c := &client{
-		e:          e,
-		conn:       conn,
-		user:       user,
-		session:    session,
-		flusher:    e.nextFlusher(),
-		readerDone: make(chan struct{}),
-		rooms:      make(map[string]*roomState),
-	}
-	c.space = sync.NewCond(&c.mu)
-	c.opened = time.Now()
-	c.heard.Store(c.opened.UnixNano())
-	c.frames.Limit = int(e.cfg.Limits.MaxFrameBytes)
-	c.ends.Store(2)
-	return c
+func newClient(e *Edge, user, addr string) *client {
+	return &client{e: e, user: user, session: randomID(), addr: addr, rooms: make(map[string]*roomState)}
 }
 
-// reply queues an answer to the client's own request. It waits while the
-// queue is full; only the reader (or start, before it) calls it.
-func (c *client) reply(line []byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.replyLocked(line)
+// Open starts the session on its upgraded connection: welcome is queued
+// first, then the user's dms are subscribed to; writing starts once Open
+// has returned, so welcome goes out first and a dm stored after it
+// reaches this session live.
+func (c *client) Open(conn *ws.Conn) {
+	c.conn = conn
+	c.opened = time.Now()
+	c.e.open.Add(1)
+	c.e.metrics.connections.Inc()
+	c.e.logOpened(c)
+	c.reply(proto.Encode(proto.Welcome{Type: proto.TypeWelcome, User: c.user, Session: c.session}))
+	if err := c.e.hub.joinUser(c.user, c); err != nil {
+		c.e.log.Warn("dms not subscribed", "user", c.user, "err", err)
+		c.close(ws.CloseTryAgainLater, "direct messages unavailable, try again")
+	}
 }
+
+// Text handles a text message from the client: the requests in it, one
+// a line, in order, until the connection is closing.
+func (c *client) Text(p []byte) {
+	proto.Lines(p, func(line []byte) bool {
+		c.handle(line)
+		return !c.conn.Closing()
+	})
+}
+
+// Closed lets go of the session once its connection is over: it leaves
+// its rooms and dms and gives back its address. A session never opened
+// (its upgrade failed, or the edge was stopping) only gives back its
+// address.
+func (c *client) Closed(code int, reason string) {
+	if c.conn == nil {
+		c.e.releaseAddr(c.addr)
+		return
+	}
+	c.leaveAll()
+	c.e.open.Add(-1)
+	c.e.releaseAddr(c.addr)
+	c.e.metrics.connections.Dec()
+	c.e.logClosed(c, code, reason)
+}
+
+// The session's ways into its connection's send queue. Every push is made
+// with mu held (deliver, join), and replies come only from the reader: so
+// with mu held, a queue found with room keeps it until the reader's own
+// reply, which then does not wait.
+
+// reply queues an answer to the client's own request. It waits while the
+// queue is full; only the reader (or Open, before it) calls it.
+func (c *client) reply(line []byte) { c.conn.Reply(line) }
 
 // replyLocked is reply with mu held; it may release mu while it waits.
 func (c *client) replyLocked(line []byte) {
-	if !c.waitSpaceLocked() {
-		return
+	if c.waitSpaceLocked() {
+		c.conn.Reply(line)
 	}
-	c.queue = append(c.queue, line)
-	c.signal()
 }
 
 // waitSpaceLocked waits, releasing mu meanwhile, until the queue has room
-// or the client is closing; it reports whether there is room. State read
-// before it may be stale after it.
+// for a reply or the client is closing; it reports whether there is room.
+// State read before it may be stale after it.
 func (c *client) waitSpaceLocked() bool {
-	for !c.closing && len(c.queue) >= c.e.cfg.Limits.SendQueue {
-		c.waiting = true
-		c.space.Wait()
-		c.waiting = false
+	for c.conn.Full() {
+		c.mu.Unlock()
+		c.conn.WaitSpace()
+		c.mu.Lock()
 	}
-	return !c.closing
+	return !c.conn.Closing()
 }
 
-// enqueueLiveLocked queues a live event, or cuts the client off when it
-// already has the limit of live events queued.
-func (c *client) enqueueLiveLocked(line []byte) {
-	if c.closing {
-		return
-	}
-	if c.live >= c.e.cfg.Limits.SendQueue {
-		c.cutOffLocked()
-		return
-	}
-	c.queue = append(c.queue, line)
-	c.live++
-	c.e.metrics.delivered.Inc()
-	c.signal()
-}
+// enqueueLiveLocked queues a live event that is not a stored message.
+func (c *client) enqueueLiveLocked(line []byte) { c.enqueueStoredLocked(line, 0) }
 
 // enqueueStoredLocked queues a live stored message or dm whose ts is ts
-// (Unix ms; 0: unknown), as enqueueLiveLocked does, and keeps the oldest
-// ts queued for the write that takes it: a compare and a store per
-// recipient, no clock read.
+// (Unix ms; 0: unknown), for the delivery time of the write that takes
+// it; a client that already has the limit of live events queued is cut
+// off instead.
 func (c *client) enqueueStoredLocked(line []byte, ts int64) {
-	c.enqueueLiveLocked(line)
-	if ts > 0 && !c.closing && (c.oldest == 0 || ts < c.oldest) {
-		c.oldest = ts
+	switch c.conn.Push(line, ts) {
+	case nil:
+		c.e.metrics.delivered.Inc()
+	case ws.ErrSlow:
+		c.cutOffLocked(c.e.cfg.Limits.SendQueue) // closed already by Push
 	}
 }
 
@@ -221,7 +172,7 @@ func (c *client) enqueueStoredLocked(line []byte, ts int64) {
 func (c *client) deliver(k key, seq, prev uint64, ts int64, line []byte) (gap bool, have uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closing {
+	if c.conn.Closing() {
 		return false, 0
 	}
 	st := c.stateLocked(k, seq != 0)
@@ -233,7 +184,7 @@ func (c *client) deliver(k key, seq, prev uint64, ts int64, line []byte) (gap bo
 	}
 	if st.joining {
 		if len(st.pending) >= c.e.cfg.Limits.SendQueue {
-			c.cutOffLocked()
+			c.cutOffLocked(len(st.pending))
 			return false, 0
 		}
 		st.pending = append(st.pending, pendingEvent{seq: seq, prev: prev, ts: ts, line: line})
@@ -333,216 +284,14 @@ func (c *client) conversations() []key {
 	return keys
 }
 
-// cutOffLocked closes a client that has fallen too far behind.
-func (c *client) cutOffLocked() {
+// cutOffLocked closes a client that has fallen too far behind, with
+// queued events waiting (live in its send queue, or held while it joins
+// a room).
+func (c *client) cutOffLocked(queued int) {
 	c.e.metrics.slowClients.Inc()
-	c.e.log.Info("cutting off slow client", "user", c.user, "session", c.session, "queued", len(c.queue))
-	c.closeLocked(ws.ClosePolicyViolation, "slow client: send queue full")
+	c.e.log.Info("cutting off slow client", "user", c.user, "session", c.session, "queued", queued)
+	c.conn.CutOff()
 }
 
-// closeEmpty is the close code that sends a close frame without a code:
-// the answer to a client's close frame without one.
-const closeEmpty = 0
-
-// close begins closing with code (-1: send no close frame).
-func (c *client) close(code int, text string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.closeLocked(code, text)
-}
-
-func (c *client) closeLocked(code int, text string) {
-	if c.closing {
-		return
-	}
-	c.closing, c.closeCode, c.closeText = true, code, text
-	c.queue, c.live = nil, 0
-	c.space.Broadcast()
-	c.signal()
-}
-
-// readable is a turn of the reader, the only reader of the socket: the
-// poller runs it when the socket has something to read. It answers the
-// requests read, one at a time and in order, and asks for the next turn,
-// until the client goes away, breaks the protocol or is closed.
-func (c *client) readable(w *ws.Watch) {
-	bp := c.e.readBuffers.Get().(*[]byte)
-	n, err := w.Read(*bp)
-	if err == nil && n > 0 {
-		c.heard.Store(time.Now().UnixNano())
-		err = c.frames.Feed((*bp)[:n], c.frame)
-		if we, ok := errors.AsType[*ws.Error](err); ok {
-			c.close(we.Code, we.Text)
-		}
-	}
-	c.e.readBuffers.Put(bp)
-	switch {
-	case errors.Is(err, unix.EAGAIN):
-		// Nothing to read after all.
-	case err != nil || n == 0:
-		c.close(-1, "connection lost") // gone
-	}
-	if c.isClosing() {
-		w.End()
-		c.readEnded()
-		return
-	}
-	if !w.Resume() {
-		// Stopped meanwhile (closing already), or the socket cannot be
-		// watched any more: either way the client is over.
-		c.close(-1, "connection not watched")
-		c.readEnded()
-	}
-}
-
-// frame handles one message or control frame from the client; it reports
-// whether to go on reading.
-func (c *client) frame(op ws.Op, p []byte) bool {
-	switch op {
-	case ws.OpText:
-		if c.isClosing() {
-			return false // cut off or stopping: nothing more is taken
-		}
-		if !utf8.Valid(p) {
-			c.close(ws.CloseInvalidPayload, "text frame is not valid UTF-8")
-			return false
-		}
-		c.e.metrics.framesIn.Inc()
-		proto.Lines(p, func(line []byte) bool {
-			c.handle(line)
-			return !c.isClosing()
-		})
-		return !c.isClosing()
-	case ws.OpBinary:
-		c.close(ws.CloseUnsupportedData, "binary frames are not supported")
-		return false
-	case ws.OpPing:
-		c.mu.Lock()
-		if !c.closing {
-			c.pong = ws.AppendFrame(nil, ws.OpPong, p) // never nil, even for an empty ping
-			c.signal()
-		}
-		c.mu.Unlock()
-		return true
-	case ws.OpClose:
-		// The client closes: its code goes back, and the connection ends.
-		code := ws.CloseCode(p)
-		if code == ws.CloseNoStatus {
-			code = closeEmpty
-		}
-		c.close(code, "")
-		return false
-	default: // a pong: heard already
-		return true
-	}
-}
-
-// readEnded is the end of the reading, once: with finish, the connection
-// is over.
-func (c *client) readEnded() {
-	close(c.readerDone)
-	c.ended()
-}
-
-// ended counts one end of the connection; the second lets go of it.
-func (c *client) ended() {
-	if c.ends.Add(-1) == 0 {
-		c.done()
-	}
-}
-
-func (c *client) isClosing() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.closing
-}
-
-// serve starts the connection: the poller's watch for the reader (w, the
-// handshake's, in its turn, or a new one), and its flusher for what is
-// queued already (the welcome, or a close). done runs once the reading
-// has ended and the connection is closed.
-func (c *client) serve(w *ws.Watch, done func()) {
-	c.done = done
-	handed := w != nil
-	if handed {
-		w.Hand(c.readable)
-	} else {
-		sc, ok := c.conn.(syscall.Conn)
-		err := errors.New("not a socket")
-		if ok {
-			w, err = c.e.poller.Watch(sc, c.readable)
-		}
-		if err != nil {
-			c.e.log.Warn("connection not watched", "user", c.user, "err", err)
-			c.close(-1, "connection not watched")
-			c.readEnded()
-		}
-	}
-	c.mu.Lock()
-	c.watch = w
-	c.serving = true
-	c.signal()
-	c.mu.Unlock()
-	if handed && !w.Resume() {
-		c.readEnded() // closed meanwhile
-	}
-}
-
-// finish sends the close frame, if any, waits a moment for the peer, and
-// closes the connection. It runs on a goroutine of its own, once: the
-// writer that found the client closing (flush.go) hands the socket to it.
-func (c *client) finish() {
-	c.mu.Lock()
-	code, text := c.closeCode, c.closeText
-	w := c.watch
-	frame := c.preamble // the handshake's answer, if not sent yet
-	c.preamble = nil
-	c.mu.Unlock()
-	if code >= 0 {
-		if code == closeEmpty {
-			frame = ws.AppendFrame(frame, ws.OpClose, nil)
-		} else {
-			frame = ws.AppendClose(frame, code, text)
-		}
-	}
-	if len(frame) > 0 {
-		_ = c.conn.SetWriteDeadline(time.Now().Add(closeGrace))
-		_, _ = c.conn.Write(frame)
-	}
-	if code < 0 && w != nil {
-		// No close frame, so no answer to wait for: the peer is gone
-		// (its reader is ending, and Stop leaves the end to it) or is
-		// dropped without a word.
-		_ = c.conn.Close()
-		if w.Stop() {
-			c.readEnded()
-		}
-		c.ended()
-		return
-	}
-	select {
-	case <-c.readerDone:
-		c.linger()
-		_ = c.conn.Close()
-	case <-time.After(closeGrace):
-		// The peer did not answer: the reading stops here, unless a
-		// reader is running, which finds the socket closed.
-		_ = c.conn.Close()
-		if w != nil && w.Stop() {
-			c.readEnded()
-		}
-	}
-	c.ended()
-}
-
-// linger reads what the peer still sends, briefly, after the reading has
-// ended: closing a socket with unread data makes the kernel reset the
-// connection, and a reset can destroy the close frame before the peer has
-// read it.
-func (c *client) linger() {
-	if cw, ok := c.conn.(interface{ CloseWrite() error }); ok {
-		_ = cw.CloseWrite()
-	}
-	_ = c.conn.SetReadDeadline(time.Now().Add(closeGrace))
-	_, _ = io.CopyN(io.Discard, c.conn, 1<<20)
-}
+// close begins closing the connection with code.
+func (c *client) close(code int, text string) { c.conn.Close(code, text) }

@@ -1,43 +1,37 @@
-// Package edge holds natter's WebSocket clients and connects them to NATS.
+// Package edge holds natter's chat sessions and connects them to NATS:
+// who may connect, the sessions' rooms, dms, typing and posts, the
+// fan-out of stored events to the local members of each room, and the
+// sessions reported to presence. The WebSocket wire below it (accepting,
+// the handshake, frames, the poller, batched writes, pings, closing) is
+// services/edge/ws: the edge admits a request (Edge.admit) and
+// each session it admits is the handler of its connection (client.go).
 //
 // Ownership and stopping:
 //
-//   - Run owns the listener's accept loop (upgrade.go), the HTTP server
-//     that serves what the edge's handshake hands on, the poller
-//     (services/edge/ws), the flushers (flush.go), the hub's dispatch
-//     goroutine, the pinger (ping.go) and, through WaitGroups, the
-//     handshakes' timeouts (timers), every connection (handlers) and the
-//     goroutines of its writing (writers). When its context ends it stops
-//     accepting, aborts the handshakes in progress and waits for their
-//     timeouts, closes every client with 1001, waits for them to be let
-//     go of, stops the flushers, the writers and the poller, then drops
-//     the subscriptions and stops the dispatcher.
-//   - A connection has no goroutine of its own. Its request is read by
-//     the poller's turns (handshake), then its frames (client.readable):
-//     the poller runs a turn on a pool goroutine when the socket has
-//     something to read, one turn at a time per connection, so the
-//     reader is the only reader of the socket and answers the requests
-//     one at a time and in order. A turn that waits (a post waiting for
-//     its ack) holds a pool goroutine, not the other connections.
-//   - Writing: what is queued for a client is written by its flusher,
-//     which writes to each client in turn without waiting; a client whose
-//     socket is full is taken over by a slow writer goroutine until it
-//     has caught up; the one that finds the client closing starts finish,
-//     which sends the close frame and closes the socket. One of the three
-//     owns the socket at a time (flush.go). Pongs and close replies are
-//     written by the same owner, from slots of their own (the latest
-//     pong, the close code), not from the event queue.
-//   - A connection is let go of (its rooms left, its address released)
-//     by whichever of its two ends comes second: the end of its reading
-//     or finish.
+//   - Run owns the hub's dispatch goroutine, the reporter and the wire's
+//     ws.Server.Run, which owns the accept loop, the poller, the
+//     flushers, the pinger and every connection. When its context ends
+//     the wire stops accepting, cancels Edge.ctx (BeforeClose: posts and
+//     store reads in flight give up), closes every connection with 1001
+//     and waits for them to be let go of; then Run stops the services
+//     framework's endpoint and the reporter, drops the subscriptions and
+//     stops the dispatcher.
+//   - A session (client) has no goroutine of its own. The wire calls it
+//     on its connection's reader: Open once, then Text for each text
+//     message, whose requests it answers one at a time and in order (a
+//     post waiting for its ack holds a pool goroutine, not the other
+//     connections), then Closed once, when the connection is let go of:
+//     the session leaves its rooms and gives back its address.
 //   - The hub keeps one NATS subscription per room with local members, and
 //     two per user with local sessions (its dms, dm.go). All of them
 //     deliver into one channel, read by one dispatch goroutine, so
 //     thousands of rooms cost no goroutine each. The dispatcher encodes an
-//     event once per room and appends it to each member's send queue; it
-//     never writes to a socket, so a slow client cannot hold it up.
-//   - A client's send queue is bounded: when it is full the client is cut
-//     off (close 1008), and nobody else waits for it.
+//     event once per room and pushes it to each member's connection
+//     (ws.Conn.Push); it never writes to a socket, so a slow client
+//     cannot hold it up.
+//   - A connection's send queue is bounded: when it is full the client is
+//     cut off (close 1008), and nobody else waits for it. So are the
+//     events a session holds while it joins a room.
 //   - When a room's stored messages show a gap (repair.go), the dispatcher
 //     holds the room and starts a reader goroutine for the missing ones;
 //     the reader hands its result back to the dispatcher, which delivers
@@ -52,9 +46,13 @@
 //     presence's requests to the reporter (dropping them when it is
 //     behind). Run stops the service before it stops the reporter.
 //
-// Locks: hub.mu guards the room and user tables; client.mu guards a
-// client's send queue and its room and conversation states. The
-// dispatcher takes hub.mu only to read a room's member list (copy on
-// write; raising the room's newest seq first) and then each member's mu in
-// turn; no lock is held while writing to a socket or publishing to NATS.
+// Locks: hub.mu guards the room and user tables; client.mu a session's
+// room and conversation states. The dispatcher takes hub.mu only to read
+// a room's member list (copy on write; raising the room's newest seq
+// first) and then each member's mu in turn, and pushes with it held, so
+// that a room's seq and what was queued move together: client.mu comes
+// before the connection's own lock (inside ws.Conn's methods), never
+// after. A session waits for room in its queue (replies) with mu
+// released. No lock is held while writing to a socket or publishing to
+// NATS.
 package edge

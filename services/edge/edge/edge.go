@@ -13,14 +13,12 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
@@ -34,15 +32,6 @@ import (
 	"github.com/natter-chat/natter/shared/ops"
 	"github.com/natter-chat/natter/shared/proto"
 	"github.com/natter-chat/natter/shared/subject"
-)
-
-// Shutdown budget, inside the 10-second promise together with the NATS
-// drain (CHAT_NATS_DRAIN_TIMEOUT, 3 s by default): httpShutdownWait for
-// plain HTTP requests to finish, shutdownWait for connection handlers after
-// they were told to close.
-const (
-	httpShutdownWait = 2 * time.Second
-	shutdownWait     = 3 * time.Second
 )
 
 // whoTimeout bounds a who request to presence. A presence that is down
@@ -84,7 +73,6 @@ type Edge struct {
 	hub      *hub
 	reporter *reporter
 	metrics  *metrics
-	upgrader websocket.Upgrader
 
 	// ctx ends when the edge starts closing its clients, so that posts
 	// and store reads in flight give up at once.
@@ -96,33 +84,14 @@ type Edge struct {
 	whoMu     sync.Mutex
 	whoShared map[string]sharedWho // guarded by whoMu
 
-	mu       sync.Mutex
-	clients  map[*client]struct{} // guarded by mu
-	pingNext int                  // guarded by mu: the next client's ping slot
-	open     atomic.Int64         // len(clients), for heartbeats
-	stopping bool                 // guarded by mu: no new clients once set
-	perAddr  map[string]int       // guarded by mu: open WebSockets per client address, with MaxConnsPerIP
-	proxies  []netip.Prefix       // trusted proxies (CHAT_TRUSTED_PROXIES)
-	handlers sync.WaitGroup       // connections not yet let go of; Add under mu
+	// wire is the WebSocket connections' server: it asks admit about
+	// each request, and each client admitted is its connection's handler.
+	wire *ws.Server
 
-	// poller runs the connections' readers (made by Run); flushers
-	// write to them (flush.go), and writers counts the goroutines of
-	// the slow writers and of finish.
-	poller      *ws.Poller
-	http        *handoff                // what net/http serves (upgrade.go); made by Run
-	handshakes  map[*handshake]struct{} // guarded by mu: requests being read
-	timers      sync.WaitGroup          // the handshakes' timeouts not yet run or stopped
-	flushers    []*flusher
-	flusherNext atomic.Uint32
-	writers     sync.WaitGroup
-	// readBuffers hold what one read takes off a socket: a reader
-	// borrows one for its turn, so an idle connection holds none.
-	readBuffers sync.Pool
-
-	// testHookWatched, when set by a test, runs in handshake right after
-	// the connection is watched, to widen the window in which its reader
-	// may run first.
-	testHookWatched func()
+	mu      sync.Mutex
+	perAddr map[string]int // guarded by mu: open WebSockets per client address, with MaxConnsPerIP
+	proxies []netip.Prefix // trusted proxies (CHAT_TRUSTED_PROXIES)
+	open    atomic.Int64   // open sessions, for heartbeats
 }
 
 // New returns an edge on nc serving the page from web; its metrics go to
@@ -168,36 +137,41 @@ func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus
 		return nil, fmt.Errorf("edge: %w", err)
 	}
 	e := &Edge{
-		cfg:        cfg,
-		id:         id,
-		nc:         nc,
-		log:        log.With("edge", id),
-		reg:        reg,
-		web:        web,
-		metrics:    m,
-		clients:    make(map[*client]struct{}),
-		perAddr:    make(map[string]int),
-		proxies:    proxies,
-		whoShared:  make(map[string]sharedWho),
-		handshakes: make(map[*handshake]struct{}),
-		flushers:   newFlushers(runtime.GOMAXPROCS(0), lim.WriteDelay),
-		upgrader: websocket.Upgrader{
-			ReadBufferSize:  1024,
-			WriteBufferSize: 4096,
-			// Buffers are taken for a write and given back after it, so an
-			// idle connection holds none.
-			WriteBufferPool: &sync.Pool{},
-			// The origin is checked before the upgrade, with its own answer.
-			CheckOrigin: func(*http.Request) bool { return true },
-		},
+		cfg:       cfg,
+		id:        id,
+		nc:        nc,
+		log:       log.With("edge", id),
+		reg:       reg,
+		web:       web,
+		metrics:   m,
+		perAddr:   make(map[string]int),
+		proxies:   proxies,
+		whoShared: make(map[string]sharedWho),
 	}
-	e.readBuffers.New = func() any { b := make([]byte, 16<<10); return &b }
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	e.wire, err = ws.NewServer(ws.Config{
+		FrameLimit:       int(lim.MaxFrameBytes),
+		SendQueue:        lim.SendQueue,
+		WriteTimeout:     lim.WriteTimeout,
+		WriteDelay:       lim.WriteDelay,
+		PingInterval:     lim.PingInterval,
+		PongTimeout:      lim.PongTimeout,
+		HandshakeTimeout: cfg.HandshakeTimeout,
+		Admit:            e.admitSession,
+		// Posts and store reads in flight give up once the clients are
+		// being closed.
+		BeforeClose: e.cancel,
+		Metrics:     m.wire(),
+		Log:         e.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("edge: %w", err)
+	}
 	if nc != nil {
 		if e.js, err = jetstream.New(nc); err != nil {
 			return nil, fmt.Errorf("edge: jetstream: %w", err)
 		}
 	}
-	e.ctx, e.cancel = context.WithCancel(context.Background())
 	buf := cfg.DispatchBuffer
 	if buf <= 0 {
 		buf = dispatchBuffer
@@ -215,7 +189,7 @@ func (e *Edge) ID() string { return e.id }
 func (e *Edge) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /", http.FileServerFS(e.web))
-	mux.HandleFunc("GET /ws", e.serveWS)
+	mux.Handle("GET /ws", e.wire)
 	ops.Handle(mux, e.Ready, e.reg)
 	return mux
 }
@@ -227,16 +201,6 @@ func (e *Edge) Ready() bool { return e.nc.IsConnected() }
 // client with 1001, reports their sessions as gone and drops its
 // subscriptions. It returns after every goroutine it started has ended.
 func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
-	poller, err := ws.NewPoller()
-	if err != nil {
-		return fmt.Errorf("edge: %w", err)
-	}
-	e.poller = poller
-	pollerDone := make(chan struct{})
-	go func() {
-		defer close(pollerDone)
-		poller.Run()
-	}()
 	dctx, stopDispatch := context.WithCancel(context.Background())
 	dispatchDone := make(chan struct{})
 	go func() {
@@ -248,33 +212,10 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 	svc := e.register()
 	rctx, stopReporter := context.WithCancel(context.Background())
 	go e.reporter.run(rctx)
-	fctx, stopFlushers := context.WithCancel(context.Background())
-	flushersDone := e.runFlushers(fctx)
-	pctx, stopPinger := context.WithCancel(context.Background())
-	pingerDone := make(chan struct{})
-	go func() {
-		defer close(pingerDone)
-		e.pinger(pctx)
-	}()
-	e.http = newHandoff(ln)
-	acceptDone := make(chan struct{})
-	go func() {
-		defer close(acceptDone)
-		e.acceptLoop(ln, e.http)
-	}()
-	err = ops.Serve(ctx, e.http, e.Handler(), httpShutdownWait, e.log)
-	_ = e.http.Close() // closed already, unless serving failed
-	<-acceptDone
-	e.closeHandshakes()
-	e.timers.Wait()
-	e.closeClients()
-	stopFlushers()
-	flushersDone()
-	e.writers.Wait()
-	poller.Close()
-	<-pollerDone
-	stopPinger()
-	<-pingerDone
+	// The wire stops accepting, closes the clients and waits for them
+	// before it returns, so their leaves go out before the reporter's
+	// last report.
+	err := e.wire.Run(ctx, ln, e.Handler())
 	if svc != nil {
 		_ = svc.Stop()
 	}
@@ -325,96 +266,32 @@ type Stats struct {
 	SendQueueMax int `json:"send_queue_max"`
 }
 
-// Stats returns the edge's figures now. It takes each client's lock in
-// turn, so it is for a stats request, not for a hot path.
+// Stats returns the edge's figures now. It takes each connection's lock
+// in turn, so it is for a stats request, not for a hot path.
 func (e *Edge) Stats() Stats {
 	st := Stats{Edge: e.id, Connections: e.open.Load()}
 	e.hub.mu.Lock()
 	st.Rooms, st.Users = len(e.hub.rooms), len(e.hub.users)
 	e.hub.mu.Unlock()
-	e.mu.Lock()
-	clients := make([]*client, 0, len(e.clients))
-	for c := range e.clients {
-		clients = append(clients, c)
-	}
-	e.mu.Unlock()
-	for _, c := range clients {
-		c.mu.Lock()
-		live := c.live
-		c.mu.Unlock()
-		st.SendQueue += live
-		st.SendQueueMax = max(st.SendQueueMax, live)
-	}
+	st.SendQueue, st.SendQueueMax = e.wire.Queued()
 	return st
 }
 
-// closeClients closes every connection with 1001 and waits for their
-// handlers, at most shutdownWait.
-func (e *Edge) closeClients() {
-	e.mu.Lock()
-	e.stopping = true
-	e.cancel()
-	for c := range e.clients {
-		c.close(ws.CloseGoingAway, "server shutting down")
-	}
-	e.mu.Unlock()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		e.handlers.Wait()
-	}()
-	select {
-	case <-done:
-	case <-time.After(shutdownWait):
-		e.mu.Lock()
-		for c := range e.clients {
-			_ = c.conn.Close()
-		}
-		e.mu.Unlock()
-		<-done
-	}
-}
-
-// serveWS checks a request, upgrades it and starts the connection. It
-// serves the WebSocket requests that net/http gets: those the edge's own
-// handshake (upgrade.go) passed on, because they were not plain.
-func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
-	user, addr, no := e.admit(ws.RequestOf(r))
+// admitSession is the wire's Admit: a client, the handler of the
+// connection it is upgraded to, or the refusal of the request.
+func (e *Edge) admitSession(r ws.Request) (ws.Handler, *ws.Refusal) {
+	user, addr, no := e.admit(r)
 	if no != nil {
-		if no.status == http.StatusTooManyRequests {
-			w.Header().Set("Retry-After", "10")
-		}
-		http.Error(w, no.text, no.status)
-		return
+		return nil, no
 	}
-	wc, err := e.upgrader.Upgrade(w, r, nil)
-	if err != nil {
-		e.releaseAddr(addr)
-		return // the upgrader has answered
-	}
-	// The upgrader has written its 101; the connection is the one the
-	// edge's handshake handed on (upgrade.go), which knows when it was
-	// accepted when this request was its first.
-	if pc, ok := wc.NetConn().(*prefixConn); ok && !pc.accepted.IsZero() {
-		e.metrics.handshake.Observe(time.Since(pc.accepted).Seconds())
-	}
-	// From here on the socket is read and written by package ws: gorilla
-	// did the handshake, and holds no data read past it (it refuses a
-	// client that sends before the handshake is complete).
-	e.start(wc.NetConn(), user, addr, nil, time.Time{}, nil)
-}
-
-// refusal is the HTTP answer to a WebSocket request that is refused.
-type refusal struct {
-	status int
-	text   string
+	return newClient(e, user, addr), nil
 }
 
 // admit checks a WebSocket request in the contract's order: Origin (403),
 // the per-address limit (429), then the token (401) or the user name
 // (400). On success the address is counted (takeAddr) until the
-// connection is let go of, or releaseAddr.
-func (e *Edge) admit(r ws.Request) (user, addr string, no *refusal) {
+// session is let go of (client.Closed).
+func (e *Edge) admit(r ws.Request) (user, addr string, no *ws.Refusal) {
 	if !e.originAllowed(r) {
 		return "", "", e.refuse("origin", "", http.StatusForbidden, "origin not allowed")
 	}
@@ -443,69 +320,13 @@ func (e *Edge) admit(r ws.Request) (user, addr string, no *refusal) {
 // refuse counts a refused upgrade by reason and logs it at Debug: the
 // reason and the client's address (empty before it is looked at), never
 // what the request carried.
-func (e *Edge) refuse(reason, addr string, status int, text string) *refusal {
+func (e *Edge) refuse(reason, addr string, status int, text string) *ws.Refusal {
 	e.metrics.refused.WithLabelValues(reason).Inc()
 	if e.log.Enabled(context.Background(), slog.LevelDebug) {
 		e.log.LogAttrs(context.Background(), slog.LevelDebug, "websocket refused",
 			slog.String("reason", reason), slog.Int("status", status), slog.String("addr", logAddr(addr)))
 	}
-	return &refusal{status, text}
-}
-
-// start serves an upgraded connection of user from addr (counted);
-// preamble, when not nil, is the handshake's answer, still to be written
-// (the write that carries it observes the time since accepted, when not
-// zero), and w, when not nil, the handshake's watch of conn, in its turn.
-func (e *Edge) start(conn net.Conn, user, addr string, preamble []byte, accepted time.Time, w *ws.Watch) {
-	c := newClient(e, conn, user, randomID())
-	c.addr = addr
-	c.preamble = preamble
-	if preamble != nil {
-		c.accepted = accepted
-	}
-
-	e.mu.Lock()
-	if e.stopping {
-		e.mu.Unlock()
-		if w != nil {
-			w.End()
-		}
-		_ = conn.SetWriteDeadline(time.Now().Add(closeGrace))
-		_, _ = conn.Write(ws.AppendClose(preamble, ws.CloseGoingAway, "server shutting down"))
-		_ = conn.Close()
-		e.releaseAddr(addr)
-		return
-	}
-	c.pingSlot = e.pingNext
-	e.pingNext = (e.pingNext + 1) % pingSlots
-	e.clients[c] = struct{}{}
-	e.open.Add(1)
-	e.handlers.Add(1)
-	e.mu.Unlock()
-	e.logOpened(c)
-	// welcome is queued first, then the user's dms are subscribed to;
-	// writing starts with serve, after both, so welcome goes out first
-	// and a dm stored after it reaches this session live.
-	c.reply(proto.Encode(proto.Welcome{Type: proto.TypeWelcome, User: user, Session: c.session}))
-	if err := e.hub.joinUser(user, c); err != nil {
-		e.log.Warn("dms not subscribed", "user", user, "err", err)
-		c.close(ws.CloseTryAgainLater, "direct messages unavailable, try again")
-	}
-	// The connection has no goroutine of its own: the poller runs its
-	// reader when it has sent something, and its flusher writes what is
-	// queued for it.
-	e.metrics.connections.Inc()
-	c.serve(w, func() {
-		c.leaveAll()
-		e.mu.Lock()
-		delete(e.clients, c)
-		e.open.Add(-1)
-		e.mu.Unlock()
-		e.releaseAddr(c.addr)
-		e.metrics.connections.Dec()
-		e.logClosed(c)
-		e.handlers.Done()
-	})
+	return &ws.Refusal{Status: status, Text: text}
 }
 
 // The lines of a connection's life, one when it opens and one when it is
@@ -522,27 +343,10 @@ func (e *Edge) logOpened(c *client) {
 // logClosed logs that c is over: the close code it ended with (RFC 6455:
 // the one sent, or the client's own echoed; 1005 for a close frame
 // without one, 1006 when none was sent), why, and how long it was open.
-func (e *Edge) logClosed(c *client) {
-	c.mu.Lock()
-	code, text := c.closeCode, c.closeText
-	c.mu.Unlock()
-	if text == "" {
-		// Only the client's close frame gives a code without a text; its
-		// own reason is never kept.
-		text = "closed by the client"
-		if code < 0 {
-			text = "connection lost"
-		}
-	}
-	switch {
-	case code < 0:
-		code = ws.CloseAbnormal
-	case code == closeEmpty:
-		code = ws.CloseNoStatus
-	}
+func (e *Edge) logClosed(c *client, code int, reason string) {
 	e.log.LogAttrs(context.Background(), slog.LevelInfo, "websocket closed",
 		slog.String("user", c.user), slog.String("session", c.session), slog.String("addr", logAddr(c.addr)),
-		slog.Int("code", code), slog.String("reason", text),
+		slog.Int("code", code), slog.String("reason", reason),
 		slog.Duration("duration", time.Since(c.opened).Round(time.Millisecond)))
 }
 

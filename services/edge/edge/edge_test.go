@@ -1,15 +1,9 @@
 package edge
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
-	"net/http/httptest"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,7 +13,6 @@ import (
 	"testing/fstest"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
@@ -51,6 +44,15 @@ func newTestEdge(t testing.TB, queue int) *Edge {
 		t.Fatal(err)
 	}
 	return e
+}
+
+// unservedClient is a session of user on a connection that is not served
+// (ws.Server.Unserved): what it queues stays queued until Take. waited,
+// when not nil, runs when a reply begins to wait for room.
+func unservedClient(e *Edge, user string, waited func()) *client {
+	c := newClient(e, user, "")
+	c.conn = e.wire.Unserved(waited)
+	return c
 }
 
 func TestNewRejectsBadLimits(t *testing.T) {
@@ -113,147 +115,14 @@ func TestClientAddr(t *testing.T) {
 		{"[2001:db8:0:0:1::9]:4000", "", "2001:db8::/64"}, // one /64 is one client
 	}
 	for _, tc := range tests {
-		r := httptest.NewRequest("GET", "/ws", nil)
-		r.RemoteAddr = tc.remote
+		r := ws.Request{Remote: tc.remote}
 		if tc.xff != "" {
-			r.Header.Set("X-Forwarded-For", tc.xff)
+			r.Forwarded = []string{tc.xff}
 		}
-		if got := e.clientAddr(ws.RequestOf(r)); got != tc.want {
+		if got := e.clientAddr(r); got != tc.want {
 			t.Errorf("%s with X-Forwarded-For %q: %s, want %s", tc.remote, tc.xff, got, tc.want)
 		}
 	}
-}
-
-// serveOne serves one WebSocket connection with a client that prepare
-// sets up before it is served, and dials it. wait returns once the
-// server's side has ended.
-func serveOne(t *testing.T, e *Edge, prepare func(*client)) (conn *websocket.Conn, wait func()) {
-	t.Helper()
-	p, err := ws.NewPoller()
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.poller = p
-	go p.Run()
-	ctx, stop := context.WithCancel(context.Background())
-	flushersDone := e.runFlushers(ctx)
-	t.Cleanup(func() {
-		stop()
-		flushersDone()
-		e.writers.Wait()
-		p.Close()
-	})
-	handlerDone := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		wc, err := e.upgrader.Upgrade(w, r, nil)
-		if err != nil {
-			t.Error(err)
-			close(handlerDone)
-			return
-		}
-		c := newClient(e, wc.NetConn(), "u", "s")
-		prepare(c)
-		c.serve(nil, func() { close(handlerDone) })
-	}))
-	t.Cleanup(srv.Close)
-	conn, _, err = websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn, func() { <-handlerDone }
-}
-
-// A client whose queue overflows while its socket still takes data gets
-// close 1008, and what was queued is not written after it.
-func TestQueueOverflowClosesWith1008(t *testing.T) {
-	e := newTestEdge(t, 4)
-	conn, wait := serveOne(t, e, func(c *client) {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		for i := range 5 { // one more live event than the queue holds
-			c.enqueueLiveLocked([]byte(`{"type":"test","n":` + strconv.Itoa(i) + `}`))
-		}
-	})
-	_, data, err := conn.ReadMessage()
-	ce, ok := err.(*websocket.CloseError)
-	if !ok || ce.Code != websocket.ClosePolicyViolation {
-		t.Fatalf("read %q, %v; want close 1008", data, err)
-	}
-	wait()
-}
-
-// A queue of CHAT_SEND_QUEUE live events is full, not over: a client
-// holding exactly that many gets them all and stays.
-func TestQueueHoldsSendQueueEvents(t *testing.T) {
-	e := newTestEdge(t, 4)
-	var closing atomic.Bool
-	conn, wait := serveOne(t, e, func(c *client) {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		for i := range 4 {
-			c.enqueueLiveLocked([]byte(`{"n":` + strconv.Itoa(i) + `}`))
-		}
-		closing.Store(c.closing)
-	})
-	_, data, err := conn.ReadMessage() // after prepare: the events come after it
-	if err != nil || string(data) != "{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n{\"n\":3}" {
-		t.Fatalf("read %q, %v; want the four events", data, err)
-	}
-	if closing.Load() {
-		t.Fatal("a client with a full queue, not an overflowing one, was cut off")
-	}
-	conn.Close()
-	wait()
-}
-
-// CHAT_WRITE_DELAY holds a client's first queued event for those that
-// follow: an event queued 20 ms after another, within a delay of 300 ms,
-// leaves in the same frame.
-func TestWriteDelayCoalesces(t *testing.T) {
-	lim := limits(512)
-	lim.WriteDelay = 300 * time.Millisecond
-	e, err := New(Config{Limits: lim}, nil, fstest.MapFS{}, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan *client, 1)
-	conn, wait := serveOne(t, e, func(c *client) { served <- c })
-	c := <-served
-	c.reply([]byte(`{"n":0}`))
-	time.Sleep(20 * time.Millisecond) // the spacing under test, not a wait for something
-	c.reply([]byte(`{"n":1}`))
-	_, data, err := conn.ReadMessage()
-	if err != nil || string(data) != "{\"n\":0}\n{\"n\":1}" {
-		t.Fatalf("first frame %q, %v; want both events in it", data, err)
-	}
-	conn.Close()
-	wait()
-}
-
-// Events queued together leave in one frame.
-func TestWriterCoalesces(t *testing.T) {
-	e := newTestEdge(t, 512)
-	conn, wait := serveOne(t, e, func(c *client) {
-		for i := range 3 {
-			c.reply([]byte(`{"n":` + strconv.Itoa(i) + `}`))
-		}
-	})
-	_, data, err := conn.ReadMessage()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(data) != "{\"n\":0}\n{\"n\":1}\n{\"n\":2}" {
-		t.Fatalf("frame %q, want the three events in one frame", data)
-	}
-	// The client's close code comes back (RFC 6455 5.5.1).
-	_ = conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(4000, "bye"))
-	_, _, err = conn.ReadMessage()
-	if ce, ok := err.(*websocket.CloseError); !ok || ce.Code != 4000 {
-		t.Fatalf("after closing with 4000: %v", err)
-	}
-	conn.Close()
-	wait()
 }
 
 func TestOriginAllowed(t *testing.T) {
@@ -274,26 +143,25 @@ func TestOriginAllowed(t *testing.T) {
 		{"ftp://h:1", "h:1", false},
 	}
 	for _, tt := range tests {
-		r := httptest.NewRequest("GET", "http://"+tt.host+"/ws", nil)
-		if tt.origin != "" {
-			r.Header.Set("Origin", tt.origin)
-		}
-		if got := e.originAllowed(ws.RequestOf(r)); got != tt.ok {
+		if got := e.originAllowed(ws.Request{Host: tt.host, Origin: tt.origin}); got != tt.ok {
 			t.Errorf("origin %q on host %q: %v, want %v", tt.origin, tt.host, got, tt.ok)
 		}
 	}
 }
 
 // BenchmarkDispatch measures the hub's fan-out of one stored message to
-// the members of a room: one encoding per message, one queue append per
-// member.
+// the members of a room: one encoding per message, one push per member
+// (the session's lock, then its connection's), into connections that are
+// not served, whose queues the benchmark takes as a writer would.
 func BenchmarkDispatch(b *testing.B) {
 	for _, members := range []int{10, 100, 1000} {
 		b.Run(fmt.Sprintf("members=%d", members), func(b *testing.B) {
 			e := newTestEdge(b, 1<<20)
 			clients := make([]*client, members)
+			spares := make([][][]byte, members) // what each queue appends to after a take
 			for i := range clients {
-				clients[i] = newClient(e, nil, fmt.Sprint("u", i), fmt.Sprint("s", i))
+				spares[i] = make([][]byte, 0, 256)
+				clients[i] = unservedClient(e, fmt.Sprint("u", i), nil)
 				clients[i].rooms["lobby"] = &roomState{}
 				e.hub.rooms["lobby"] = &hubRoom{members: clients}
 			}
@@ -306,11 +174,8 @@ func BenchmarkDispatch(b *testing.B) {
 				msg.Header.Set("Nats-Sequence", strconv.Itoa(i+1))
 				e.hub.dispatch(msg)
 				if i%256 == 255 {
-					for _, c := range clients {
-						c.mu.Lock()
-						clear(c.queue)
-						c.queue = c.queue[:0]
-						c.mu.Unlock()
+					for j, c := range clients {
+						spares[j] = c.conn.Take(spares[j]) // the writer's turn: a queue of 256 taken
 					}
 				}
 			}
@@ -324,7 +189,13 @@ func BenchmarkDispatch(b *testing.B) {
 func TestRejoinWhileQueueFullCarriesNewestSeq(t *testing.T) {
 	e := newTestEdge(t, 2)
 	e.nc = natstest.Connect(t, natstest.Start(t)) // who finds no presence
-	c := newClient(e, nil, "u", "s")
+	waiting := make(chan struct{}, 1)
+	c := unservedClient(e, "u", func() {
+		select {
+		case waiting <- struct{}{}:
+		default:
+		}
+	})
 	c.rooms["r"] = &roomState{lastSeq: 10}
 	c.reply([]byte(`{"n":1}`))
 	c.reply([]byte(`{"n":2}`)) // the queue is full of replies
@@ -334,20 +205,11 @@ func TestRejoinWhileQueueFullCarriesNewestSeq(t *testing.T) {
 		defer close(done)
 		c.join(proto.Request{Type: proto.TypeJoin, Room: &room}) // waits for room
 	}()
-	for waiting := false; !waiting; {
-		c.mu.Lock()
-		waiting = c.waiting
-		c.mu.Unlock()
-		runtime.Gosched() // polling: the join is on its way to waiting
-	}
+	<-waiting
 	c.deliver(roomKey("r"), 11, 10, 0, []byte(`{"type":"message","seq":11}`))
-	c.mu.Lock() // the writer takes the queue
-	batch := c.queue
-	c.queue, c.live = nil, 0
-	c.space.Broadcast()
-	c.mu.Unlock()
+	batch := c.conn.Take(nil) // as the writer takes the queue
 	<-done
-	sent := append(batch, c.queue...)
+	sent := append(batch, c.conn.Take(nil)...)
 	last := sent[len(sent)-1]
 	if string(last) != `{"type":"joined","room":"r","seq":11}` {
 		t.Fatalf("sent %q; want joined with seq 11 last", sent)
@@ -394,7 +256,7 @@ func TestSortConversations(t *testing.T) {
 // is taken for a gap.
 func TestConversationsBounded(t *testing.T) {
 	e := newTestEdge(t, 1<<20)
-	c := newClient(e, nil, "bob", "s")
+	c := unservedClient(e, "bob", nil)
 	c.floorKnown = true
 	for i := range maxConvs + 10 {
 		if gap, _ := c.deliver(dmKey("bob", fmt.Sprint("u", i)), uint64(i+1), 0, 0, []byte(`{}`)); gap {
@@ -423,93 +285,6 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-}
-
-// A client that stops reading fills its socket: a slow writer takes it
-// over, waits for it, and hands it back to the flusher once it has caught
-// up; nothing is lost or reordered on the way.
-func TestSlowWriterCatchesUp(t *testing.T) {
-	const events, size = 8000, 4096 // 32 MiB: more than the socket buffers hold
-	e := newTestEdge(t, events+1)
-	e.cfg.Limits.WriteTimeout = time.Second // each 64 KiB is read well within it, even under -race
-	served := make(chan *client, 1)
-	pad := strings.Repeat("x", size)
-	conn, wait := serveOne(t, e, func(c *client) {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		for i := range events {
-			c.enqueueLiveLocked([]byte(`{"n":` + strconv.Itoa(i) + `,"pad":"` + pad + `"}`))
-		}
-		served <- c
-	})
-	c := <-served
-	isSlow := func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return c.slow
-	}
-	waitFor(t, "slow writer", isSlow)
-	next := 0
-	read := func(n int) {
-		t.Helper()
-		for next < n {
-			_, data, err := conn.ReadMessage()
-			if err != nil {
-				t.Fatalf("after %d events: %v", next, err)
-			}
-			for line := range strings.SplitSeq(string(data), "\n") {
-				var ev struct{ N int }
-				if err := json.Unmarshal([]byte(line), &ev); err != nil || ev.N != next {
-					t.Fatalf("event %q, want n=%d", line[:min(len(line), 40)], next)
-				}
-				next++
-			}
-		}
-	}
-	read(events)
-	waitFor(t, "hand-back to the flusher", func() bool { return !isSlow() })
-	// Past the slow writer's last deadline: a deadline left set would
-	// fail the flusher's next write.
-	time.Sleep(e.cfg.Limits.WriteTimeout + 500*time.Millisecond)
-	c.mu.Lock()
-	c.enqueueLiveLocked([]byte(`{"n":` + strconv.Itoa(events) + `}`))
-	c.mu.Unlock()
-	read(events + 1)
-	c.close(ws.CloseNormal, "")
-	wait()
-}
-
-// Every ping gets a pong with its payload, an empty one too.
-func TestPingGetsPong(t *testing.T) {
-	e := newTestEdge(t, 16)
-	conn, wait := serveOne(t, e, func(*client) {})
-	pongs := make(chan string, 2)
-	conn.SetPongHandler(func(p string) error {
-		pongs <- p
-		return nil
-	})
-	go func() {
-		for {
-			if _, _, err := conn.ReadMessage(); err != nil {
-				return
-			}
-		}
-	}()
-	for _, payload := range []string{"", "x"} {
-		if err := conn.WriteControl(websocket.PingMessage, []byte(payload), time.Now().Add(time.Second)); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case p := <-pongs:
-			if p != payload {
-				t.Fatalf("pong %q, want %q", p, payload)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("no pong for the ping %q", payload)
-		}
-	}
-	_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
-	wait()
 }
 
 // A shared flush serves every caller with a flush that starts after it
@@ -541,64 +316,4 @@ func TestSharedFlush(t *testing.T) {
 	if n := flushes.Load(); n != 2 {
 		t.Fatalf("%d flushes for %d callers, want 2: the first, and one for all who came while it ran", n, callers)
 	}
-}
-
-// A request that comes with its connection may be read by the poller
-// while the accept loop is still making its handshake: the handshake
-// must still end as one, and the client go on reading (its ping gets a
-// pong), and the edge still stop. (The accept loop once took such a
-// handshake for an aborted one and stopped the client's reading.)
-func TestRequestReadBeforeHandshakeIsMade(t *testing.T) {
-	nc := natstest.Connect(t, natstest.Start(t))
-	e, err := New(Config{Limits: limits(64)}, nc, fstest.MapFS{}, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The window is widened, not waited on: the reader may run in it.
-	e.testHookWatched = func() { time.Sleep(100 * time.Millisecond) }
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx, ln) }()
-
-	conn, _, err := websocket.DefaultDialer.Dial("ws://"+ln.Addr().String()+"/ws?user=early", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	pong := make(chan struct{}, 1)
-	conn.SetPongHandler(func(string) error {
-		pong <- struct{}{}
-		return nil
-	})
-	read := make(chan struct{})
-	go func() {
-		defer close(read)
-		for {
-			if _, _, err := conn.ReadMessage(); err != nil {
-				return
-			}
-		}
-	}()
-	if err := conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-pong:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no pong: the client's reading was stopped")
-	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("the edge did not stop")
-	}
-	<-read
 }

@@ -199,7 +199,7 @@ func (c *client) goLive(room string, st *roomState, sent uint64, joined proto.Jo
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	sent, err := c.fillHeldGapLocked(room, st, sent)
-	if err != nil || c.closing {
+	if err != nil || c.conn.Closing() {
 		return err
 	}
 	// There is room in the queue: replyLocked does not wait.
@@ -372,9 +372,10 @@ func (c *client) store(req proto.Request, subj string, post proto.Post) {
 	cancel()
 	if err == nil {
 		// A broadcaster answered. The post's frame was read in this turn
-		// of the reader, which set heard right after the read that
-		// completed it: no clock read of its own at the start.
-		c.e.metrics.post.Observe(max(float64(time.Now().UnixNano()-c.heard.Load()), 0) / 1e9)
+		// of the reader, which noted when it heard the client right after
+		// the read that completed it: no clock read of its own at the
+		// start.
+		c.e.metrics.post.Observe(max(time.Since(c.conn.Heard()).Seconds(), 0))
 	}
 	if err != nil {
 		msg := "message store unavailable, try again"

@@ -23,31 +23,26 @@ func logEdge(t testing.TB, w io.Writer) *Edge {
 	return e
 }
 
-// The close line names the code a connection ended with and why: the
-// edge's reason, the client's close without its words, 1005 for a close
-// frame without a code, 1006 when no close frame went out; an address
-// read from X-Forwarded-For that is not one is left out.
+// The lines of a connection's life name its user, session and address,
+// and the close line the code it ended with and why (as the wire reports
+// them, ws.Handler.Closed); an address read from X-Forwarded-For that is
+// not one is left out.
 func TestConnectionLines(t *testing.T) {
 	for _, tt := range []struct {
-		code       int
-		text, addr string
-		wantCode   float64
-		wantReason string
-		wantAddr   string
+		code         int
+		reason, addr string
+		wantAddr     string
 	}{
-		{1000, "", "192.0.2.1", 1000, "closed by the client", "192.0.2.1"},
-		{closeEmpty, "", "192.0.2.1", 1005, "closed by the client", "192.0.2.1"},
-		{-1, "connection lost", "2001:db8::/64", 1006, "connection lost", "2001:db8::/64"},
-		{-1, "", "192.0.2.1", 1006, "connection lost", "192.0.2.1"},
-		{ws.ClosePolicyViolation, "slow client: send queue full", "forwarded:eyJ.a.b", 1008, "slow client: send queue full", "forwarded:(not an address)"},
+		{1000, "closed by the client", "192.0.2.1", "192.0.2.1"},
+		{1006, "connection lost", "2001:db8::/64", "2001:db8::/64"},
+		{ws.ClosePolicyViolation, "slow client: send queue full", "forwarded:eyJ.a.b", "forwarded:(not an address)"},
 	} {
 		var out strings.Builder
 		e := logEdge(t, &out)
-		c := newClient(e, nil, "alice", "s1")
-		c.addr = tt.addr
+		c := newClient(e, "alice", tt.addr)
+		c.session = "s1"
 		e.logOpened(c)
-		c.close(tt.code, tt.text)
-		e.logClosed(c)
+		e.logClosed(c, tt.code, tt.reason)
 		lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
 		if len(lines) != 2 {
 			t.Fatalf("lines %q", lines)
@@ -61,9 +56,9 @@ func TestConnectionLines(t *testing.T) {
 				t.Errorf("%v", l)
 			}
 		}
-		if open["msg"] != "websocket open" || closed["msg"] != "websocket closed" || closed["code"] != tt.wantCode ||
-			closed["reason"] != tt.wantReason || closed["duration"] == nil {
-			t.Errorf("code %d text %q: %v then %v", tt.code, tt.text, open, closed)
+		if open["msg"] != "websocket open" || closed["msg"] != "websocket closed" || closed["code"] != float64(tt.code) ||
+			closed["reason"] != tt.reason || closed["duration"] == nil {
+			t.Errorf("code %d reason %q: %v then %v", tt.code, tt.reason, open, closed)
 		}
 	}
 }
@@ -73,12 +68,11 @@ func TestConnectionLines(t *testing.T) {
 // thousands a second.
 func BenchmarkConnectionLines(b *testing.B) {
 	e := logEdge(b, io.Discard)
-	c := newClient(e, nil, "alice", "0123456789abcdef")
-	c.addr = "192.0.2.1"
-	c.close(ws.CloseGoingAway, "server shutting down")
+	c := newClient(e, "alice", "192.0.2.1")
+	c.session = "0123456789abcdef"
 	b.ReportAllocs()
 	for b.Loop() {
 		e.logOpened(c)
-		e.logClosed(c)
+		e.logClosed(c, ws.CloseGoingAway, "server shutting down")
 	}
 }

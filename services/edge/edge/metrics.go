@@ -3,6 +3,7 @@ package edge
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/natter-chat/natter/services/edge/ws"
 	"github.com/natter-chat/natter/shared/ops"
 	"github.com/natter-chat/natter/shared/proto"
 )
@@ -95,6 +96,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.errors.WithLabelValues(code)
 	}
 	return m, nil
+}
+
+// wire is what the WebSocket server counts and observes.
+func (m *metrics) wire() ws.Metrics {
+	return ws.Metrics{
+		Answered:  m.handshakes.WithLabelValues("edge"),
+		HandedOn:  m.handshakes.WithLabelValues("http"),
+		FramesIn:  m.framesIn,
+		FramesOut: m.framesOut,
+		Handshake: m.handshake,
+		Delivery:  m.delivery,
+	}
 }
 
 // latency is a histogram of seconds with natter's latency buckets.

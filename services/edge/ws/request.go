@@ -30,8 +30,8 @@ func (r Request) Query(key string) string {
 	return queryValue(r.rawQuery, key)
 }
 
-// RequestOf is the Request of a request read by net/http.
-func RequestOf(r *http.Request) Request {
+// requestOf is the Request of a request read by net/http.
+func requestOf(r *http.Request) Request {
 	return Request{
 		Host:      r.Host,
 		Origin:    r.Header.Get("Origin"),
@@ -230,6 +230,3 @@ func hasListToken(v []byte, token string) (has, wellFormed bool) {
 	}
 	return false, true
 }
-
-// ParsePlain is parsePlain, for the edge's handshake until it moves here.
-func ParsePlain(head []byte) (r Request, key string, ok bool) { return parsePlain(head) }

@@ -1,4 +1,4 @@
-package edge
+package ws
 
 import (
 	"context"
@@ -9,33 +9,33 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/natter-chat/natter/services/edge/ws"
 	"github.com/natter-chat/natter/shared/proto"
 )
 
 // Writing. A connection has no goroutine of its own for writing either:
-// a client with something to send (signal) is handed to its edge's
-// flusher, which writes to every such client in turn without waiting
-// (the socket takes what fits in its buffer). Only a client whose socket
-// is full gets a goroutine, its slow writer, which waits for the socket
-// (at most WriteTimeout per write) and gives the client back once its
-// queue is empty. So a connection that receives now and then costs no
-// goroutine and no timer, and a slow one holds up nobody.
+// a connection with something to send (signal) is handed to its server's
+// flusher, which writes to every such connection in turn without waiting
+// (the socket takes what fits in its buffer). Only a connection whose
+// socket is full gets a goroutine, its slow writer, which waits for the
+// socket (at most WriteTimeout per write) and gives the connection back
+// once its queue is empty. So a connection that receives now and then
+// costs no goroutine and no timer, and a slow one holds up nobody.
 //
 // One of three writes to a socket at a time, each owning it by a flag
-// under client.mu: the flusher (scheduled), the slow writer (slow), and
-// finish (finishing), which the one that finds the client closing starts.
+// under Conn.mu: the flusher (scheduled), the slow writer (slow), and
+// finish (finishing), which the one that finds the connection closing
+// starts.
 
-// flusher writes the queued events of its clients.
+// flusher writes the queued events of its connections.
 type flusher struct {
 	delay time.Duration // CHAT_WRITE_DELAY
-	wake  chan struct{} // a buffer of one: there are clients to flush
+	wake  chan struct{} // a buffer of one: there are connections to flush
 
 	mu    sync.Mutex
-	dirty []*client // guarded by mu: the clients to flush, each once
+	dirty []*Conn // guarded by mu: the connections to flush, each once
 
 	// Scratch of the flusher's goroutine, kept between rounds.
-	work  []*client
+	work  []*Conn
 	batch [][]byte
 	buf   []byte
 	out   []byte
@@ -45,8 +45,8 @@ type flusher struct {
 	stale int
 }
 
-// flushers are how many flushers an edge has: one per P, so that writing
-// is spread over the cores.
+// newFlushers makes a server's flushers, n of them: one per P, so that
+// writing is spread over the cores.
 func newFlushers(n int, delay time.Duration) []*flusher {
 	fs := make([]*flusher, max(n, 1))
 	for i := range fs {
@@ -55,24 +55,24 @@ func newFlushers(n int, delay time.Duration) []*flusher {
 	return fs
 }
 
-// nextFlusher is the flusher of a new client: each in turn.
-func (e *Edge) nextFlusher() *flusher {
-	return e.flushers[int(e.flusherNext.Add(1))%len(e.flushers)]
+// nextFlusher is the flusher of a new connection: each in turn.
+func (s *Server) nextFlusher() *flusher {
+	return s.flushers[int(s.flusherNext.Add(1))%len(s.flushers)]
 }
 
-// runFlushers runs the edge's flushers until ctx ends; it returns at once,
-// and wait returns once they have ended.
-func (e *Edge) runFlushers(ctx context.Context) (wait func()) {
+// runFlushers runs the server's flushers until ctx ends; it returns at
+// once, and wait returns once they have ended.
+func (s *Server) runFlushers(ctx context.Context) (wait func()) {
 	var wg sync.WaitGroup
-	for _, f := range e.flushers {
+	for _, f := range s.flushers {
 		wg.Go(func() { f.run(ctx) })
 	}
 	return wg.Wait
 }
 
-// signal hands the client to its flusher: the queue has events, a ping or
-// pong is due, or the client is closing. Called with mu held.
-func (c *client) signal() {
+// signal hands the connection to its flusher: the queue has events, a
+// ping or pong is due, or the connection is closing. Called with mu held.
+func (c *Conn) signal() {
 	if c.scheduled || c.slow || c.finishing || !c.serving {
 		return // whoever owns the socket sees it, or serve will
 	}
@@ -90,7 +90,7 @@ func (c *client) signal() {
 	}
 }
 
-// run flushes, until ctx ends, the clients handed to it: with a write
+// run flushes, until ctx ends, the connections handed to it: with a write
 // delay, everything queued within it of the first event goes out in one
 // write. In a busy room a client gets a write every few milliseconds
 // instead of one per event, and those writes are most of the server's
@@ -147,7 +147,7 @@ func (f *flusher) clock() time.Time {
 
 // flush writes what c has queued without waiting; what its socket does
 // not take goes to a slow writer.
-func (f *flusher) flush(c *client) {
+func (f *flusher) flush(c *Conn) {
 	f.stale++
 	c.mu.Lock()
 	c.scheduled = false
@@ -158,7 +158,7 @@ func (f *flusher) flush(c *client) {
 	if c.closing {
 		c.finishing = true
 		c.mu.Unlock()
-		c.e.writers.Go(c.finish)
+		c.s.writers.Go(c.finish)
 		return
 	}
 	batch, pre, pong, ping, times := c.takeLocked(f.batch)
@@ -180,7 +180,7 @@ func (f *flusher) flush(c *client) {
 			c.mu.Lock()
 			c.slow = true
 			c.mu.Unlock()
-			c.e.writers.Go(func() { c.slowWriter(rest, times) })
+			c.s.writers.Go(func() { c.slowWriter(rest, times) })
 			err = nil
 		} else if err == nil && times.any() {
 			c.wrote(times, f.clock())
@@ -201,7 +201,7 @@ func (f *flusher) flush(c *client) {
 // with spare, an empty slice to queue into next), the bytes to write
 // before them (the handshake's answer, the first time), a pong frame,
 // whether a ping is due, and the times to observe once it is written.
-func (c *client) takeLocked(spare [][]byte) (batch [][]byte, pre, pong []byte, ping bool, times writeTimes) {
+func (c *Conn) takeLocked(spare [][]byte) (batch [][]byte, pre, pong []byte, ping bool, times writeTimes) {
 	batch, pre, pong, ping = c.queue, c.preamble, c.pong, c.pingDue
 	c.queue, c.preamble, c.pong, c.live, c.pingDue = nil, nil, nil, 0, false
 	times = writeTimes{oldest: c.oldest}
@@ -210,7 +210,7 @@ func (c *client) takeLocked(spare [][]byte) (batch [][]byte, pre, pong []byte, p
 		times.accepted, c.accepted = c.accepted, time.Time{}
 	}
 	if len(batch) >= 16 && cap(spare) <= 128 {
-		// A busy client: it keeps a queue to append to, instead of
+		// A busy connection: it keeps a queue to append to, instead of
 		// growing a new one each round (a small one: it keeps it while
 		// idle too).
 		c.queue = spare
@@ -222,23 +222,23 @@ func (c *client) takeLocked(spare [][]byte) (batch [][]byte, pre, pong []byte, p
 }
 
 // writeTimes are what a write observes once it is made: the ts of the
-// oldest live stored message or dm in it, and when the connection was
+// oldest stored event pushed in it, and when the connection was
 // accepted, for the write that carries the handshake's answer.
 //
-// natter_edge_delivery_seconds is observed once per write, not per
-// event: the dispatcher appends an event to every member's queue, and a
-// clock read there would be one per recipient. Instead each recipient
-// keeps the oldest ts queued (a compare and a store under the lock it
-// holds anyway, enqueueStoredLocked), and the write that takes the queue
-// observes once, only when it carries a stored message, at the time of
-// the flusher's clock (read once per clockEvery flushes). The
-// oldest is the one that waited longest: the histogram shows how late
-// the latest of a write's messages arrived, and its count is the writes
-// that carried messages. On a 2-core VM a write's observation took
-// about 40 ns (BenchmarkObserveWrite: the Observe, and a clock read
-// shared by 16 writes; 95 ns with a clock read of its own), a write of
-// one event about 4 µs (BenchmarkFlush), and keeping the oldest ts
-// 1 to 2 ns per recipient.
+// Metrics.Delivery (the edge's natter_edge_delivery_seconds) is observed
+// once per write, not per event: the edge's dispatcher pushes an event to
+// every member of a room, and a clock read there would be one per
+// recipient. Instead each connection keeps the oldest ts queued (a
+// compare and a store under the lock Push takes anyway), and the write
+// that takes the queue observes once, only when it carries a stored
+// event, at the time of the flusher's clock (read once per clockEvery
+// flushes). The oldest is the one that waited longest: the histogram
+// shows how late the latest of a write's messages arrived, and its count
+// is the writes that carried messages. On a 2-core VM a write's
+// observation took about 40 ns (BenchmarkObserveWrite: the Observe, and
+// a clock read shared by 16 writes; 95 ns with a clock read of its own),
+// a write of one event about 4 µs (BenchmarkFlush), and keeping the
+// oldest ts 1 to 2 ns per recipient.
 type writeTimes struct {
 	oldest   int64     // Unix ms; 0: none
 	accepted time.Time // zero: no handshake answer, or not timed
@@ -248,20 +248,20 @@ type writeTimes struct {
 func (t writeTimes) any() bool { return t.oldest != 0 || !t.accepted.IsZero() }
 
 // wrote observes the times of a write made in full, at now.
-func (c *client) wrote(t writeTimes, now time.Time) {
+func (c *Conn) wrote(t writeTimes, now time.Time) {
 	if t.oldest != 0 {
-		// ts is in milliseconds, by the broadcaster's clock: one ahead
-		// of the edge's would make the time negative, counted as 0.
-		c.e.metrics.delivery.Observe(max(float64(now.UnixNano()-t.oldest*int64(time.Millisecond)), 0) / 1e9)
+		// ts is in milliseconds, by the clock of whoever stored it: one
+		// ahead of this one would make the time negative, counted as 0.
+		c.s.m.Delivery.Observe(max(float64(now.UnixNano()-t.oldest*int64(time.Millisecond)), 0) / 1e9)
 	}
 	if !t.accepted.IsZero() {
-		c.e.metrics.handshake.Observe(now.Sub(t.accepted).Seconds())
+		c.s.m.Handshake.Observe(now.Sub(t.accepted).Seconds())
 	}
 }
 
 // giveBack returns a written batch, emptied, as the spare for the next
 // take: only one big enough to be worth keeping.
-func (c *client) giveBack(batch [][]byte) [][]byte {
+func (c *Conn) giveBack(batch [][]byte) [][]byte {
 	clear(batch)
 	if cap(batch) < 16 || cap(batch) > maxScratch/8 {
 		return nil
@@ -272,21 +272,21 @@ func (c *client) giveBack(batch [][]byte) [][]byte {
 // encode appends to out a pong frame, the frames of the events
 // (coalesced into frames of at most proto.MaxFrameBytes, built in buf)
 // and a ping.
-func (c *client) encode(out, buf []byte, batch [][]byte, pong []byte, ping bool) ([]byte, []byte, error) {
+func (c *Conn) encode(out, buf []byte, batch [][]byte, pong []byte, ping bool) ([]byte, []byte, error) {
 	out = append(out, pong...)
 	buf, err := proto.Frames(batch, proto.MaxFrameBytes, buf, func(frame []byte) error {
-		c.e.metrics.framesOut.Inc()
-		out = ws.AppendFrame(out, ws.OpText, frame)
+		c.s.m.FramesOut.Inc()
+		out = AppendFrame(out, OpText, frame)
 		return nil
 	})
 	if ping {
-		out = ws.AppendFrame(out, ws.OpPing, nil)
+		out = AppendFrame(out, OpPing, nil)
 	}
 	return out, buf, err
 }
 
 // writeNow writes b without waiting: it returns how much the socket took.
-func (c *client) writeNow(b []byte) (int, error) {
+func (c *Conn) writeNow(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
@@ -296,14 +296,14 @@ func (c *client) writeNow(b []byte) (int, error) {
 	return c.watch.Write(b)
 }
 
-// slowWriter owns the socket of a client that fell behind: it writes rest
-// (the end of what the flusher could not write), then whatever is queued,
-// waiting for the socket each time, until the queue is empty; then the
-// client goes back to its flusher. A client that takes no 64 KiB within
-// WriteTimeout is dropped. times are those of the write rest is the end
-// of.
-func (c *client) slowWriter(rest []byte, times writeTimes) {
-	lim := c.e.cfg.Limits
+// slowWriter owns the socket of a connection that fell behind: it writes
+// rest (the end of what the flusher could not write), then whatever is
+// queued, waiting for the socket each time, until the queue is empty;
+// then the connection goes back to its flusher. A client that takes no
+// 64 KiB within WriteTimeout is dropped. times are those of the write
+// rest is the end of.
+func (c *Conn) slowWriter(rest []byte, times writeTimes) {
+	timeout := c.s.cfg.WriteTimeout
 	var batch [][]byte
 	var buf, out []byte
 	// WriteTimeout bounds each 64 KiB: a client that reads slowly but
@@ -311,8 +311,8 @@ func (c *client) slowWriter(rest []byte, times writeTimes) {
 	write := func(b []byte) error {
 		for len(b) > 0 {
 			n := min(len(b), 64<<10)
-			_ = c.conn.SetWriteDeadline(time.Now().Add(lim.WriteTimeout))
-			if _, err := c.conn.Write(b[:n]); err != nil {
+			_ = c.nc.SetWriteDeadline(time.Now().Add(timeout))
+			if _, err := c.nc.Write(b[:n]); err != nil {
 				return err
 			}
 			b = b[n:]
@@ -334,7 +334,7 @@ func (c *client) slowWriter(rest []byte, times writeTimes) {
 		if len(c.queue) == 0 && c.preamble == nil && c.pong == nil && !c.pingDue {
 			// Caught up: the flusher's writes never wait, and need no
 			// deadline.
-			_ = c.conn.SetWriteDeadline(time.Time{})
+			_ = c.nc.SetWriteDeadline(time.Time{})
 			c.slow = false
 			c.mu.Unlock()
 			return

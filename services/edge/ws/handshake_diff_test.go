@@ -1,4 +1,4 @@
-package edge
+package ws
 
 import (
 	"bytes"
@@ -10,8 +10,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/gorilla/websocket"
 )
 
 // The edge's own handshake against the path every other request takes:
@@ -21,11 +19,11 @@ import (
 
 // gorillaServed is what the edge's net/http path made of a request head.
 type gorillaServed struct {
-	routed   bool           // the request reached the WebSocket route
-	req      upgradeRequest // requestOf the request net/http read
-	key      string         // its Sec-WebSocket-Key
-	upgrade  error          // the Upgrader's error
-	response []byte         // all the client received
+	routed   bool    // the request reached the WebSocket route
+	req      Request // requestOf the request net/http read
+	key      string  // its Sec-WebSocket-Key
+	upgrade  error   // the Upgrader's error
+	response []byte  // all the client received
 }
 
 // oneConn is a listener that accepts conn once, then waits for Close.
@@ -56,13 +54,12 @@ func (l *oneConn) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 
 
 // serveGorilla serves head as the edge serves a request its handshake
 // hands on: an http.Server, a mux with the edge's WebSocket route
-// (Edge.Handler) and an Upgrader with the edge's settings (New), over an
+// (Edge.Handler) and the Server's Upgrader (newUpgrader), over an
 // in-memory connection. Keep-alives are off, so that the server closes
 // the connection after its answer, whatever it is.
 func serveGorilla(t *testing.T, head []byte) gorillaServed {
 	t.Helper()
-	u := websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 4096, WriteBufferPool: &sync.Pool{},
-		CheckOrigin: func(*http.Request) bool { return true }}
+	u := newUpgrader()
 	results := make(chan gorillaServed, 1)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /", http.NotFound) // the page, in the edge
@@ -140,8 +137,8 @@ func FuzzParsePlainAgainstGorilla(f *testing.F) {
 			t.Fatalf("taken as plain; gorilla refuses it: %v", s.upgrade)
 		}
 		g := s.req
-		if g.host != r.host || g.origin != r.origin || !slices.Equal(g.forwarded, r.forwarded) ||
-			g.user != r.user || g.token != r.token || s.key != key {
+		if g.Host != r.Host || g.Origin != r.Origin || !slices.Equal(g.Forwarded, r.Forwarded) ||
+			g.Query("user") != r.Query("user") || g.Query("token") != r.Query("token") || s.key != key {
 			t.Fatalf("read otherwise:\nedge %+v key %q\nnet/http %+v key %q", r, key, g, s.key)
 		}
 		if want := switchingResponse(key); !bytes.Equal(s.response, want) {

@@ -1,8 +1,7 @@
-package edge
+package ws
 
 import (
 	"bytes"
-	"cmp"
 	"crypto/sha1"
 	"encoding/base64"
 	"errors"
@@ -17,16 +16,14 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/natter-chat/natter/services/edge/ws"
 )
 
-// The edge's own handshake. The edge accepts its connections itself and
+// The wire's own handshake. The server accepts its connections itself and
 // reads each one's request with the poller, without a goroutine: a plain
 // WebSocket request (GET /ws, HTTP/1.1, the upgrade headers, nothing after
 // them) is answered here, everything else is handed to net/http with the
 // bytes read so far, and net/http serves it as usual (the page, /metrics,
-// and any WebSocket request that is not plain, through serveWS and
+// and any WebSocket request that is not plain, through ServeHTTP and
 // gorilla). On a connect burst net/http's goroutine, buffers and request
 // per connection were a third of the edge's CPU and most of its garbage
 // (bench/, F).
@@ -43,7 +40,7 @@ const maxHead = 16 << 10
 // acceptLoop accepts the connections of ln until it is closed, and starts
 // each one's handshake. It backs off on errors such as running out of
 // file descriptors, as net/http does.
-func (e *Edge) acceptLoop(ln net.Listener, http *handoff) {
+func (s *Server) acceptLoop(ln net.Listener, http *handoff) {
 	var backoff time.Duration
 	for {
 		conn, err := ln.Accept()
@@ -52,7 +49,7 @@ func (e *Edge) acceptLoop(ln net.Listener, http *handoff) {
 				return
 			}
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			e.log.Warn("accept failed; retrying", "err", err, "in", backoff)
+			s.log.Warn("accept failed; retrying", "err", err, "in", backoff)
 			select {
 			case <-time.After(backoff):
 			case <-http.done:
@@ -61,44 +58,44 @@ func (e *Edge) acceptLoop(ln net.Listener, http *handoff) {
 			continue
 		}
 		backoff = 0
-		e.handshake(conn)
+		s.handshake(conn)
 	}
 }
 
 // handshake is a connection whose request is being read.
 type handshake struct {
-	e    *Edge
+	s    *Server
 	conn net.Conn
 	buf  []byte // the request so far; only its reader uses it
 	seen int    // how much of buf was searched for the head's end
-	// accepted is when conn was accepted: natter_edge_handshake_seconds
-	// counts from there.
+	// accepted is when conn was accepted: Metrics.Handshake counts from
+	// there.
 	accepted time.Time
 
 	mu    sync.Mutex
-	w     *ws.Watch   // guarded by mu
-	timer *time.Timer // guarded by mu: handshakeTimeout; counted in Edge.timers
+	w     *Watch      // guarded by mu
+	timer *time.Timer // guarded by mu: HandshakeTimeout; counted in Server.timers
 	over  bool        // guarded by mu: finish has been called
 }
 
 // handshake starts reading conn's request; it is called as soon as conn
 // is accepted, and the handshake's time starts here.
-func (e *Edge) handshake(conn net.Conn) {
+func (s *Server) handshake(conn net.Conn) {
 	accepted := time.Now()
 	sc, ok := conn.(syscall.Conn)
 	if !ok {
-		e.handOff(conn, nil, accepted) // not a socket the poller can watch
+		s.handOff(conn, nil, accepted) // not a socket the poller can watch
 		return
 	}
-	h := &handshake{e: e, conn: conn, accepted: accepted}
-	e.mu.Lock()
-	if e.stopping {
-		e.mu.Unlock()
+	h := &handshake{s: s, conn: conn, accepted: accepted}
+	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
 		_ = conn.Close()
 		return
 	}
-	e.handshakes[h] = struct{}{}
-	e.mu.Unlock()
+	s.handshakes[h] = struct{}{}
+	s.mu.Unlock()
 	// The watch is made under mu: a turn that runs at once (the request
 	// came with the connection) waits in finish until the watch and the
 	// timer are known, and so does an abort.
@@ -107,13 +104,13 @@ func (e *Edge) handshake(conn net.Conn) {
 		h.mu.Unlock()
 		return // aborted already (closeHandshakes), which closed the socket
 	}
-	w, err := e.poller.Watch(sc, h.readable)
-	if e.testHookWatched != nil {
-		e.testHookWatched()
+	w, err := s.poller.Watch(sc, h.readable)
+	if s.testHookWatched != nil {
+		s.testHookWatched()
 	}
 	if err != nil {
 		h.mu.Unlock()
-		e.log.Warn("connection not watched", "err", err)
+		s.log.Warn("connection not watched", "err", err)
 		if h.finish() {
 			_ = conn.Close()
 		}
@@ -123,9 +120,9 @@ func (e *Edge) handshake(conn net.Conn) {
 	// The timer's goroutine is counted until it has run or been stopped,
 	// so that Run waits for it (timers: only the accept loop adds, and
 	// Run waits once that has ended).
-	e.timers.Add(1)
-	h.timer = time.AfterFunc(cmp.Or(e.cfg.HandshakeTimeout, handshakeTimeout), func() {
-		defer e.timers.Done()
+	s.timers.Add(1)
+	h.timer = time.AfterFunc(s.cfg.HandshakeTimeout, func() {
+		defer s.timers.Done()
 		h.abort()
 	})
 	h.mu.Unlock()
@@ -141,17 +138,17 @@ func (h *handshake) finish() bool {
 	}
 	h.over = true
 	if h.timer != nil && h.timer.Stop() {
-		h.e.timers.Done() // it will not run
+		h.s.timers.Done() // it will not run
 	}
 	h.mu.Unlock()
-	h.e.mu.Lock()
-	delete(h.e.handshakes, h)
-	h.e.mu.Unlock()
+	h.s.mu.Lock()
+	delete(h.s.handshakes, h)
+	h.s.mu.Unlock()
 	return true
 }
 
 // abort closes a connection that took too long to send its request, or
-// that the edge closes while stopping.
+// that the server closes while stopping.
 func (h *handshake) abort() {
 	if !h.finish() {
 		return
@@ -166,32 +163,30 @@ func (h *handshake) abort() {
 }
 
 // closeHandshakes aborts the handshakes in progress.
-func (e *Edge) closeHandshakes() {
-	e.mu.Lock()
-	hs := make([]*handshake, 0, len(e.handshakes))
-	for h := range e.handshakes {
+func (s *Server) closeHandshakes() {
+	s.mu.Lock()
+	hs := make([]*handshake, 0, len(s.handshakes))
+	for h := range s.handshakes {
 		hs = append(hs, h)
 	}
-	e.mu.Unlock()
+	s.mu.Unlock()
 	for _, h := range hs {
 		h.abort()
 	}
 }
 
-var (
-	headEnd   = []byte("\r\n\r\n")
-	bareBlank = []byte("\n\n") // a head that ends with bare line feeds: net/http's
-)
+// bareBlank ends a head with bare line feeds, which net/http reads.
+var bareBlank = []byte("\n\n")
 
 // readable is a turn of the handshake's reader: it reads what came of the
 // request, and once the head is whole, answers it or hands it on.
-func (h *handshake) readable(w *ws.Watch) {
-	bp := h.e.readBuffers.Get().(*[]byte)
+func (h *handshake) readable(w *Watch) {
+	bp := h.s.readBuffers.Get().(*[]byte)
 	n, err := w.Read(*bp)
 	if n > 0 {
 		h.buf = append(h.buf, (*bp)[:n]...)
 	}
-	h.e.readBuffers.Put(bp)
+	h.s.readBuffers.Put(bp)
 	// Search what came, and the three bytes before it.
 	from := max(h.seen-3, 0)
 	end, bare := bytes.Index(h.buf[from:], headEnd), bytes.Contains(h.buf[from:], bareBlank)
@@ -217,40 +212,69 @@ func (h *handshake) readable(w *ws.Watch) {
 		w.End()
 		return // aborted meanwhile: the socket is closed
 	}
-	var req ws.Request
+	var req Request
 	var key string
 	ok := false
 	// Else longer than maxHead, not ended by CRLF, or with something
 	// (early frames) after the head.
 	if end >= 0 && len(h.buf) == end+len(headEnd) {
-		req, key, ok = ws.ParsePlain(h.buf)
+		req, key, ok = parsePlain(h.buf)
 	}
 	if !ok {
 		w.End()
-		h.e.handOff(h.conn, h.buf, h.accepted)
+		h.s.handOff(h.conn, h.buf, h.accepted)
 		return
 	}
 	req.Remote = h.conn.RemoteAddr().String()
-	h.e.metrics.handshakes.WithLabelValues("edge").Inc()
-	h.e.upgrade(h.conn, req, key, w, h.accepted)
+	h.s.m.Answered.Inc()
+	h.s.upgrade(h.conn, req, key, w, h.accepted)
 }
 
 // upgrade answers a plain WebSocket request read by the handshake, whose
-// watch, in its turn, goes on as the client's; conn was accepted at
+// watch, in its turn, goes on as the connection's; conn was accepted at
 // accepted.
-func (e *Edge) upgrade(conn net.Conn, r ws.Request, key string, w *ws.Watch, accepted time.Time) {
-	user, addr, no := e.admit(r)
+func (s *Server) upgrade(conn net.Conn, r Request, key string, w *Watch, accepted time.Time) {
+	h, no := s.cfg.Admit(r)
 	if no != nil {
 		w.End()
-		_ = conn.SetWriteDeadline(time.Now().Add(e.cfg.Limits.WriteTimeout))
+		_ = conn.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		_, _ = conn.Write(refusalResponse(no))
 		_ = conn.Close()
 		return
 	}
-	// The answer goes out with the welcome, in one write: a syscall less
-	// per connection (bench/, F). That write observes the handshake's
-	// time (flush.go).
-	e.start(conn, user, addr, switchingResponse(key), accepted, w)
+	// The answer goes out with what Open queues, in one write: a syscall
+	// less per connection (bench/, F). That write observes the
+	// handshake's time (flush.go).
+	s.start(conn, h, switchingResponse(key), accepted, w)
+}
+
+// ServeHTTP serves the WebSocket requests that net/http gets: those the
+// server's own handshake passed on, because they were not plain. It asks
+// Admit, then upgrades with gorilla/websocket.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h, no := s.cfg.Admit(requestOf(r))
+	if no != nil {
+		if no.Status == http.StatusTooManyRequests {
+			w.Header().Set("Retry-After", "10")
+		}
+		http.Error(w, no.Text, no.Status)
+		return
+	}
+	wc, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		h.Closed(CloseAbnormal, "not upgraded") // the upgrader has answered
+		return
+	}
+	// The upgrader has written its 101; the connection is the one the
+	// handshake handed on, which knows when it was accepted when this
+	// request was its first.
+	if pc, ok := wc.NetConn().(*prefixConn); ok && !pc.accepted.IsZero() {
+		s.m.Handshake.Observe(time.Since(pc.accepted).Seconds())
+	}
+	// From here on the socket is read and written by the server: gorilla
+	// did the handshake, and holds no data read past it (it refuses a
+	// client that sends before the handshake is complete).
+	s.start(wc.NetConn(), h, nil, time.Time{}, nil)
 }
 
 // switchingResponse is the 101 answer to a request with key (RFC 6455,
@@ -267,13 +291,13 @@ func switchingResponse(key string) []byte {
 	return append(out, headEnd...)
 }
 
-// refusalResponse is what http.Error writes for no, and the connection
-// closes after it.
-func refusalResponse(no *refusal) []byte {
-	body := no.text + "\n"
+// refusalResponse is what ServeHTTP writes for no (through http.Error),
+// and the connection closes after it.
+func refusalResponse(no *Refusal) []byte {
+	body := no.Text + "\n"
 	var b strings.Builder
-	fmt.Fprintf(&b, "HTTP/1.1 %d %s\r\n", no.status, http.StatusText(no.status))
-	if no.status == http.StatusTooManyRequests {
+	fmt.Fprintf(&b, "HTTP/1.1 %d %s\r\n", no.Status, http.StatusText(no.Status))
+	if no.Status == http.StatusTooManyRequests {
 		b.WriteString("Retry-After: 10\r\n")
 	}
 	b.WriteString("Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n")
@@ -283,8 +307,8 @@ func refusalResponse(no *refusal) []byte {
 
 // handOff gives conn, accepted at accepted, to net/http, which reads read
 // first.
-func (e *Edge) handOff(conn net.Conn, read []byte, accepted time.Time) {
-	e.metrics.handshakes.WithLabelValues("http").Inc()
+func (s *Server) handOff(conn net.Conn, read []byte, accepted time.Time) {
+	s.m.HandedOn.Inc()
 	if !bytes.HasPrefix(read, []byte("GET /ws ")) && !bytes.HasPrefix(read, []byte("GET /ws?")) {
 		// Timed only when its first request is for the WebSocket: net/http
 		// may serve other requests on a kept-alive connection (the page,
@@ -296,13 +320,13 @@ func (e *Edge) handOff(conn net.Conn, read []byte, accepted time.Time) {
 		conn = &prefixConn{Conn: conn, prefix: read, accepted: accepted}
 	}
 	select {
-	case e.http.conns <- conn:
-	case <-e.http.done:
+	case s.http.conns <- conn:
+	case <-s.http.done:
 		_ = conn.Close()
 	}
 }
 
-// handoff is the listener net/http serves: the connections the edge's
+// handoff is the listener net/http serves: the connections the
 // handshake hands it.
 type handoff struct {
 	ln    net.Listener
@@ -324,7 +348,7 @@ func (l *handoff) Accept() (net.Conn, error) {
 	}
 }
 
-// Close closes the edge's listener too: net/http's shutdown stops the
+// Close closes the server's listener too: net/http's shutdown stops the
 // accepting.
 func (l *handoff) Close() error {
 	var err error
@@ -348,7 +372,7 @@ func (l *handoff) isClosed() bool {
 
 // prefixConn is a connection whose first bytes were read already;
 // accepted is when it was accepted, for the handshake's time of a
-// WebSocket request that net/http serves (serveWS).
+// WebSocket request that net/http serves (ServeHTTP).
 type prefixConn struct {
 	net.Conn
 	prefix []byte
@@ -366,14 +390,14 @@ func (c *prefixConn) Read(p []byte) (int, error) {
 }
 
 // SyscallConn lets the poller watch the socket once net/http has read
-// the prefix (a WebSocket request upgraded by serveWS).
+// the prefix (a WebSocket request upgraded by ServeHTTP).
 func (c *prefixConn) SyscallConn() (syscall.RawConn, error) {
 	if len(c.prefix) > 0 {
-		return nil, errors.New("edge: connection has unread bytes")
+		return nil, errors.New("ws: connection has unread bytes")
 	}
 	sc, ok := c.Conn.(syscall.Conn)
 	if !ok {
-		return nil, errors.New("edge: not a socket")
+		return nil, errors.New("ws: not a socket")
 	}
 	return sc.SyscallConn()
 }
