@@ -105,12 +105,12 @@ func (c *client) Text(p []byte) {
 // address.
 func (c *client) Closed(code int, reason string) {
 	if c.conn == nil {
-		c.e.releaseAddr(c.addr)
+		c.e.gate.release(c.addr)
 		return
 	}
 	c.leaveAll()
 	c.e.open.Add(-1)
-	c.e.releaseAddr(c.addr)
+	c.e.gate.release(c.addr)
 	c.e.metrics.connections.Dec()
 	c.e.logClosed(c, code, reason)
 }

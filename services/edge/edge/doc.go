@@ -3,7 +3,7 @@
 // fan-out of stored events to the local members of each room, and the
 // sessions reported to presence. The WebSocket wire below it (accepting,
 // the handshake, frames, the poller, batched writes, pings, closing) is
-// services/edge/ws: the edge admits a request (Edge.admit) and
+// services/edge/ws: the edge's gate admits each request (admit.go), and
 // each session it admits is the handler of its connection (client.go).
 //
 // Ownership and stopping:
@@ -46,13 +46,14 @@
 //     presence's requests to the reporter (dropping them when it is
 //     behind). Run stops the service before it stops the reporter.
 //
-// Locks: hub.mu guards the room and user tables; client.mu a session's
-// room and conversation states. The dispatcher takes hub.mu only to read
-// a room's member list (copy on write; raising the room's newest seq
-// first) and then each member's mu in turn, and pushes with it held, so
-// that a room's seq and what was queued move together: client.mu comes
-// before the connection's own lock (inside ws.Conn's methods), never
-// after. A session waits for room in its queue (replies) with mu
-// released. No lock is held while writing to a socket or publishing to
-// NATS.
+// Locks: gate.mu guards the per-address counts; whoShare.mu the who
+// answers shared between joins (who.go); hub.mu the room and user tables;
+// client.mu a session's room and conversation states. The dispatcher
+// takes hub.mu only to read a room's member list (copy on write; raising
+// the room's newest seq first) and then each member's mu in turn, and
+// pushes with it held, so that a room's seq and what was queued move
+// together: client.mu comes before the connection's own lock (inside
+// ws.Conn's methods), never after. A session waits for room in its queue
+// (replies) with mu released. No lock is held while writing to a socket
+// or publishing to NATS.
 package edge

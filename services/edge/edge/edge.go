@@ -4,18 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
-	"net/url"
-	"slices"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,26 +17,14 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/natter-chat/natter/services/edge/ws"
 	"github.com/natter-chat/natter/shared/auth"
 	"github.com/natter-chat/natter/shared/config"
 	"github.com/natter-chat/natter/shared/names"
 	"github.com/natter-chat/natter/shared/ops"
-	"github.com/natter-chat/natter/shared/proto"
 	"github.com/natter-chat/natter/shared/subject"
 )
-
-// whoTimeout bounds a who request to presence. A presence that is down
-// answers at once (no responders); this is for one that is overloaded.
-const whoTimeout = 2 * time.Second
-
-// whoShareFor is how long the users of a room, asked for a joined answer,
-// serve the joins that follow (a presence event for the room ends it
-// sooner): when thousands rejoin a big room at once, presence answers a
-// few requests instead of thousands of lists of thousands.
-const whoShareFor = 250 * time.Millisecond
 
 // Config is what an edge needs.
 type Config struct {
@@ -79,51 +61,21 @@ type Edge struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	// whoFlight and whoShared share who answers between joins (joinedUsers).
-	whoFlight singleflight.Group
-	whoMu     sync.Mutex
-	whoShared map[string]sharedWho // guarded by whoMu
+	whos whoShare // who answers shared between joins (who.go)
 
-	// wire is the WebSocket connections' server: it asks admit about
-	// each request, and each client admitted is its connection's handler.
+	// wire is the WebSocket connections' server: it asks the gate about
+	// each request (admitSession), and each client admitted is its
+	// connection's handler.
 	wire *ws.Server
-
-	mu      sync.Mutex
-	perAddr map[string]int // guarded by mu: open WebSockets per client address, with MaxConnsPerIP
-	proxies []netip.Prefix // trusted proxies (CHAT_TRUSTED_PROXIES)
-	open    atomic.Int64   // open sessions, for heartbeats
+	gate *gate        // who may connect (admit.go)
+	open atomic.Int64 // open sessions, for heartbeats
 }
 
 // New returns an edge on nc serving the page from web; its metrics go to
 // reg, which /metrics serves.
 func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus.Registry) (*Edge, error) {
-	lim := cfg.Limits
-	if lim.SendQueue <= 0 || lim.MaxRooms <= 0 || lim.MaxFrameBytes <= 0 || lim.MaxTextChars <= 0 {
-		return nil, errors.New("edge: limits must be positive")
-	}
-	if lim.PingInterval <= 0 || lim.PongTimeout <= lim.PingInterval {
-		return nil, errors.New("edge: the pong timeout must be longer than the ping interval")
-	}
-	if lim.WriteTimeout <= 0 || lim.PostTimeout <= 0 {
-		return nil, errors.New("edge: timeouts must be positive")
-	}
-	if cfg.Web.MaxConnsPerIP < 0 || lim.MessageRate < 0 || lim.TypingEvery < 0 {
-		return nil, errors.New("edge: CHAT_MAX_CONNS_PER_IP, CHAT_RATE_MESSAGES and CHAT_TYPING_EVERY must not be negative")
-	}
-	if lim.WriteDelay < 0 || lim.WriteDelay >= lim.WriteTimeout {
-		return nil, errors.New("edge: CHAT_WRITE_DELAY must be at least 0 and below CHAT_WRITE_TIMEOUT")
-	}
-	if lim.MessageRate > 0 && lim.MessageBurst < 1 {
-		return nil, errors.New("edge: CHAT_RATE_BURST must be at least 1 while CHAT_RATE_MESSAGES is set")
-	}
-	if s := cfg.Web.AuthSecret; s != "" {
-		if err := auth.CheckSecret([]byte(s)); err != nil {
-			return nil, fmt.Errorf("edge: CHAT_AUTH_SECRET: %w", err)
-		}
-	}
-	proxies, err := parseProxies(cfg.Web.TrustedProxies)
-	if err != nil {
-		return nil, fmt.Errorf("edge: CHAT_TRUSTED_PROXIES: %w", err)
+	if err := check(cfg); err != nil {
+		return nil, fmt.Errorf("edge: %w", err)
 	}
 	id := cfg.ID
 	if id == "" {
@@ -137,34 +89,20 @@ func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus
 		return nil, fmt.Errorf("edge: %w", err)
 	}
 	e := &Edge{
-		cfg:       cfg,
-		id:        id,
-		nc:        nc,
-		log:       log.With("edge", id),
-		reg:       reg,
-		web:       web,
-		metrics:   m,
-		perAddr:   make(map[string]int),
-		proxies:   proxies,
-		whoShared: make(map[string]sharedWho),
+		cfg:     cfg,
+		id:      id,
+		nc:      nc,
+		log:     log.With("edge", id),
+		reg:     reg,
+		web:     web,
+		metrics: m,
+		whos:    whoShare{shared: make(map[string]sharedWho)},
+	}
+	if e.gate, err = newGate(cfg.Web, e.log, m.refused); err != nil {
+		return nil, fmt.Errorf("edge: %w", err)
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
-	e.wire, err = ws.NewServer(ws.Config{
-		FrameLimit:       int(lim.MaxFrameBytes),
-		SendQueue:        lim.SendQueue,
-		WriteTimeout:     lim.WriteTimeout,
-		WriteDelay:       lim.WriteDelay,
-		PingInterval:     lim.PingInterval,
-		PongTimeout:      lim.PongTimeout,
-		HandshakeTimeout: cfg.HandshakeTimeout,
-		Admit:            e.admitSession,
-		// Posts and store reads in flight give up once the clients are
-		// being closed.
-		BeforeClose: e.cancel,
-		Metrics:     m.wire(),
-		Log:         e.log,
-	})
-	if err != nil {
+	if e.wire, err = e.newWire(); err != nil {
 		return nil, fmt.Errorf("edge: %w", err)
 	}
 	if nc != nil {
@@ -180,6 +118,56 @@ func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus
 	e.hub.presenceChanged = e.forgetWho
 	e.reporter = newReporter(nc, e.log, id, func() int { return int(e.open.Load()) }, m.reports)
 	return e, nil
+}
+
+// newWire is the edge's WebSocket server, with the limits of its
+// connections: each request it gets is admitted by admitSession.
+func (e *Edge) newWire() (*ws.Server, error) {
+	lim := e.cfg.Limits
+	return ws.NewServer(ws.Config{
+		FrameLimit:       int(lim.MaxFrameBytes),
+		SendQueue:        lim.SendQueue,
+		WriteTimeout:     lim.WriteTimeout,
+		WriteDelay:       lim.WriteDelay,
+		PingInterval:     lim.PingInterval,
+		PongTimeout:      lim.PongTimeout,
+		HandshakeTimeout: e.cfg.HandshakeTimeout,
+		Admit:            e.admitSession,
+		// Posts and store reads in flight give up once the clients are
+		// being closed.
+		BeforeClose: e.cancel,
+		Metrics:     e.metrics.wire(),
+		Log:         e.log,
+	})
+}
+
+// check refuses limits the edge cannot work with, naming the setting.
+func check(cfg Config) error {
+	lim := cfg.Limits
+	if lim.SendQueue <= 0 || lim.MaxRooms <= 0 || lim.MaxFrameBytes <= 0 || lim.MaxTextChars <= 0 {
+		return errors.New("limits must be positive")
+	}
+	if lim.PingInterval <= 0 || lim.PongTimeout <= lim.PingInterval {
+		return errors.New("the pong timeout must be longer than the ping interval")
+	}
+	if lim.WriteTimeout <= 0 || lim.PostTimeout <= 0 {
+		return errors.New("timeouts must be positive")
+	}
+	if cfg.Web.MaxConnsPerIP < 0 || lim.MessageRate < 0 || lim.TypingEvery < 0 {
+		return errors.New("CHAT_MAX_CONNS_PER_IP, CHAT_RATE_MESSAGES and CHAT_TYPING_EVERY must not be negative")
+	}
+	if lim.WriteDelay < 0 || lim.WriteDelay >= lim.WriteTimeout {
+		return errors.New("CHAT_WRITE_DELAY must be at least 0 and below CHAT_WRITE_TIMEOUT")
+	}
+	if lim.MessageRate > 0 && lim.MessageBurst < 1 {
+		return errors.New("CHAT_RATE_BURST must be at least 1 while CHAT_RATE_MESSAGES is set")
+	}
+	if s := cfg.Web.AuthSecret; s != "" {
+		if err := auth.CheckSecret([]byte(s)); err != nil {
+			return fmt.Errorf("CHAT_AUTH_SECRET: %w", err)
+		}
+	}
+	return nil
 }
 
 // ID is the edge's name on NATS.
@@ -280,53 +268,11 @@ func (e *Edge) Stats() Stats {
 // admitSession is the wire's Admit: a client, the handler of the
 // connection it is upgraded to, or the refusal of the request.
 func (e *Edge) admitSession(r ws.Request) (ws.Handler, *ws.Refusal) {
-	user, addr, no := e.admit(r)
+	user, addr, no := e.gate.admit(r)
 	if no != nil {
 		return nil, no
 	}
 	return newClient(e, user, addr), nil
-}
-
-// admit checks a WebSocket request in the contract's order: Origin (403),
-// the per-address limit (429), then the token (401) or the user name
-// (400). On success the address is counted (takeAddr) until the
-// session is let go of (client.Closed).
-func (e *Edge) admit(r ws.Request) (user, addr string, no *ws.Refusal) {
-	if !e.originAllowed(r) {
-		return "", "", e.refuse("origin", "", http.StatusForbidden, "origin not allowed")
-	}
-	addr = e.clientAddr(r)
-	if !e.takeAddr(addr) {
-		return "", "", e.refuse("address", addr, http.StatusTooManyRequests, "too many connections from this address")
-	}
-	if secret := e.cfg.Web.AuthSecret; secret != "" {
-		u, err := auth.Check([]byte(secret), r.Query("token"))
-		if err != nil {
-			// Neither the token nor the error (which may quote a
-			// piece of it) is logged: the reason is enough.
-			e.releaseAddr(addr)
-			return "", "", e.refuse("token", addr, http.StatusUnauthorized, "a valid token is needed: /ws?token=JWT (HS256, with sub and exp)")
-		}
-		return u, addr, nil
-	}
-	user = r.Query("user")
-	if !names.ValidUser(user) {
-		e.releaseAddr(addr)
-		return "", "", e.refuse("user", addr, http.StatusBadRequest, "user must match ^[A-Za-z0-9_-]{1,32}$")
-	}
-	return user, addr, nil
-}
-
-// refuse counts a refused upgrade by reason and logs it at Debug: the
-// reason and the client's address (empty before it is looked at), never
-// what the request carried.
-func (e *Edge) refuse(reason, addr string, status int, text string) *ws.Refusal {
-	e.metrics.refused.WithLabelValues(reason).Inc()
-	if e.log.Enabled(context.Background(), slog.LevelDebug) {
-		e.log.LogAttrs(context.Background(), slog.LevelDebug, "websocket refused",
-			slog.String("reason", reason), slog.Int("status", status), slog.String("addr", logAddr(addr)))
-	}
-	return &ws.Refusal{Status: status, Text: text}
 }
 
 // The lines of a connection's life, one when it opens and one when it is
@@ -348,231 +294,6 @@ func (e *Edge) logClosed(c *client, code int, reason string) {
 		slog.String("user", c.user), slog.String("session", c.session), slog.String("addr", logAddr(c.addr)),
 		slog.Int("code", code), slog.String("reason", reason),
 		slog.Duration("duration", time.Since(c.opened).Round(time.Millisecond)))
-}
-
-// logAddr is a client address for the logs: an address behind a trusted
-// proxy that is not one (clientAddr) is the client's own text, and is
-// left out.
-func logAddr(addr string) string {
-	if strings.HasPrefix(addr, forwardedPrefix) {
-		return forwardedPrefix + "(not an address)"
-	}
-	return addr
-}
-
-// clientAddr is the address a connection counts against: the peer's IP,
-// or, when the peer is a trusted proxy, the nearest address in
-// X-Forwarded-For that is not one (the header's entries to its right
-// were added by trusted proxies; those to its left could be forged).
-func (e *Edge) clientAddr(r ws.Request) string {
-	host, _, err := net.SplitHostPort(r.Remote)
-	if err != nil {
-		host = r.Remote
-	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return host
-	}
-	ip = ip.Unmap()
-	if !e.trusted(ip) {
-		return bucket(ip)
-	}
-	var hops []string
-	for _, h := range r.Forwarded {
-		hops = append(hops, strings.Split(h, ",")...)
-	}
-	for i := len(hops) - 1; i >= 0; i-- {
-		hop, err := parseHop(hops[i])
-		if err != nil {
-			// Not an address: counted as it is written, not as the
-			// proxy (which would put everyone behind it together).
-			return forwardedPrefix + strings.TrimSpace(hops[i])
-		}
-		ip = hop
-		if !e.trusted(ip) {
-			break
-		}
-	}
-	return bucket(ip)
-}
-
-// forwardedPrefix marks an address taken as it is written in
-// X-Forwarded-For (clientAddr).
-const forwardedPrefix = "forwarded:"
-
-// parseHop reads an X-Forwarded-For entry: an address, perhaps with a
-// port ("192.0.2.1:4711", "[2001:db8::1]:4711").
-func parseHop(s string) (netip.Addr, error) {
-	s = strings.TrimSpace(s)
-	if ap, err := netip.ParseAddrPort(s); err == nil {
-		return ap.Addr().Unmap(), nil
-	}
-	a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]"))
-	return a.Unmap(), err
-}
-
-// bucket is what an address counts against: an IPv4 address itself, an
-// IPv6 address's /64 (one subscriber's usual allocation, which a client
-// can otherwise spread itself across).
-func bucket(ip netip.Addr) string {
-	if ip.Is6() {
-		p, _ := ip.Prefix(64)
-		return p.String()
-	}
-	return ip.String()
-}
-
-func (e *Edge) trusted(ip netip.Addr) bool {
-	for _, p := range e.proxies {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
-}
-
-// parseProxies reads CHAT_TRUSTED_PROXIES: addresses or CIDRs.
-func parseProxies(list []string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for _, s := range list {
-		s = strings.TrimSpace(s)
-		if s == "" {
-			continue
-		}
-		if p, err := netip.ParsePrefix(s); err == nil {
-			out = append(out, p.Masked())
-			continue
-		}
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return nil, fmt.Errorf("%q is neither an address nor a CIDR", s)
-		}
-		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
-	}
-	return out, nil
-}
-
-// takeAddr counts a new connection from addr, and refuses it when addr
-// has MaxConnsPerIP open already.
-func (e *Edge) takeAddr(addr string) bool {
-	max := e.cfg.Web.MaxConnsPerIP
-	if max <= 0 {
-		return true
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.perAddr[addr] >= max {
-		return false
-	}
-	e.perAddr[addr]++
-	return true
-}
-
-func (e *Edge) releaseAddr(addr string) {
-	if e.cfg.Web.MaxConnsPerIP <= 0 {
-		return
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.perAddr[addr] <= 1 {
-		delete(e.perAddr, addr)
-	} else {
-		e.perAddr[addr]--
-	}
-}
-
-// who asks presence for the users present in room. It fails at once when
-// NATS or presence is away.
-func (e *Edge) who(room string) ([]string, error) {
-	if !e.nc.IsConnected() {
-		return nil, nats.ErrConnectionClosed
-	}
-	ctx, cancel := context.WithTimeout(e.ctx, whoTimeout)
-	defer cancel()
-	msg, err := e.nc.RequestWithContext(ctx, subject.PresenceWho(room), nil)
-	if err != nil {
-		// Presence is away: the answers shared between joins are not
-		// handed out any more either.
-		e.whoMu.Lock()
-		clear(e.whoShared)
-		e.whoMu.Unlock()
-		return nil, fmt.Errorf("who %s: %w", room, err)
-	}
-	var reply proto.WhoReply
-	if err := json.Unmarshal(msg.Data, &reply); err != nil {
-		return nil, fmt.Errorf("who %s: bad reply: %w", room, err)
-	}
-	if reply.Users == nil {
-		reply.Users = []string{}
-	}
-	return reply.Users, nil
-}
-
-// sharedWho is a who answer shared between joins.
-type sharedWho struct {
-	users []string
-	at    time.Time
-}
-
-// joinedUsers is the users list of a joined answer for user: a who answer
-// shared with the other joins of the room for whoShareFor, with user
-// added (its own report may be newer than the answer).
-func (e *Edge) joinedUsers(room, user string) ([]string, error) {
-	e.whoMu.Lock()
-	s, ok := e.whoShared[room]
-	e.whoMu.Unlock()
-	if !ok || time.Since(s.at) >= whoShareFor {
-		v, err, _ := e.whoFlight.Do(room, func() (any, error) {
-			users, err := e.who(room)
-			if err != nil {
-				return nil, err
-			}
-			e.whoMu.Lock()
-			if len(e.whoShared) > 4096 {
-				for r, old := range e.whoShared {
-					if time.Since(old.at) >= whoShareFor {
-						delete(e.whoShared, r)
-					}
-				}
-			}
-			e.whoShared[room] = sharedWho{users: users, at: time.Now()}
-			e.whoMu.Unlock()
-			return users, nil
-		})
-		if err != nil {
-			return nil, err
-		}
-		s.users = v.([]string)
-	}
-	i, found := slices.BinarySearch(s.users, user)
-	if found {
-		return s.users, nil
-	}
-	return slices.Insert(slices.Clone(s.users), i, user), nil
-}
-
-// forgetWho drops room's shared who answer: its presence has changed.
-func (e *Edge) forgetWho(room string) {
-	e.whoMu.Lock()
-	delete(e.whoShared, room)
-	e.whoMu.Unlock()
-}
-
-// originAllowed applies the Origin rule of docs/protocol.md: no Origin (not a browser),
-// the request's own host, or an entry of the allowed list.
-func (e *Edge) originAllowed(r ws.Request) bool {
-	origin := r.Origin
-	if origin == "" {
-		return true
-	}
-	if slices.Contains(e.cfg.Web.AllowedOrigins, origin) {
-		return true
-	}
-	u, err := url.Parse(origin)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Path != "" || u.RawQuery != "" {
-		return false
-	}
-	return strings.EqualFold(u.Host, r.Host)
 }
 
 // Subscriptions is the number of room subscriptions the edge holds.

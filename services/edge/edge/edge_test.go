@@ -119,15 +119,18 @@ func TestClientAddr(t *testing.T) {
 		if tc.xff != "" {
 			r.Forwarded = []string{tc.xff}
 		}
-		if got := e.clientAddr(r); got != tc.want {
+		if got := e.gate.clientAddr(r); got != tc.want {
 			t.Errorf("%s with X-Forwarded-For %q: %s, want %s", tc.remote, tc.xff, got, tc.want)
 		}
 	}
 }
 
 func TestOriginAllowed(t *testing.T) {
-	e := newTestEdge(t, 1)
-	e.cfg.Web.AllowedOrigins = []string{"https://chat.example"}
+	e, err := New(Config{Limits: limits(1), Web: config.Web{AllowedOrigins: []string{"https://chat.example"}}},
+		nil, fstest.MapFS{}, slog.Default(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		origin, host string
 		ok           bool
@@ -143,7 +146,7 @@ func TestOriginAllowed(t *testing.T) {
 		{"ftp://h:1", "h:1", false},
 	}
 	for _, tt := range tests {
-		if got := e.originAllowed(ws.Request{Host: tt.host, Origin: tt.origin}); got != tt.ok {
+		if got := e.gate.originAllowed(ws.Request{Host: tt.host, Origin: tt.origin}); got != tt.ok {
 			t.Errorf("origin %q on host %q: %v, want %v", tt.origin, tt.host, got, tt.ok)
 		}
 	}
