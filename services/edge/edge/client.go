@@ -20,16 +20,15 @@ import (
 // calls the session while it holds its lock. deliver holds mu while it
 // pushes, so that a room's seq and what was queued move together.
 type client struct {
-	e       *Edge
-	conn    *ws.Conn // set by Open
-	user    string
-	session string
-	// addr is the client's address, counted against MaxConnsPerIP.
-	addr string
-	// opened is when the connection was opened, for its closing line.
-	opened time.Time
-
+	// What deliver touches comes first, together, as in ws.Conn.
 	mu sync.Mutex
+	// dmFloor is the hub's dm floor when the session started (dm.go);
+	// floorKnown is false when the hub had none (the dm stream could not
+	// be read): then a conversation's first dm starts its gap check. Set
+	// by hub.joinUser before the client is a member, never after.
+	floorKnown bool
+	dmFloor    uint64
+	conn       *ws.Conn // set by Open
 	// rooms is the state of each joined (or joining) room; guarded by mu.
 	rooms map[string]*roomState
 	// convs is the state of each conversation a dm was delivered in;
@@ -37,12 +36,14 @@ type client struct {
 	// conversation made again starts from convFloor). Guarded by mu.
 	convs     map[conversation]*roomState
 	convFloor uint64
-	// dmFloor is the hub's dm floor when the session started (dm.go);
-	// floorKnown is false when the hub had none (the dm stream could not
-	// be read): then a conversation's first dm starts its gap check. Set
-	// by hub.joinUser before the client is a member, never after.
-	dmFloor    uint64
-	floorKnown bool
+	e         *Edge
+
+	user    string
+	session string
+	// addr is the client's address, counted against MaxConnsPerIP.
+	addr string
+	// opened is when the connection was opened, for its closing line.
+	opened time.Time
 	// typed is when a typing signal was last published per room; made on
 	// the first. Guarded by mu.
 	typed map[string]time.Time

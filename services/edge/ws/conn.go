@@ -52,10 +52,60 @@ type Handler interface {
 // Conn is one upgraded WebSocket connection: its send queue, its reading,
 // writing, pings and closing. What it reads goes to its handler.
 type Conn struct {
-	s  *Server
+	// What a push touches comes first, together: the dispatcher pushes to
+	// every member of a room in turn, and each member's fields are
+	// usually out of the cache by then.
+	mu sync.Mutex
+	// closed is closing, for Closing without the lock.
+	closed atomic.Bool
+	// closing tells whether closing has begun; guarded by mu, with
+	// closeCode and closeText below.
+	closing bool
+	// Who writes (flush.go), guarded by mu: serving is set once serve
+	// has started, and from then on signal hands the connection to its
+	// flusher (scheduled), unless a slow writer owns the socket (slow),
+	// or finish does (finishing). pingDue asks for a ping, pong (below)
+	// holds the pong frame to send (nil: none), which answers the latest
+	// ping.
+	serving   bool
+	scheduled bool
+	slow      bool
+	finishing bool
+	pingDue   bool
+	waiting   bool // guarded by mu: a reply waits on space
+	// queue holds encoded events for the writer; guarded by mu. Live
+	// events (Push) count against the slow-client limit: live is how many
+	// of them are queued. Replies (Reply) never cut the connection off:
+	// the reader waits on space instead, so a client that floods
+	// requests is slowed down by its own reading.
+	live  int
+	queue [][]byte
+	// oldest is the ts (Unix ms) of the oldest stored event queued live
+	// since the queue was last taken, 0 when none was: the write that
+	// takes them observes its delivery time (flush.go). Guarded by mu.
+	oldest int64
+	s      *Server
+	// flusher writes what is queued (flush.go).
+	flusher *flusher
+
+	space sync.Cond // on mu; signalled when the queue is taken to be written (flush.go) or closing begins
+	// closeCode is the close code to send once closing has begun, -1
+	// when none is to be sent. closeText is the close frame's reason,
+	// and Closed's: never the client's own words (empty only when the
+	// client closed, with a code of its own). Guarded by mu.
+	closeCode int
+	closeText string
+	pong      []byte // guarded by mu
+	// preamble is written before anything else: the handshake's answer,
+	// which goes out with what Open queued (upgrade.go). Guarded by mu.
+	preamble []byte
+	// accepted is when the connection was accepted, while the
+	// preamble is still to be written: its write observes the
+	// handshake's time. Zero when there is none. Guarded by mu.
+	accepted time.Time
+
 	nc net.Conn // nil for an unserved connection (Server.Unserved)
 	h  Handler
-
 	// watch is the poller's watch of nc (set by serve); frames parses
 	// what the reader reads. Only the reader (readable, one turn at a
 	// time) uses frames.
@@ -67,57 +117,12 @@ type Conn struct {
 	// ends counts down the two ends of a connection, its reading and its
 	// finish; the one that comes second lets go of it (Server.letGo).
 	ends atomic.Int32
-	// flusher writes what is queued (flush.go); readerDone is closed
-	// when the reading has ended.
-	flusher    *flusher
+	// readerDone is closed when the reading has ended.
 	readerDone chan struct{}
 	// pingSlot is the pinger's turn for this connection (ping.go).
 	pingSlot int
-	// closed is closing, for Closing without the lock.
-	closed atomic.Bool
 	// waited is Unserved's hook: it runs when a reply begins to wait.
 	waited func()
-
-	mu sync.Mutex
-	// queue holds encoded events for the writer; guarded by mu. Live
-	// events (Push) count against the slow-client limit: live is how many
-	// of them are queued. Replies (Reply) never cut the connection off:
-	// the reader waits on space instead, so a client that floods
-	// requests is slowed down by its own reading.
-	queue   [][]byte
-	live    int
-	space   sync.Cond // on mu; signalled when the queue is taken to be written (flush.go) or closing begins
-	waiting bool      // guarded by mu: a reply waits on space
-	// oldest is the ts (Unix ms) of the oldest stored event queued live
-	// since the queue was last taken, 0 when none was: the write that
-	// takes them observes its delivery time (flush.go). Guarded by mu.
-	oldest int64
-	// closeCode is the close code to send once closing has begun, -1
-	// when none is to be sent; closing tells whether it has begun.
-	// closeText is the close frame's reason, and Closed's: never the
-	// client's own words (empty only when the client closed, with a code
-	// of its own). Guarded by mu.
-	closing   bool
-	closeCode int
-	closeText string
-	// Who writes (flush.go), guarded by mu: serving is set once serve
-	// has started, and from then on signal hands the connection to its
-	// flusher (scheduled), unless a slow writer owns the socket (slow),
-	// or finish does (finishing). pingDue asks for a ping, pong holds the
-	// pong frame to send (nil: none), which answers the latest ping.
-	serving   bool
-	scheduled bool
-	slow      bool
-	finishing bool
-	pingDue   bool
-	pong      []byte
-	// preamble is written before anything else: the handshake's answer,
-	// which goes out with what Open queued (upgrade.go). Guarded by mu.
-	preamble []byte
-	// accepted is when the connection was accepted, while the
-	// preamble is still to be written: its write observes the
-	// handshake's time. Zero when there is none. Guarded by mu.
-	accepted time.Time
 }
 
 func (s *Server) newConn(nc net.Conn) *Conn {
