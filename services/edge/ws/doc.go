@@ -18,7 +18,12 @@
 //   - A Conn takes Reply (an answer to the client's request: waits for
 //     room, never cuts off), Push (a live event: never waits; cuts the
 //     connection off with 1008 when SendQueue live events are queued),
-//     Close, CutOff; Closing and Heard tell its state.
+//     Close and CutOff. Closing and Heard tell its state; Full and
+//     WaitSpace let a handler that holds a lock of its own wait for room
+//     with it released.
+//   - Server.Queued sums the send queues, for a stats answer.
+//     Server.Unserved and Conn.Take make and empty a connection without
+//     a socket: for the tests and benchmarks of what a handler queues.
 //   - frame.go: the frames of RFC 6455 as a server reads and writes them,
 //     and the close codes. poll_linux.go (epoll), poll_portable.go
 //     elsewhere (a goroutine per connection), poll_common.go: the poller
