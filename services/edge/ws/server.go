@@ -20,7 +20,9 @@ import (
 // Shutdown budget, inside the edge's 10-second promise together with the
 // NATS drain (CHAT_NATS_DRAIN_TIMEOUT, 3 s by default): httpShutdownWait
 // for plain HTTP requests to finish, closeWait for the connections to be
-// let go of after they were told to close.
+// let go of after they were told to close. Both take less when Run's
+// context was stopped with a deadline that leaves less (ops.Budget): the
+// single binary stops its edge first, under one deadline for all.
 const (
 	httpShutdownWait = 2 * time.Second
 	closeWait        = 3 * time.Second
@@ -236,7 +238,7 @@ func (s *Server) Run(ctx context.Context, ln net.Listener, h http.Handler) error
 	if s.cfg.BeforeClose != nil {
 		s.cfg.BeforeClose()
 	}
-	s.closeConns()
+	s.closeConns(ops.Budget(ctx, closeWait))
 	stopFlushers()
 	flushersDone()
 	s.writers.Wait()
@@ -248,9 +250,9 @@ func (s *Server) Run(ctx context.Context, ln net.Listener, h http.Handler) error
 }
 
 // closeConns closes every connection with 1001 and waits for them to be
-// let go of, at most closeWait; then it closes their sockets, which ends
+// let go of, at most within; then it closes their sockets, which ends
 // their reading and writing at once.
-func (s *Server) closeConns() {
+func (s *Server) closeConns(within time.Duration) {
 	s.mu.Lock()
 	s.stopping = true
 	for c := range s.conns {
@@ -264,7 +266,7 @@ func (s *Server) closeConns() {
 	}()
 	select {
 	case <-done:
-	case <-time.After(closeWait):
+	case <-time.After(within):
 		s.mu.Lock()
 		for c := range s.conns {
 			_ = c.nc.Close()
