@@ -6,6 +6,9 @@ package config
 
 import (
 	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/kelseyhightower/envconfig"
@@ -86,6 +89,101 @@ type Log struct {
 func Load(spec any) error {
 	if err := envconfig.Process(Prefix, spec); err != nil {
 		return fmt.Errorf("configuration: %w", err)
+	}
+	return nil
+}
+
+// Defaults returns T, one of this package's groups or a struct that
+// embeds them, with every field at its default tag: what Load gives when
+// no variable is set. It never reads the environment, where envconfig
+// also takes the bare name (MAX_ROOMS for CHAT_MAX_ROOMS), so a test built
+// on it does not depend on how its process was started. A default tag it
+// cannot parse is a bug in the tag, and panics.
+func Defaults[T any]() T {
+	var v T
+	if err := setDefaults(reflect.ValueOf(&v).Elem()); err != nil {
+		panic(fmt.Sprintf("config.Defaults[%T]: %v", v, err))
+	}
+	return v
+}
+
+// setDefaults sets each field of the struct s to its default tag, and
+// the fields of the structs in it, as envconfig walks them.
+func setDefaults(s reflect.Value) error {
+	for i := range s.NumField() {
+		f, sf := s.Field(i), s.Type().Field(i)
+		if !sf.IsExported() {
+			continue
+		}
+		if f.Kind() == reflect.Struct {
+			if err := setDefaults(f); err != nil {
+				return err
+			}
+			continue
+		}
+		def := sf.Tag.Get("default")
+		if def == "" {
+			continue // envconfig leaves the zero value
+		}
+		if err := parseInto(f, def); err != nil {
+			return fmt.Errorf("%s: default %q: %w", sf.Name, def, err)
+		}
+	}
+	return nil
+}
+
+// parseInto sets f from s as envconfig decodes a variable of f's kind.
+func parseInto(f reflect.Value, s string) error {
+	switch f.Kind() {
+	case reflect.String:
+		f.SetString(s)
+	case reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return err
+		}
+		f.SetBool(b)
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		if f.Type() == reflect.TypeFor[time.Duration]() {
+			d, err := time.ParseDuration(s)
+			if err != nil {
+				return err
+			}
+			f.SetInt(int64(d))
+			return nil
+		}
+		n, err := strconv.ParseInt(s, 0, f.Type().Bits())
+		if err != nil {
+			return err
+		}
+		f.SetInt(n)
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		n, err := strconv.ParseUint(s, 0, f.Type().Bits())
+		if err != nil {
+			return err
+		}
+		f.SetUint(n)
+	case reflect.Float32, reflect.Float64:
+		x, err := strconv.ParseFloat(s, f.Type().Bits())
+		if err != nil {
+			return err
+		}
+		f.SetFloat(x)
+	case reflect.Slice:
+		if strings.TrimSpace(s) == "" {
+			f.Set(reflect.MakeSlice(f.Type(), 0, 0))
+			return nil
+		}
+		parts := strings.Split(s, ",")
+		sl := reflect.MakeSlice(f.Type(), len(parts), len(parts))
+		for i, part := range parts {
+			if err := parseInto(sl.Index(i), part); err != nil {
+				return err
+			}
+		}
+		f.Set(sl)
+	default:
+		return fmt.Errorf("a field of kind %s, which Defaults does not decode", f.Kind())
 	}
 	return nil
 }
