@@ -1,6 +1,7 @@
 // Package servicetest runs a service binary's run function in-process for
 // a test: configuration from the environment (t.Setenv), logs captured,
-// the HTTP address taken from the "listening" line each process logs.
+// the HTTP address taken from the "listening" line each process logs. It
+// also holds what every natter test waits with: WaitFor and Poll.
 package servicetest
 
 import (
@@ -109,16 +110,10 @@ func CheckHealthcheck(t *testing.T, run RunFunc, stopNATS func()) {
 // what want looks for, for up to 10 s: readiness follows NATS with a lag.
 func awaitHealthcheck(t *testing.T, run RunFunc, addr string, want func(out string, err error) bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		out, err := Healthcheck(t, run, addr)
-		if want(out, err) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("healthcheck on %s after 10 s: printed %q, error %v", addr, out, err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	var out string
+	var err error
+	if !Poll(10*time.Second, func() bool { out, err = Healthcheck(t, run, addr); return want(out, err) }) {
+		t.Fatalf("healthcheck on %s after 10 s: printed %q, error %v", addr, out, err)
 	}
 }
 
