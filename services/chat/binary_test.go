@@ -18,6 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats.go"
 
+	"github.com/natter-chat/natter/shared/config"
 	"github.com/natter-chat/natter/shared/logwatch"
 	"github.com/natter-chat/natter/shared/natstest"
 	"github.com/natter-chat/natter/shared/servicetest"
@@ -40,10 +41,7 @@ func startMainAt(t *testing.T, dir, httpAddr string) (*Main, func()) {
 // startMainWith is startMain with its configuration changed by tweak.
 func startMainWith(t *testing.T, dir string, tweak func(*Config)) (*Main, func()) {
 	t.Helper()
-	var cfg Config
-	if err := loadConfig(&cfg); err != nil {
-		t.Fatal(err)
-	}
+	cfg := config.Defaults[Config]()
 	cfg.HTTPAddr, cfg.NATSAddr, cfg.DataDir = "127.0.0.1:0", "127.0.0.1:0", dir
 	tweak(&cfg)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -137,7 +135,7 @@ func TestHealthcheck(t *testing.T) {
 		// Presence answers once its bucket is made: NATS is not shut
 		// down while it is.
 		nc := natstest.Connect(t, ns)
-		waitFor(t, "presence answering who", func() bool {
+		servicetest.WaitFor(t, wait, "presence answering who", func() bool {
 			_, err := nc.Request(subject.PresenceWho("lobby"), nil, time.Second)
 			return err == nil
 		})

@@ -18,6 +18,7 @@ import (
 	"github.com/natter-chat/natter/shared/browsertest"
 	"github.com/natter-chat/natter/shared/embedded"
 	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/servicetest"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
@@ -380,7 +381,7 @@ func TestBrowserTypingDuringOutage(t *testing.T) {
 		chromedp.WaitVisible(online))
 
 	embedded.Stop(ns)
-	waitFor(t, "readyz 503", func() bool { code, _ := get(t, e.url+"/readyz"); return code == http.StatusServiceUnavailable })
+	servicetest.WaitFor(t, wait, "readyz 503", func() bool { code, _ := get(t, e.url+"/readyz"); return code == http.StatusServiceUnavailable })
 	// The typing goes out with the first key, before the message; its
 	// answer comes first on the socket, so the outbox's line is the sign
 	// that both answers were handled.
@@ -413,7 +414,7 @@ func TestBrowserHistoryOnScroll(t *testing.T) {
 		post := proto.Encode(proto.Post{From: "bot", Text: fmt.Sprintf("m%d", i), ID: fmt.Sprint(i)})
 		if i == 0 {
 			// The broadcaster starts serving just after Open.
-			waitFor(t, "a broadcaster", func() bool {
+			servicetest.WaitFor(t, wait, "a broadcaster", func() bool {
 				_, err := nc.Request(subject.InRoom("lobby"), post, wait)
 				return err == nil
 			})

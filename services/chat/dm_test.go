@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natter-chat/natter/shared/natstest"
+	"github.com/natter-chat/natter/shared/servicetest"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
@@ -174,7 +175,7 @@ func TestDMReachesEverySession(t *testing.T) {
 	for _, c := range bobs[1:] {
 		c.close()
 	}
-	waitFor(t, "edge 2 drops bob's dms", func() bool { return counter(t, e2.reg, "natter_edge_user_subscriptions") == 2 })
+	servicetest.WaitFor(t, wait, "edge 2 drops bob's dms", func() bool { return counter(t, e2.reg, "natter_edge_user_subscriptions") == 2 })
 }
 
 // A client that was away recovers every dm it missed, in a conversation
@@ -241,7 +242,7 @@ func TestDMReconnectLossRepaired(t *testing.T) {
 	bob.expectDM("carol", "bob", send("carol", "before"))
 
 	px.cut()
-	waitFor(t, "the edge disconnected", func() bool { return !e.nc.IsConnected() })
+	servicetest.WaitFor(t, wait, "the edge disconnected", func() bool { return !e.nc.IsConnected() })
 	old, fresh := send("carol", "while away"), send("dave", "hello, new here")
 	px.restore()
 

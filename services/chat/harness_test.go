@@ -40,23 +40,12 @@ const wait = 10 * time.Second
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func defaultLimits() config.Limits {
-	return config.Limits{
-		MaxFrameBytes: 64 << 10,
-		MaxTextChars:  4000,
-		MaxRooms:      100,
-		SendQueue:     512,
-		PostTimeout:   5 * time.Second,
-		PingInterval:  25 * time.Second,
-		PongTimeout:   60 * time.Second,
-		WriteTimeout:  5 * time.Second,
-		WriteDelay:    2 * time.Millisecond,
-		TypingEvery:   time.Second,
-	}
-}
-
-func defaultRetention() config.Retention {
-	return config.Retention{MaxMsgs: 10000, MaxAge: 720 * time.Hour, MaxBytes: 1 << 30}
+// testLimits are the default limits without the rate limit: tests post
+// faster than people do. TestRateLimit turns it on.
+func testLimits() config.Limits {
+	l := config.Defaults[config.Limits]()
+	l.MessageRate = 0
+	return l
 }
 
 // connect opens a service connection like a process would, drained at the
@@ -75,7 +64,7 @@ func connect(t *testing.T, ns *server.Server, name string) *nats.Conn {
 // registry.
 func startBroadcaster(t *testing.T, ns *server.Server) *prometheus.Registry {
 	t.Helper()
-	return startBroadcasterWith(t, ns, defaultRetention())
+	return startBroadcasterWith(t, ns, config.Defaults[config.Retention]())
 }
 
 // startBroadcasterWith is startBroadcaster with the stream's retention.
@@ -129,7 +118,7 @@ func startEdge(t *testing.T, ns *server.Server, tweak func(*edge.Config)) *testE
 // user, say).
 func startEdgeAt(t *testing.T, url string, tweak func(*edge.Config), opts ...nats.Option) *testEdge {
 	t.Helper()
-	cfg := edge.Config{Limits: defaultLimits()}
+	cfg := edge.Config{Limits: testLimits()}
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -422,18 +411,6 @@ func (c *wsClient) closeCode() int {
 		case <-deadline:
 			c.t.Fatalf("%s: connection still open after %v", c.name, wait)
 		}
-	}
-}
-
-// waitFor polls cond until it holds, failing the test after wait.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(wait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true after %v", what, wait)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -104,11 +104,8 @@ func TestMetricsLatencyHistograms(t *testing.T) {
 		}
 		return true
 	}
-	after := servicetest.Scrape(t, m.Addr())
-	for deadline := time.Now().Add(wait); !reached(after) && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond) // polling /metrics
-		after = servicetest.Scrape(t, m.Addr())
-	}
+	var after servicetest.Metrics
+	servicetest.Poll(wait, func() bool { after = servicetest.Scrape(t, m.Addr()); return reached(after) })
 	// Both of the edge's paths were taken, and timed: three requests
 	// read by the edge, so the fourth handshake timed is dora's (a
 	// scrape's connection counts as read by net/http too, untimed).

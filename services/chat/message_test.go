@@ -14,6 +14,7 @@ import (
 
 	"github.com/natter-chat/natter/shared/natstest"
 	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/servicetest"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
@@ -240,7 +241,7 @@ func TestEdgeWithoutMembersReceivesNothing(t *testing.T) {
 	}
 	// A client that goes away takes its rooms with it.
 	b.close()
-	waitFor(t, "edge 2 drops its room after bob left", func() bool { return e2.Subscriptions() == 0 })
+	servicetest.WaitFor(t, wait, "edge 2 drops its room after bob left", func() bool { return e2.Subscriptions() == 0 })
 }
 
 // A repeated client id within the window is stored once; its ack carries

@@ -74,7 +74,7 @@ func TestMicroServices(t *testing.T) {
 		s := servicetest.Ask[micro.Stats](t, nc, micro.StatsVerb, subject.ServiceEdge, edgePing.ID, 1, wait)[0]
 		return servicetest.StatsData[edge.Stats](t, s), s
 	}
-	waitFor(t, "the edge's stats to show no client once the probe left", func() bool {
+	servicetest.WaitFor(t, wait, "the edge's stats to show no client once the probe left", func() bool {
 		st, _ := edgeStats()
 		return st.Connections == 0 && st.Rooms == 0 && st.Users == 0 && st.Edge == m.edge.ID()
 	})
@@ -96,7 +96,7 @@ func TestMicroServices(t *testing.T) {
 	// show both.
 	var bs micro.Stats
 	var room *micro.EndpointStats
-	waitFor(t, "the broadcaster's room endpoint to count the post and the refusal", func() bool {
+	servicetest.WaitFor(t, wait, "the broadcaster's room endpoint to count the post and the refusal", func() bool {
 		bs = servicetest.Ask[micro.Stats](t, nc, micro.StatsVerb, subject.ServiceBroadcaster, "", 1, wait)[0]
 		i := slices.IndexFunc(bs.Endpoints, func(ep *micro.EndpointStats) bool { return ep.Name == "room" })
 		if i < 0 {
@@ -114,14 +114,14 @@ func TestMicroServices(t *testing.T) {
 
 	// Presence's figures come from its view, which follows the edge's
 	// reports on their own time.
-	waitFor(t, "presence's stats to show the edge and its two rooms", func() bool {
+	servicetest.WaitFor(t, wait, "presence's stats to show the edge and its two rooms", func() bool {
 		ps := servicetest.Ask[micro.Stats](t, nc, micro.StatsVerb, subject.ServicePresence, "", 1, wait)[0]
 		st := servicetest.StatsData[presence.Stats](t, ps)
 		return st.Role == presence.RoleActive && st.Edges == 1 && st.Rooms == 2 && st.SessionRooms == 3 && st.Replica != ""
 	})
 
 	bob.close()
-	waitFor(t, "the edge's stats to drop bob", func() bool {
+	servicetest.WaitFor(t, wait, "the edge's stats to drop bob", func() bool {
 		st, _ := edgeStats()
 		return st.Connections == 1 && st.Users == 1
 	})

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/natter-chat/natter/shared/embedded"
+	"github.com/natter-chat/natter/shared/servicetest"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -58,7 +59,7 @@ func TestNATSOutageAndReturn(t *testing.T) {
 	before := a.post("lobby", "before the outage", "1")
 
 	embedded.Stop(ns)
-	waitFor(t, "readyz 503", func() bool { code, _ := get(t, e.url+"/readyz"); return code == http.StatusServiceUnavailable })
+	servicetest.WaitFor(t, wait, "readyz 503", func() bool { code, _ := get(t, e.url+"/readyz"); return code == http.StatusServiceUnavailable })
 	a.send(map[string]any{"type": "message", "room": "lobby", "text": "during", "id": "2"})
 	for {
 		ev := a.next()
@@ -93,26 +94,25 @@ func TestNATSOutageAndReturn(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { embedded.Stop(ns) })
-	waitFor(t, "readyz 200", func() bool { code, _ := get(t, e.url+"/readyz"); return code == http.StatusOK })
+	servicetest.WaitFor(t, wait, "readyz 200", func() bool { code, _ := get(t, e.url+"/readyz"); return code == http.StatusOK })
 	// The broadcaster and the room subscription come back with the
 	// connection; a retry of the refused post is stored once.
 	var seq uint64
-	deadline := time.Now().Add(wait)
-	for seq == 0 {
+	var refused string
+	if !servicetest.Poll(wait, func() bool {
 		a.send(map[string]any{"type": "message", "room": "lobby", "text": "after", "id": "2"})
 		for ev := a.next(); ; ev = a.next() {
-			if ev.Type == "ack" {
+			switch ev.Type {
+			case "ack":
 				seq = ev.seq()
-				break
-			}
-			if ev.Type == "error" {
-				if time.Now().After(deadline) {
-					t.Fatalf("still refused after NATS returned: %s", ev.raw)
-				}
-				time.Sleep(50 * time.Millisecond)
-				break
+				return true
+			case "error":
+				refused = ev.raw
+				return false
 			}
 		}
+	}) {
+		t.Fatalf("still refused %v after NATS returned: %s", wait, refused)
 	}
 	if seq <= before {
 		t.Fatalf("seq %d after the outage, want above %d", seq, before)
@@ -129,11 +129,12 @@ func TestNATSOutageAndReturn(t *testing.T) {
 }
 
 func TestDefaultConfigIsTheContract(t *testing.T) {
+	// Every variable, not only CHAT_ ones: envconfig falls back to the
+	// bare names (LOG_LEVEL for CHAT_LOG_LEVEL).
 	for _, kv := range os.Environ() {
-		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "CHAT_") {
-			t.Setenv(k, "")
-			os.Unsetenv(k)
-		}
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v) // restored when the test ends
+		os.Unsetenv(k)
 	}
 	var cfg Config
 	if err := loadConfig(&cfg); err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/natter-chat/natter/services/presence/presence"
+	"github.com/natter-chat/natter/shared/config"
 	"github.com/natter-chat/natter/shared/natsconn"
 	"github.com/natter-chat/natter/shared/servicetest"
 	"github.com/natter-chat/natter/shared/subject"
@@ -106,7 +107,7 @@ func connectAs(t *testing.T, ns *server.Server, user string, v *violations) *nat
 func TestDeployPermissions(t *testing.T) {
 	ns := deployServer(t)
 	var bv, pv, ev violations
-	startBroadcasterOn(t, connectAs(t, ns, "broadcaster", &bv), defaultRetention())
+	startBroadcasterOn(t, connectAs(t, ns, "broadcaster", &bv), config.Defaults[config.Retention]())
 	p := startPresenceOn(t, connectAs(t, ns, "presence", &pv), func(c *presence.Config) { c.Fresh = true })
 	select {
 	case <-p.Live():
@@ -239,7 +240,7 @@ func TestDeployPermissions(t *testing.T) {
 		// The server answers each refusal asynchronously; wait until
 		// every one came, or say which did not.
 		var missing []string
-		for deadline := time.Now().Add(wait); ; {
+		servicetest.Poll(wait, func() bool {
 			_ = nc.Flush()
 			errs := v.list()
 			missing = missing[:0]
@@ -253,11 +254,8 @@ func TestDeployPermissions(t *testing.T) {
 					missing = append(missing, "subscribe "+subj)
 				}
 			}
-			if len(missing) == 0 || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(20 * time.Millisecond) // polling for the server's asynchronous answers
-		}
+			return len(missing) == 0
+		})
 		if len(missing) > 0 {
 			t.Errorf("%s is allowed to %s", user, strings.Join(missing, ", "))
 		}
@@ -365,7 +363,7 @@ func TestDeployPermissions(t *testing.T) {
 		t.Errorf("the edge answered a sync or an info request on a room's typing subject: %s", m.Data)
 	default:
 	}
-	waitFor(t, "the self-addressed answer refused", func() bool {
+	servicetest.WaitFor(t, wait, "the self-addressed answer refused", func() bool {
 		_ = enc.Flush()
 		return slices.ContainsFunc(v.list(), func(e string) bool { return strings.Contains(e, `Publish to "chat.room.lobby.msg"`) })
 	})

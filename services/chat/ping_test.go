@@ -10,6 +10,7 @@ import (
 
 	"github.com/natter-chat/natter/services/edge/edge"
 	"github.com/natter-chat/natter/shared/natstest"
+	"github.com/natter-chat/natter/shared/servicetest"
 )
 
 // The server pings; a client that answers stays, one that does not is
@@ -34,12 +35,12 @@ func TestPingsAndSilentClients(t *testing.T) {
 	// A silent client: its socket is open but it never reads, so it never
 	// answers a ping.
 	dialSilent(t, e)
-	waitFor(t, "two connections", func() bool { return counter(t, e.reg, "natter_edge_connections") == 2 })
-	waitFor(t, "the silent client dropped", func() bool { return counter(t, e.reg, "natter_edge_connections") == 1 })
+	servicetest.WaitFor(t, wait, "two connections", func() bool { return counter(t, e.reg, "natter_edge_connections") == 2 })
+	servicetest.WaitFor(t, wait, "the silent client dropped", func() bool { return counter(t, e.reg, "natter_edge_connections") == 1 })
 
 	// The healthy one has answered many pings, well past the pong
 	// timeout, and is still served.
-	waitFor(t, "ten pings answered", func() bool { return pings.Load() >= 10 })
+	servicetest.WaitFor(t, wait, "ten pings answered", func() bool { return pings.Load() >= 10 })
 	healthy.join("lobby")
 	healthy.post("lobby", "still here", "1")
 }
@@ -58,8 +59,8 @@ func TestSilentClientDroppedOnTime(t *testing.T) {
 	})
 	dialSilent(t, e)
 	connected := time.Now() // the edge heard it last a moment before
-	waitFor(t, "the connection counted", func() bool { return counter(t, e.reg, "natter_edge_connections") == 1 })
-	waitFor(t, "the silent client dropped", func() bool { return counter(t, e.reg, "natter_edge_connections") == 0 })
+	servicetest.WaitFor(t, wait, "the connection counted", func() bool { return counter(t, e.reg, "natter_edge_connections") == 1 })
+	servicetest.WaitFor(t, wait, "the silent client dropped", func() bool { return counter(t, e.reg, "natter_edge_connections") == 0 })
 	if d := time.Since(connected); d < 2100*time.Millisecond || d > 3100*time.Millisecond {
 		t.Fatalf("dropped %v after it connected, want between the pong timeout (2.2 s, less the handshake) and 3.1 s", d)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/natter-chat/natter/services/presence/presence"
 	"github.com/natter-chat/natter/shared/natstest"
+	"github.com/natter-chat/natter/shared/servicetest"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
@@ -157,21 +158,14 @@ func who(nc *nats.Conn, room string) ([]string, error) {
 	return reply.Users, nil
 }
 
-// awaitWho polls who until it answers want, within d; it returns how long
-// that took.
-func awaitWho(t *testing.T, nc *nats.Conn, room string, want []string, d time.Duration) time.Duration {
+// awaitWho asks who until it answers want, within d.
+func awaitWho(t *testing.T, nc *nats.Conn, room string, want []string, d time.Duration) {
 	t.Helper()
-	start := time.Now()
 	var got []string
 	var err error
-	for time.Since(start) < d {
-		if got, err = who(nc, room); err == nil && slices.Equal(got, want) {
-			return time.Since(start)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !servicetest.Poll(d, func() bool { got, err = who(nc, room); return err == nil && slices.Equal(got, want) }) {
+		t.Fatalf("who %s = %q (%v) after %v, want %q", room, got, err, d, want)
 	}
-	t.Fatalf("who %s = %q (%v) after %v, want %q", room, got, err, d, want)
-	return 0
 }
 
 // rawClient is a WebSocket client for goroutines other than the test's:

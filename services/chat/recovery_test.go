@@ -17,6 +17,7 @@ import (
 	"github.com/natter-chat/natter/services/edge/edge"
 	"github.com/natter-chat/natter/shared/natstest"
 	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/servicetest"
 	"github.com/natter-chat/natter/shared/store"
 	"github.com/natter-chat/natter/shared/subject"
 )
@@ -131,7 +132,7 @@ func TestRejoinLoopLosesNothing(t *testing.T) {
 	}
 	close(stop)
 	n := uint64(posted())
-	waitFor(t, "every post stored", func() bool { return streamMsgs(t, nc) >= n })
+	servicetest.WaitFor(t, wait, "every post stored", func() bool { return streamMsgs(t, nc) >= n })
 	stored := roomSeqs(t, ns, "lobby", start)
 	want := observer.collect(nil, stored[len(stored)-1])
 	if !slices.Equal(want, stored) {
@@ -377,7 +378,7 @@ func TestReconnectLossRepaired(t *testing.T) {
 	c.expect("message")
 
 	px.cut()
-	waitFor(t, "the edge disconnected", func() bool { return !e.nc.IsConnected() })
+	servicetest.WaitFor(t, wait, "the edge disconnected", func() bool { return !e.nc.IsConnected() })
 	seqs := storeMessages(t, ns, "lobby", 20) // stored while the edge is away
 	px.restore()
 

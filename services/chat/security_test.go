@@ -18,6 +18,7 @@ import (
 	"github.com/natter-chat/natter/services/edge/edge"
 	"github.com/natter-chat/natter/shared/auth"
 	"github.com/natter-chat/natter/shared/natstest"
+	"github.com/natter-chat/natter/shared/servicetest"
 )
 
 const testSecret = "a secret for the tests, 32 bytes+"
@@ -125,7 +126,7 @@ func TestConnectionsPerAddress(t *testing.T) {
 		t.Fatalf("a third connection with a bad name: status %d, want 429 (checked first)", status)
 	}
 	a.close()
-	waitFor(t, "alice's place freed", func() bool {
+	servicetest.WaitFor(t, wait, "alice's place freed", func() bool {
 		status, conn := dialStatus(t, e.url, "user=carol", nil)
 		if conn != nil {
 			_ = conn.Close()
@@ -242,7 +243,7 @@ func TestRateLimit(t *testing.T) {
 		t.Fatalf("%d room messages and %d dms stored, %d acked", stored, dms, acked)
 	}
 	// Still connected: a post is taken again once the rate allows.
-	waitFor(t, "a post taken again", func() bool {
+	servicetest.WaitFor(t, wait, "a post taken again", func() bool {
 		c.send(map[string]any{"type": "message", "room": "lobby", "text": "later", "id": "later"})
 		for {
 			switch ev := c.next(); ev.Type {

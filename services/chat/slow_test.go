@@ -12,6 +12,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/natter-chat/natter/shared/natstest"
+	"github.com/natter-chat/natter/shared/servicetest"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
@@ -61,8 +62,8 @@ func TestSlowClientIsCutOff(t *testing.T) {
 		// Let the fast client keep up, so only the slow one falls behind.
 		fast.drainUntil(t, sent-200)
 	}
-	waitFor(t, "slow client cut off", cutOff)
-	waitFor(t, "slow client disconnected", func() bool {
+	servicetest.WaitFor(t, wait, "slow client cut off", cutOff)
+	servicetest.WaitFor(t, wait, "slow client disconnected", func() bool {
 		return counter(t, e.reg, "natter_edge_connections") == 1
 	})
 	slow.resume()
