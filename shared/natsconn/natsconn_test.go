@@ -16,6 +16,7 @@ import (
 	"github.com/natter-chat/natter/shared/config"
 
 	"github.com/natter-chat/natter/shared/embedded"
+	"github.com/natter-chat/natter/shared/servicetest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -42,13 +43,7 @@ func TestConnectsLateReconnectsAndDrains(t *testing.T) {
 	}
 	waitConnected := func() {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !nc.IsConnected() {
-			if time.Now().After(deadline) {
-				t.Fatal("not connected")
-			}
-			time.Sleep(10 * time.Millisecond) // polling the connection state
-		}
+		servicetest.WaitFor(t, 10*time.Second, "connected", nc.IsConnected)
 	}
 	for range 2 { // the first start, then a restart
 		ns, err = embedded.Start(embedded.Options{Addr: addr, DataDir: dir})
@@ -131,13 +126,9 @@ func TestLeavesASilentServer(t *testing.T) {
 	hole.swallow()
 	// A bound well above what the pings need (pingInterval times
 	// maxPingsOut+1) and well below nats.go's default of minutes.
-	deadline := time.Now().Add(4 * (maxPingsOut + 1) * pingInterval)
-	for nc.ConnectedAddr() != servers[1] {
-		if time.Now().After(deadline) {
-			t.Fatalf("still on %q after the first server went silent", nc.ConnectedAddr())
-		}
-		time.Sleep(50 * time.Millisecond) // polling the connection state
-	}
+	servicetest.WaitFor(t, 4*(maxPingsOut+1)*pingInterval, "on the second server once the first went silent", func() bool {
+		return nc.ConnectedAddr() == servers[1]
+	})
 }
 
 // blackHole forwards TCP connections to a server until swallow, then keeps

@@ -14,6 +14,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natter-chat/natter/shared/servicetest"
 )
 
 // clusterWait bounds how long a cluster, or one of its servers started
@@ -243,16 +245,9 @@ func (c *Cluster) running() int {
 // is current with it and answers a JetStream client.
 func (c *Cluster) WaitReady(want int) {
 	c.t.Helper()
-	deadline := time.Now().Add(clusterWait)
 	var why string
-	for {
-		if why = c.notReady(want); why == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("cluster not ready after %v: %s", clusterWait, why)
-		}
-		time.Sleep(20 * time.Millisecond) // polling: the servers offer no notification
+	if !servicetest.Poll(clusterWait, func() bool { why = c.notReady(want); return why == "" }) {
+		c.t.Fatalf("cluster not ready after %v: %s", clusterWait, why)
 	}
 }
 
@@ -321,16 +316,9 @@ func WaitReplicas(t testing.TB, nc *nats.Conn, stream string, n int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(clusterWait)
-	for {
-		why := replicasShort(js, stream, n)
-		if why == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("stream %s: %s after %v", stream, why, clusterWait)
-		}
-		time.Sleep(20 * time.Millisecond) // polling: catching up has no notification
+	var why string
+	if !servicetest.Poll(clusterWait, func() bool { why = replicasShort(js, stream, n); return why == "" }) {
+		t.Fatalf("stream %s: %s after %v", stream, why, clusterWait)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
+
+	"github.com/natter-chat/natter/shared/servicetest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -38,17 +40,13 @@ func TestClusterStopAndRestart(t *testing.T) {
 		t.Fatal("a stopped server is still listed")
 	}
 	// The others elect a new leader; until then a publish may time out.
-	for {
+	if !servicetest.Poll(clusterWait, func() bool {
 		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := js.Publish(pctx, "t.2", []byte("two"))
-		pcancel()
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("no publish acked with server %d down: %v", down, err)
-		}
-		time.Sleep(50 * time.Millisecond) // polling for the election
+		defer pcancel()
+		_, err = js.Publish(pctx, "t.2", []byte("two"))
+		return err == nil
+	}) {
+		t.Fatalf("no publish acked with server %d down: %v", down, err)
 	}
 	c.Restart(down)
 	WaitReplicas(t, nc, "T", 3)

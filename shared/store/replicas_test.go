@@ -14,6 +14,7 @@ import (
 
 	"github.com/natter-chat/natter/shared/config"
 	"github.com/natter-chat/natter/shared/natstest"
+	"github.com/natter-chat/natter/shared/servicetest"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
@@ -27,22 +28,20 @@ func ensure(t *testing.T, nc *nats.Conn, replicas int, within time.Duration) err
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(within)
-	for {
+	var refused error
+	settled := servicetest.Poll(within, func() bool { // the cluster settles by itself
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err := EnsureStream(ctx, js, replicasRetention, replicas)
-		cancel()
-		if err == nil {
-			return nil
+		defer cancel()
+		if _, err = EnsureStream(ctx, js, replicasRetention, replicas); err == nil {
+			return true
 		}
-		if refused := ReplicasRefused(err, replicas, nc); refused != nil {
-			return refused
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("EnsureStream with %d replicas: %v", replicas, err)
-		}
-		time.Sleep(100 * time.Millisecond) // polling: the cluster settles by itself
+		refused = ReplicasRefused(err, replicas, nc)
+		return refused != nil
+	})
+	if !settled {
+		t.Fatalf("EnsureStream with %d replicas: %v", replicas, err)
 	}
+	return refused
 }
 
 func wantRefused(t *testing.T, err error, replicas int, why string) {
@@ -96,20 +95,20 @@ func TestReplicasOnACluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(30 * time.Second); ; {
+	created := servicetest.Poll(30*time.Second, func() bool { // the cluster notices the server is gone
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "NEW", Subjects: []string{"new.>"}, Replicas: 3})
-		cancel()
+		defer cancel()
+		_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "NEW", Subjects: []string{"new.>"}, Replicas: 3})
 		if err == nil {
-			break
+			return true
 		}
 		if refused := ReplicasRefused(err, 3, nc); refused != nil {
 			t.Fatalf("a new stream of 3 with one server down: %v", refused)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a new stream of 3 with one server down: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond) // polling: the cluster notices the server is gone
+		return false
+	})
+	if !created {
+		t.Fatalf("a new stream of 3 with one server down: %v", err)
 	}
 	wantRefused(t, ensure(t, nc, 5, 30*time.Second), 5, "fewer servers")
 }
