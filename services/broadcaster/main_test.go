@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"go.uber.org/goleak"
 
 	"github.com/natter-chat/natter/shared/natstest"
@@ -42,19 +43,18 @@ func awaitStored(t *testing.T, ns *server.Server) {
 	t.Helper()
 	nc := natstest.Connect(t, ns)
 	var reply proto.PostReply
-	deadline := time.Now().Add(10 * time.Second)
-	for reply.Seq == 0 {
-		m, err := nc.Request(subject.InRoom("lobby"), []byte(`{"from":"bot","text":"hi"}`), 2*time.Second)
-		if err == nil {
-			if err := json.Unmarshal(m.Data, &reply); err != nil {
-				t.Fatal(err)
-			}
-			continue
+	var err error
+	if !servicetest.Poll(10*time.Second, func() bool { // the subscription may not be in place yet
+		var m *nats.Msg
+		if m, err = nc.Request(subject.InRoom("lobby"), []byte(`{"from":"bot","text":"hi"}`), 2*time.Second); err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no broadcaster answered: %v", err)
+		if err := json.Unmarshal(m.Data, &reply); err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond) // polling for the subscription to be in place
+		return reply.Seq != 0
+	}) {
+		t.Fatalf("no broadcaster stored the post: %v, answer %+v", err, reply)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"go.uber.org/goleak"
 
 	"github.com/natter-chat/natter/shared/natstest"
@@ -32,19 +33,13 @@ func TestRunAlone(t *testing.T) {
 func awaitWho(t *testing.T, ns *server.Server) {
 	t.Helper()
 	nc := natstest.Connect(t, ns)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		msg, err := nc.Request(subject.PresenceWho("lobby"), nil, time.Second)
-		if err == nil {
-			if string(msg.Data) != `{"users":[]}` {
-				t.Fatalf("who lobby = %s", msg.Data)
-			}
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no answer to who within 10 s: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	var msg *nats.Msg
+	var err error
+	if !servicetest.Poll(10*time.Second, func() bool { msg, err = nc.Request(subject.PresenceWho("lobby"), nil, time.Second); return err == nil }) {
+		t.Fatalf("no answer to who within 10 s: %v", err)
+	}
+	if string(msg.Data) != `{"users":[]}` {
+		t.Fatalf("who lobby = %s", msg.Data)
 	}
 }
 

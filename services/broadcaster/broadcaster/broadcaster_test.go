@@ -3,6 +3,7 @@ package broadcaster
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"strconv"
@@ -20,6 +21,7 @@ import (
 	"github.com/natter-chat/natter/shared/natsconn"
 	"github.com/natter-chat/natter/shared/natstest"
 	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/servicetest"
 	"github.com/natter-chat/natter/shared/store"
 	"github.com/natter-chat/natter/shared/subject"
 )
@@ -85,22 +87,17 @@ func TestValidatesAndAnswers(t *testing.T) {
 	client := natstest.Connect(t, ns)
 	ask := func(subj, body string) proto.PostReply {
 		t.Helper()
-		var r proto.PostReply
 		// The first requests may race the broadcaster's subscription.
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			m, err := client.Request(subj, []byte(body), 5*time.Second)
-			if err == nil {
-				if err := json.Unmarshal(m.Data, &r); err != nil {
-					t.Fatal(err)
-				}
-				return r
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("request %s: %v", subj, err)
-			}
-			time.Sleep(20 * time.Millisecond)
+		var m *nats.Msg
+		var err error
+		if !servicetest.Poll(10*time.Second, func() bool { m, err = client.Request(subj, []byte(body), 5*time.Second); return err == nil }) {
+			t.Fatalf("request %s: %v", subj, err)
 		}
+		var r proto.PostReply
+		if err := json.Unmarshal(m.Data, &r); err != nil {
+			t.Fatal(err)
+		}
+		return r
 	}
 	tests := []struct {
 		subj, body, code string
@@ -171,15 +168,12 @@ func TestDMFannedOut(t *testing.T) {
 	}
 	defer sub.Unsubscribe()
 	var reply *nats.Msg
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		// The first requests may race the broadcaster's subscription.
-		if reply, err = client.Request(subject.InDM("alice"), []byte(`{"from":"zoe","text":"hello","id":"x"}`), 5*time.Second); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	// The first requests may race the broadcaster's subscription.
+	if !servicetest.Poll(10*time.Second, func() bool {
+		reply, err = client.Request(subject.InDM("alice"), []byte(`{"from":"zoe","text":"hello","id":"x"}`), 5*time.Second)
+		return err == nil
+	}) {
+		t.Fatal(err)
 	}
 	var r proto.PostReply
 	if err := json.Unmarshal(reply.Data, &r); err != nil || r.Seq == 0 {
@@ -252,14 +246,8 @@ func TestShutdownWithStoresInFlight(t *testing.T) {
 	if err := client.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	waitPending := time.Now().Add(10 * time.Second)
 	// The acker holds the first post; the others wait in its queue.
-	for len(b.pending) < posts-1 {
-		if time.Now().After(waitPending) {
-			t.Fatalf("only %d posts queued", len(b.pending))
-		}
-		time.Sleep(5 * time.Millisecond) // polling: the posts are accepted asynchronously
-	}
+	servicetest.WaitFor(t, 10*time.Second, fmt.Sprintf("the other %d posts queued", posts-1), func() bool { return len(b.pending) >= posts-1 })
 
 	began := time.Now()
 	if err := stop(); err != nil {
@@ -332,9 +320,7 @@ func TestStopsWhileNATSIsAway(t *testing.T) {
 	<-b.Serving()
 	ns.Shutdown()
 	ns.WaitForShutdown()
-	for nc.IsConnected() {
-		time.Sleep(10 * time.Millisecond) // polling for the client to notice
-	}
+	servicetest.WaitFor(t, 10*time.Second, "the client notices", func() bool { return !nc.IsConnected() })
 	stopped := time.Now()
 	if err := stop(); err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/natter-chat/natter/shared/natstest"
 	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/servicetest"
 	"github.com/natter-chat/natter/shared/store"
 	"github.com/natter-chat/natter/shared/subject"
 )
@@ -43,26 +44,24 @@ func serving(t *testing.T, r *running) {
 func postStored(t *testing.T, nc *nats.Conn, room, text, id string) uint64 {
 	t.Helper()
 	body, _ := json.Marshal(proto.Post{From: "bot", Text: text, ID: id})
-	deadline := time.Now().Add(clusterWait)
-	for {
-		m, err := nc.Request(subject.InRoom(room), body, 5*time.Second)
-		if err == nil {
-			var r proto.PostReply
-			if err := json.Unmarshal(m.Data, &r); err != nil {
-				t.Fatal(err)
-			}
-			if r.Seq > 0 {
-				return r.Seq
-			}
-			if r.Code != proto.CodeUnavailable {
-				t.Fatalf("post answered %s", m.Data)
-			}
+	var r proto.PostReply
+	var err error
+	if !servicetest.Poll(clusterWait, func() bool { // the stream elects a leader
+		var m *nats.Msg
+		if m, err = nc.Request(subject.InRoom(room), body, 5*time.Second); err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("post %q not stored: %v", id, err)
+		if err := json.Unmarshal(m.Data, &r); err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(50 * time.Millisecond) // polling: the stream elects a leader
+		if r.Seq == 0 && r.Code != proto.CodeUnavailable {
+			t.Fatalf("post answered %s", m.Data)
+		}
+		return r.Seq > 0
+	}) {
+		t.Fatalf("post %q not stored: %v, answer %+v", id, err, r)
 	}
+	return r.Seq
 }
 
 // With three replicas on a cluster of three, the broadcaster brings
@@ -102,20 +101,17 @@ func TestReplicasOnACluster(t *testing.T) {
 	c.Restart(down)
 	natstest.WaitReplicas(t, client, subject.Stream, 3)
 	c.Stop((down + 1) % 3)
-	for deadline := time.Now().Add(clusterWait); ; {
+	var last uint64
+	if !servicetest.Poll(clusterWait, func() bool { // the client reconnects, the servers notice the loss
 		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
-		last, err := store.LastSeq(rctx, client, store.Room("lobby"))
-		rcancel()
-		if err == nil {
-			if last != seq {
-				t.Fatalf("the room's last seq is %d, want %d", last, seq)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the acked post is not readable with another server down: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond) // polling: the client reconnects, the servers notice the loss
+		defer rcancel()
+		last, err = store.LastSeq(rctx, client, store.Room("lobby"))
+		return err == nil
+	}) {
+		t.Fatalf("the acked post is not readable with another server down: %v", err)
+	}
+	if last != seq {
+		t.Fatalf("the room's last seq is %d, want %d", last, seq)
 	}
 }
 

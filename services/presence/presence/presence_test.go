@@ -21,6 +21,7 @@ import (
 
 	"github.com/natter-chat/natter/shared/natstest"
 	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/servicetest"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
@@ -153,17 +154,12 @@ func whoOf(nc *nats.Conn, room string) ([]string, error) {
 // leads, nobody answers.
 func awaitUsers(t *testing.T, nc *nats.Conn, room string, n int) []string {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		users, err := whoOf(nc, room)
-		if err == nil && len(users) == n {
-			return users
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("who %s has %d users (%v), want %d", room, len(users), err, n)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var users []string
+	var err error
+	if !servicetest.Poll(10*time.Second, func() bool { users, err = whoOf(nc, room); return err == nil && len(users) == n }) {
+		t.Fatalf("who %s has %d users (%v), want %d", room, len(users), err, n)
 	}
+	return users
 }
 
 // A heartbeat whose digest differs starts a sync over many pages; a
@@ -231,13 +227,9 @@ func TestMalformedInputIsIgnored(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for testutil.ToFloat64(p.metrics.bad) < float64(len(bad)) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%v of %d malformed messages counted", testutil.ToFloat64(p.metrics.bad), len(bad))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	servicetest.WaitFor(t, 10*time.Second, fmt.Sprintf("the %d malformed messages counted", len(bad)), func() bool {
+		return testutil.ToFloat64(p.metrics.bad) >= float64(len(bad))
+	})
 	if users, err := whoOf(nc, "lobby"); err != nil || len(users) != 0 {
 		t.Fatalf("who lobby = %q, %v after malformed input", users, err)
 	}
@@ -307,15 +299,10 @@ func TestLeaderWithoutBucketStepsDown(t *testing.T) {
 	awaitUsers(t, nc, "lobby", 0)
 	ns.DisableJetStream()
 	lost := time.Now()
-	for {
-		if _, err := whoOf(nc, "lobby"); err != nil {
-			break
-		}
-		if time.Since(lost) > p.cfg.Lease+2*time.Second {
-			t.Fatalf("still answering who %v after losing the bucket", time.Since(lost))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	servicetest.WaitFor(t, p.cfg.Lease+2*time.Second, "who unanswered after losing the bucket", func() bool {
+		_, err := whoOf(nc, "lobby")
+		return err != nil
+	})
 	t.Logf("stepped down %v after losing the bucket", time.Since(lost).Round(time.Millisecond))
 	if testutil.ToFloat64(p.metrics.active) != 0 {
 		t.Fatal("still marked active")
