@@ -8,6 +8,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/natter-chat/natter/shared/browsertest"
+	"github.com/natter-chat/natter/shared/servicetest"
 )
 
 // Two pages opened on the proxy's port land on different edges (the
@@ -21,7 +22,7 @@ func browsersThroughMesh(t *testing.T, m *mesh) {
 		browsertest.Run(t, tabs[user], "open "+user+"'s page",
 			chromedp.Navigate(m.httpURL()+"/?user="+user+"&room=lobby"),
 			chromedp.WaitVisible(browsertest.Online))
-		m.waitFor(t, 10*time.Second, user+"'s edge known", func() bool { return edges.ofUser(user) != "" })
+		servicetest.WaitFor(t, 10*time.Second, user+"'s edge known", func() bool { return edges.ofUser(user) != "" })
 	}
 	if a, b := edges.ofUser("ann"), edges.ofUser("ben"); a == b {
 		t.Errorf("both pages are on %s; the proxy should have given the second the other edge", a)

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -19,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/natter-chat/natter/shared/servicetest"
 )
 
 // The compose mesh under test: the repository's docker-compose.yml as a
@@ -161,7 +162,7 @@ func startMesh(t *testing.T) *mesh {
 	// The test reads the NATS servers' health on the compose network,
 	// which a Linux host reaches; Docker Desktop's does not.
 	var err error
-	if poll(30*time.Second, func() bool { _, err = m.natsHealth(t, "nats-1"); return err == nil }) != nil {
+	if !servicetest.Poll(30*time.Second, func() bool { _, err = m.natsHealth(t, "nats-1"); return err == nil }) {
 		skipOrFail(t, fmt.Sprintf("the host cannot reach the compose network (nats-1's monitoring port: %v); the mesh test needs Docker Engine on Linux, not Docker Desktop", err))
 	}
 	return m
@@ -172,7 +173,7 @@ func (m *mesh) up(t testing.TB) {
 	t.Helper()
 	m.run(t, 5*time.Minute, "up", "-d")
 	m.waitHealthy(t, 2*time.Minute, append(append([]string{}, natterServices...), "caddy")...)
-	m.waitFor(t, time.Minute, "the proxy serves the page", func() bool {
+	servicetest.WaitFor(t, time.Minute, "the proxy serves the page", func() bool {
 		resp, err := http.Get(m.httpURL() + "/readyz")
 		if err != nil {
 			return false
@@ -318,7 +319,7 @@ func (m *mesh) waitHealthy(t testing.TB, limit time.Duration, services ...string
 		if s == "caddy" || strings.HasPrefix(s, "nats-") {
 			want = "running" // the official images have no client to check with
 		}
-		m.waitFor(t, limit, s+" "+want, func() bool { return m.health(t, s) == want })
+		servicetest.WaitFor(t, limit, s+" "+want, func() bool { return m.health(t, s) == want })
 	}
 }
 
@@ -354,26 +355,6 @@ func (m *mesh) logs(t testing.TB, service string) string {
 func (m *mesh) httpURL() string { return "http://127.0.0.1:" + strconv.Itoa(m.httpPort) }
 func (m *mesh) wsURL() string   { return "ws://127.0.0.1:" + strconv.Itoa(m.httpPort) + "/ws" }
 func (m *mesh) natsURL() string { return "nats://127.0.0.1:" + strconv.Itoa(m.natsPort) }
-
-// waitFor polls cond until it holds, failing the test after limit.
-func (m *mesh) waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	if err := poll(limit, cond); err != nil {
-		t.Fatalf("%s: not after %s", what, limit)
-	}
-}
-
-// poll calls cond every 100 ms until it holds or limit has passed.
-func poll(limit time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return errors.New("timed out")
-		}
-		time.Sleep(100 * time.Millisecond) // polling a state outside the test's process
-	}
-	return nil
-}
 
 func freePort(t testing.TB, host string) int {
 	t.Helper()

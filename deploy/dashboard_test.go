@@ -31,6 +31,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/natter-chat/natter/shared/logwatch"
+	"github.com/natter-chat/natter/shared/servicetest"
 )
 
 // The observability profile of docker-compose.yml: Prometheus scrapes
@@ -833,9 +834,10 @@ func scrapeBinaries(t *testing.T, ps processes) map[string]map[string]bool {
 // (a process serves once it is ready) or 30 s have passed.
 func scrape(t *testing.T, client *http.Client, name, url string) map[string]*dto.MetricFamily {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		mfs, err := func() (map[string]*dto.MetricFamily, error) {
+	var mfs map[string]*dto.MetricFamily
+	var err error
+	if !servicetest.Poll(30*time.Second, func() bool {
+		mfs, err = func() (map[string]*dto.MetricFamily, error) {
 			req, err := http.NewRequest(http.MethodGet, url, nil)
 			if err != nil {
 				return nil, err
@@ -852,14 +854,11 @@ func scrape(t *testing.T, client *http.Client, name, url string) map[string]*dto
 			p := expfmt.NewTextParser(model.UTF8Validation)
 			return p.TextToMetricFamilies(resp.Body)
 		}()
-		if err == nil {
-			return mfs
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", name, err)
-		}
-		time.Sleep(100 * time.Millisecond) // polling another process
+		return err == nil
+	}) {
+		t.Fatalf("%s: %v", name, err)
 	}
+	return mfs
 }
 
 // startBinary starts a natter binary with env over the test's environment

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/natter-chat/natter/shared/servicetest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -36,7 +38,7 @@ func TestMesh(t *testing.T) {
 		}
 		flow := s.flowAfter(t, func() { m.kill(t, "edge-1") })
 		for _, mb := range moved {
-			m.waitFor(t, 30*time.Second, mb.name+" back through the other edge", func() bool {
+			servicetest.WaitFor(t, 30*time.Second, mb.name+" back through the other edge", func() bool {
 				return s.edges.of(mb.session()) == "edge-2"
 			})
 		}
@@ -63,10 +65,10 @@ func TestMesh(t *testing.T) {
 		for _, mb := range s.members {
 			users = append(users, mb.name)
 		}
-		if err := s.whoIs(s.members[0], users, 10*time.Second-time.Since(killed)); err != nil {
+		if !s.whoIs(s.members[0], users, 10*time.Second-time.Since(killed)) {
 			t.Errorf("who is not %v within 10 s of the active presence's (%s) death", users, active)
 		}
-		m.waitFor(t, 30*time.Second, standby+" takes over", func() bool {
+		servicetest.WaitFor(t, 30*time.Second, standby+" takes over", func() bool {
 			at, _ := latestLine(m.logs(t, standby), "live: announcing")
 			return at.After(killed)
 		})

@@ -123,8 +123,8 @@ func microThroughMesh(t *testing.T, m *mesh) {
 // awaitInstances waits until n service instances answer one bare PING.
 func awaitInstances(t *testing.T, nc *nats.Conn, n int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	got := 0
+	if !servicetest.Poll(30*time.Second, func() bool {
 		inbox := nc.NewInbox()
 		sub, err := nc.SubscribeSync(inbox)
 		if err != nil {
@@ -133,19 +133,14 @@ func awaitInstances(t *testing.T, nc *nats.Conn, n int) {
 		if err := nc.PublishRequest("$SRV.PING", inbox, nil); err != nil {
 			t.Fatal(err)
 		}
-		got := 0
-		for got < n {
+		defer func() { _ = sub.Unsubscribe() }()
+		for got = 0; got < n; got++ {
 			if _, err := sub.NextMsg(time.Second); err != nil {
-				break
+				return false
 			}
-			got++
 		}
-		_ = sub.Unsubscribe()
-		if got >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d service instances answer, want %d", got, n)
-		}
+		return true
+	}) {
+		t.Fatalf("%d service instances answer, want %d", got, n)
 	}
 }

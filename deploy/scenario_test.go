@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/natter-chat/natter/shared/servicetest"
 )
 
 // scenario is steady traffic through the mesh: members on both edges
@@ -57,11 +59,11 @@ func startScenario(t *testing.T, m *mesh) *scenario {
 		s.members = append(s.members, mb)
 		// One at a time: the proxy gives each new connection to the edge
 		// with fewer, so they alternate.
-		m.waitFor(t, time.Minute, name+" connected and joined", mb.steady)
+		servicetest.WaitFor(t, time.Minute, name+" connected and joined", mb.steady)
 	}
 	s.bot = startBot(natsClient(t, m, "bot"), s.room, time.Second)
 	t.Cleanup(s.bot.close)
-	m.waitFor(t, 30*time.Second, "the edges of every member known", func() bool {
+	servicetest.WaitFor(t, 30*time.Second, "the edges of every member known", func() bool {
 		for _, mb := range s.members {
 			if s.edges.of(mb.session()) == "" {
 				return false
@@ -76,7 +78,7 @@ func startScenario(t *testing.T, m *mesh) *scenario {
 	}
 	// The first member saw the others join: presence is announced, and
 	// the members record it (the presence fault counts on both).
-	m.waitFor(t, 20*time.Second, names[0]+" sees the others join", func() bool {
+	servicetest.WaitFor(t, 20*time.Second, names[0]+" sees the others join", func() bool {
 		joined := map[string]bool{}
 		for _, p := range s.members[0].presenceSince(time.Time{}) {
 			joined[p.user] = joined[p.user] || p.event == "join"
@@ -111,7 +113,7 @@ func (s *scenario) quiesce(t testing.TB) {
 		mb.posting.Store(false)
 	}
 	s.bot.posting.Store(false)
-	s.m.waitFor(t, time.Minute, "every post in flight acked", func() bool {
+	servicetest.WaitFor(t, time.Minute, "every post in flight acked", func() bool {
 		for _, mb := range s.members {
 			if mb.inFlight() {
 				return false
@@ -142,7 +144,7 @@ func (s *scenario) flowAfter(t testing.TB, fault func()) time.Duration {
 	at := time.Now()
 	key := viewKey(s.room, "")
 	var last time.Time
-	err := poll(flowWait, func() bool {
+	flowed := servicetest.Poll(flowWait, func() bool {
 		var fresh []uint64
 		for _, p := range s.posts() {
 			if p.room == s.room && p.sent.After(at) {
@@ -159,7 +161,7 @@ func (s *scenario) flowAfter(t testing.TB, fault func()) time.Duration {
 		}
 		return true
 	})
-	if err != nil {
+	if !flowed {
 		var status []string
 		for _, mb := range s.members {
 			status = append(status, mb.status()+" on "+s.edges.of(mb.session()))
@@ -184,10 +186,10 @@ func (s *scenario) steady(t testing.TB) {
 	t.Helper()
 	s.m.waitHealthy(t, 2*time.Minute, append(append([]string{}, natterServices...), "caddy")...)
 	for _, n := range natsServices {
-		s.m.waitFor(t, 2*time.Minute, n+" current", func() bool { return s.m.natsCurrent(t, n) })
+		servicetest.WaitFor(t, 2*time.Minute, n+" current", func() bool { return s.m.natsCurrent(t, n) })
 	}
 	for _, mb := range s.members {
-		s.m.waitFor(t, time.Minute, mb.name+" connected", mb.steady)
+		servicetest.WaitFor(t, time.Minute, mb.name+" connected", mb.steady)
 	}
 }
 
@@ -209,12 +211,12 @@ func (s *scenario) phase(short, name string, limit time.Duration, fault func(t *
 		r.flow = fault(t)
 		// Traffic goes on for a while after the recovery.
 		goal := len(s.posts()) + 20
-		s.m.waitFor(t, time.Minute, "traffic after the fault", func() bool { return len(s.posts()) >= goal })
+		servicetest.WaitFor(t, time.Minute, "traffic after the fault", func() bool { return len(s.posts()) >= goal })
 		s.quiesce(t)
 		all := s.posts()
 		if len(s.missing(all)) > 0 {
 			// Members still recovering get the time they need.
-			_ = poll(30*time.Second, func() bool { return len(s.missing(all)) == 0 })
+			servicetest.Poll(30*time.Second, func() bool { return len(s.missing(all)) == 0 })
 		}
 		for _, p := range all {
 			if p.acked.Before(started) {
@@ -385,10 +387,11 @@ func (s *scenario) oneShot(t testing.TB, user string, req map[string]any, want s
 	}
 }
 
-// whoIs asks a member who is in the room until the answer is users.
-func (s *scenario) whoIs(mb *member, users []string, limit time.Duration) error {
+// whoIs asks a member who is in the room until the answer is users, for
+// up to limit, and reports whether it was.
+func (s *scenario) whoIs(mb *member, users []string, limit time.Duration) bool {
 	sort.Strings(users)
-	return poll(limit, func() bool {
+	return servicetest.Poll(limit, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		got, err := mb.who(ctx, s.room)
