@@ -57,6 +57,11 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		clientPorts: make([]int, n),
 		routePorts:  make([]int, n),
 	}
+	// Cleanups run last first, and the removal of the test's temporary
+	// directory is the one its first TempDir registers: made before
+	// shutdown is registered, it is removed once the servers have stopped
+	// writing to it.
+	t.TempDir()
 	t.Cleanup(c.shutdown)
 	for attempt := 1; ; attempt++ {
 		err := c.startAll()
