@@ -42,6 +42,7 @@ func seqsOf(msgs []Stored) []uint64 {
 }
 
 func TestReads(t *testing.T) {
+	t.Parallel()
 	ns := natstest.Start(t)
 	js, err := jetstream.New(natstest.Connect(t, ns))
 	if err != nil {
@@ -114,6 +115,7 @@ func TestReads(t *testing.T) {
 // conversation under the same log, a user's conversations are listed with
 // their newest dm, and a note to oneself is listed once.
 func TestConversations(t *testing.T) {
+	t.Parallel()
 	js := dmStore(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -170,6 +172,7 @@ func TestConversations(t *testing.T) {
 // A user with more conversations than one multi-subject read takes gets
 // them all.
 func TestConversationsMany(t *testing.T) {
+	t.Parallel()
 	js := dmStore(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -60,6 +60,7 @@ func wantRefused(t *testing.T, err error, replicas int, why string) {
 // A server outside any cluster refuses more than one replica for good,
 // whether the streams exist or not.
 func TestReplicasRefusedBySingleServer(t *testing.T) {
+	t.Parallel()
 	ns := natstest.Start(t)
 	nc := natstest.Connect(t, ns)
 	wantRefused(t, ensure(t, nc, 3, 0), 3, "not in a cluster")
@@ -74,6 +75,7 @@ func TestReplicasRefusedBySingleServer(t *testing.T) {
 // down, the streams are updated as they are, a new stream of three is
 // still created, and five are still refused.
 func TestReplicasOnACluster(t *testing.T) {
+	t.Parallel()
 	c := natstest.StartCluster(t, 3)
 	nc := c.Connect(t)
 	if err := ensure(t, nc, 1, 10*time.Second); err != nil {
@@ -117,6 +119,7 @@ func TestReplicasOnACluster(t *testing.T) {
 // as one that has fewer servers. A client given that server's URL too is
 // not refused; one that knows only the servers up is.
 func TestReplicasOnAFormingCluster(t *testing.T) {
+	t.Parallel()
 	c := natstest.StartCluster(t, 2)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

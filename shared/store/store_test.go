@@ -18,6 +18,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestStreamRepublishesWithSeqAndDeduplicates(t *testing.T) {
+	t.Parallel()
 	ns := natstest.Start(t)
 	nc := natstest.Connect(t, ns)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -81,6 +81,7 @@ func startWith(t *testing.T, url string, cfg Config) *running {
 // The broadcaster validates every post itself, answers requests with the
 // stored seq or the error code, and stops cleanly.
 func TestValidatesAndAnswers(t *testing.T) {
+	t.Parallel()
 	ns := natstest.Start(t)
 	_, _, stop := start(t, ns)
 
@@ -158,6 +159,7 @@ func TestValidatesAndAnswers(t *testing.T) {
 // A stored dm is republished on its conversation's subject, the parties
 // in bytewise order, with its seq, from and to as posted.
 func TestDMFannedOut(t *testing.T) {
+	t.Parallel()
 	ns := natstest.Start(t)
 	_, _, stop := start(t, ns)
 	client := natstest.Connect(t, ns)
@@ -200,6 +202,7 @@ func TestDMFannedOut(t *testing.T) {
 // returns within the drain timeout plus finalWait, and each waiting post
 // is answered unavailable.
 func TestShutdownWithStoresInFlight(t *testing.T) {
+	t.Parallel()
 	ns := natstest.Start(t)
 	b, nc, stop := start(t, ns)
 
@@ -281,6 +284,7 @@ func (f doneFuture) Msg() *nats.Msg               { return nil }
 // A store acknowledged by the time its deadline passes counts as stored,
 // never as timed out.
 func TestAnswerPrefersAFinishedStore(t *testing.T) {
+	t.Parallel()
 	reg := prometheus.NewRegistry()
 	b := &Broadcaster{stopAcker: make(chan struct{}), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	b.metrics.stored = prometheus.NewCounter(prometheus.CounterOpts{Name: "stored"})
@@ -313,7 +317,7 @@ func TestAnswerPrefersAFinishedStore(t *testing.T) {
 // A broadcaster told to stop while NATS is away stops within its drain
 // timeout (a second here): the drain of its subscriptions cannot finish
 // without a server, and the process must still exit inside the
-// contract's 10 s.
+// contract's 10 s. Not parallel: it times the stop to within a second.
 func TestStopsWhileNATSIsAway(t *testing.T) {
 	ns := natstest.Start(t)
 	b, nc, stop := start(t, ns)

@@ -70,6 +70,7 @@ func postStored(t *testing.T, nc *nats.Conn, room, text, id string) uint64 {
 // the streams and serves, and the acked post survives the loss of another
 // server once the first is back.
 func TestReplicasOnACluster(t *testing.T) {
+	t.Parallel()
 	c := natstest.StartCluster(t, 3)
 	client := c.Connect(t)
 	js, err := jetstream.New(client)
@@ -118,6 +119,7 @@ func TestReplicasOnACluster(t *testing.T) {
 // NATS servers that can never hold the replicas stop the broadcaster at
 // once with an error that names the setting, its value and why.
 func TestReplicasRefused(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name     string
 		url      func(*testing.T) string
@@ -159,6 +161,7 @@ func TestReplicasRefused(t *testing.T) {
 
 // Fewer than one replica is refused by New.
 func TestNewRefusesNoReplicas(t *testing.T) {
+	t.Parallel()
 	nc := natstest.Connect(t, natstest.Start(t))
 	for _, n := range []int{0, -1} {
 		_, err := New(Config{Retention: testRetention, Replicas: n}, nc, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())

@@ -166,6 +166,7 @@ func awaitUsers(t *testing.T, nc *nats.Conn, room string, n int) []string {
 // report published after page 0 is applied on top of the snapshot, and
 // the next heartbeat agrees, so no second sync follows.
 func TestSyncManyPagesWithAReportBetween(t *testing.T) {
+	t.Parallel()
 	ns := natstest.Start(t)
 	p := run(t, ns)
 	nc := natstest.Connect(t, ns)
@@ -208,6 +209,7 @@ func TestSyncManyPagesWithAReportBetween(t *testing.T) {
 
 // Malformed reports and heartbeats are counted and change nothing.
 func TestMalformedInputIsIgnored(t *testing.T) {
+	t.Parallel()
 	ns := natstest.Start(t)
 	p := run(t, ns)
 	nc := natstest.Connect(t, ns)
@@ -272,6 +274,7 @@ func expectEvent(t *testing.T, events <-chan string, want string) {
 // heartbeat disagrees with the (empty) view, a sync restores its
 // sessions, and they join again.
 func TestExpiredEdgeComesBack(t *testing.T) {
+	t.Parallel()
 	ns := natstest.Start(t)
 	runWith(t, ns, Config{MaxMembers: 500, Replicas: 1, Fresh: true, EdgeTimeout: time.Second})
 	events := watch(t, ns)
@@ -293,6 +296,7 @@ func TestExpiredEdgeComesBack(t *testing.T) {
 // answering within the lease, so a standby may take over, and still
 // stops cleanly.
 func TestLeaderWithoutBucketStepsDown(t *testing.T) {
+	t.Parallel()
 	ns := natstest.Start(t)
 	p := run(t, ns)
 	nc := natstest.Connect(t, ns)
@@ -313,6 +317,7 @@ func TestLeaderWithoutBucketStepsDown(t *testing.T) {
 // run out (a standby may hold the key by now) writes and publishes
 // nothing.
 func TestWriterAnnouncesOnlyWithinTheLease(t *testing.T) {
+	t.Parallel()
 	ns := natstest.Start(t)
 	nc := natstest.Connect(t, ns)
 	p, err := New(Config{MaxMembers: 500, Replicas: 1}, nc, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
@@ -352,6 +357,7 @@ func TestWriterAnnouncesOnlyWithinTheLease(t *testing.T) {
 // Announcements wait for their rooms to be written, but not without
 // bound: with the writer stuck, they go out in order once too many wait.
 func TestHeldAnnouncementsAreBounded(t *testing.T) {
+	t.Parallel()
 	ns := natstest.Start(t)
 	nc := natstest.Connect(t, ns)
 	p, err := New(Config{MaxMembers: 500, Replicas: 1}, nc, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())

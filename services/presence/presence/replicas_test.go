@@ -25,6 +25,7 @@ const bucketStream = "KV_" + subject.PresenceBucket
 // On a cluster of three, presence brings a bucket made with one replica
 // to three, and goes live.
 func TestBucketReplicasOnACluster(t *testing.T) {
+	t.Parallel()
 	c := natstest.StartCluster(t, 3)
 	nc := c.Connect(t)
 	js, err := jetstream.New(nc)
@@ -49,6 +50,7 @@ func TestBucketReplicasOnACluster(t *testing.T) {
 // NATS servers that can never hold the bucket's replicas stop presence at
 // once with an error that names the setting, its value and why.
 func TestBucketReplicasRefused(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name     string
 		url      func(*testing.T) string
@@ -97,6 +99,7 @@ func TestBucketReplicasRefused(t *testing.T) {
 
 // Fewer than one replica is refused by New.
 func TestNewRefusesNoReplicas(t *testing.T) {
+	t.Parallel()
 	nc := natstest.Connect(t, natstest.Start(t))
 	for _, n := range []int{0, -1} {
 		_, err := New(Config{MaxMembers: 500, Replicas: n}, nc, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())

@@ -34,6 +34,7 @@ func sessions(pairs ...string) map[string]*session {
 }
 
 func TestStatePerUserNotPerSession(t *testing.T) {
+	t.Parallel()
 	s := newState()
 	now := time.Now()
 	a, b := s.edge("a", now), s.edge("b", now)
@@ -62,6 +63,7 @@ func TestStatePerUserNotPerSession(t *testing.T) {
 // A sync replaces an edge's sessions: users present before and after see
 // no event, whatever the sessions.
 func TestStateReplaceAnnouncesOnlyTheDifference(t *testing.T) {
+	t.Parallel()
 	s := newState()
 	now := time.Now()
 	a, b := s.edge("a", now), s.edge("b", now)
