@@ -2,45 +2,53 @@ package subject
 
 import "testing"
 
-func TestRoundTrip(t *testing.T) {
-	if r, ok := RoomOfInRoom(InRoom("lobby")); !ok || r != "lobby" {
-		t.Fatalf("RoomOfInRoom = %q, %v", r, ok)
+// Each parser gives back what its builder put in a subject, and refuses
+// the subjects that are not its own.
+func TestParsers(t *testing.T) {
+	// The parsers with two results give them joined by a space.
+	roomOf := func(s string) (string, bool) { room, kind, ok := RoomOf(s); return room + " " + kind, ok }
+	partiesOf := func(s string) (string, bool) { a, b, ok := PartiesOf(s); return a + " " + b, ok }
+	tests := []struct {
+		name  string
+		parse func(string) (string, bool)
+		good  map[string]string // a subject and what parse gives for it
+		bad   []string
+	}{
+		{"RoomOfInRoom", RoomOfInRoom,
+			map[string]string{InRoom("lobby"): "lobby"},
+			[]string{"chat.in.room.", "chat.in.room.a.b", "chat.in.dm.x"}},
+		{"RoomOf", roomOf,
+			map[string]string{RoomMsg("lobby"): "lobby " + KindMsg, RoomPresence("lobby"): "lobby " + KindPresence, RoomTyping("lobby"): "lobby " + KindTyping},
+			[]string{"chat.room.lobby", "chat.room..msg", "chat.room.a.b.msg", "chat.roomx.a.msg"}},
+		{"RoomOfPresence", RoomOfPresence,
+			map[string]string{PresenceSession("lobby"): "lobby", PresenceWho("lobby"): "lobby"},
+			[]string{"chat.presence.who.a.b"}},
+		{"EdgeOfHeartbeat", EdgeOfHeartbeat,
+			map[string]string{EdgeHeartbeat("edge-1"): "edge-1"},
+			[]string{EdgeSync("edge-1")}},
+		{"RoomOfPresenceKey", RoomOfPresenceKey,
+			map[string]string{PresenceRoomKey("lobby"): "lobby"},
+			nil},
+		{"UserOfInDM", UserOfInDM,
+			map[string]string{InDM("bob"): "bob"},
+			[]string{"chat.in.dm.", "chat.in.dm.a.b", "chat.in.room.a"}},
+		{"PartiesOf", partiesOf,
+			map[string]string{DM("bob", "alice"): "alice bob", StoreDM("bob", "alice"): "alice bob"},
+			[]string{"chat.dm.bob.alice", "chat.dm.a", "chat.dm.a.b.c", "chat.dm..b", "chat.room.a.msg"}},
 	}
-	for _, bad := range []string{"chat.in.room.", "chat.in.room.a.b", "chat.in.dm.x"} {
-		if _, ok := RoomOfInRoom(bad); ok {
-			t.Errorf("RoomOfInRoom(%q) accepted", bad)
-		}
-	}
-}
-
-func TestPresenceSubjects(t *testing.T) {
-	if room, kind, ok := RoomOf(RoomPresence("lobby")); !ok || room != "lobby" || kind != KindPresence {
-		t.Fatalf("RoomOf(RoomPresence) = %q, %q, %v", room, kind, ok)
-	}
-	if room, kind, ok := RoomOf(RoomMsg("lobby")); !ok || room != "lobby" || kind != KindMsg {
-		t.Fatalf("RoomOf(RoomMsg) = %q, %q, %v", room, kind, ok)
-	}
-	for _, bad := range []string{"chat.room.lobby", "chat.room..msg", "chat.room.a.b.msg", "chat.roomx.a.msg"} {
-		if _, _, ok := RoomOf(bad); ok {
-			t.Errorf("RoomOf(%q) accepted", bad)
-		}
-	}
-	for _, subj := range []string{PresenceSession("lobby"), PresenceWho("lobby")} {
-		if room, ok := RoomOfPresence(subj); !ok || room != "lobby" {
-			t.Errorf("RoomOfPresence(%q) = %q, %v", subj, room, ok)
-		}
-	}
-	if _, ok := RoomOfPresence("chat.presence.who.a.b"); ok {
-		t.Error("RoomOfPresence accepted two tokens")
-	}
-	if e, ok := EdgeOfHeartbeat(EdgeHeartbeat("edge-1")); !ok || e != "edge-1" {
-		t.Fatalf("EdgeOfHeartbeat = %q, %v", e, ok)
-	}
-	if _, ok := EdgeOfHeartbeat(EdgeSync("edge-1")); ok {
-		t.Error("EdgeOfHeartbeat accepted a sync subject")
-	}
-	if room, ok := RoomOfPresenceKey(PresenceRoomKey("lobby")); !ok || room != "lobby" {
-		t.Fatalf("RoomOfPresenceKey = %q, %v", room, ok)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for subj, want := range tt.good {
+				if got, ok := tt.parse(subj); !ok || got != want {
+					t.Errorf("%s(%q) = %q, %v; want %q", tt.name, subj, got, ok, want)
+				}
+			}
+			for _, subj := range tt.bad {
+				if got, ok := tt.parse(subj); ok {
+					t.Errorf("%s(%q) accepted, as %q", tt.name, subj, got)
+				}
+			}
+		})
 	}
 }
 
@@ -57,35 +65,17 @@ func TestIsReply(t *testing.T) {
 	}
 }
 
+// A conversation's subjects name its two parties in one order, whoever
+// sends.
 func TestDMSubjects(t *testing.T) {
-	if DM("bob", "alice") != "chat.dm.alice.bob" || DM("alice", "bob") != "chat.dm.alice.bob" {
-		t.Fatalf("DM = %q", DM("bob", "alice"))
-	}
-	if StoreDM("Zed", "amy") != "chat.store.dm.Zed.amy" { // bytewise: 'Z' < 'a'
-		t.Fatalf("StoreDM = %q", StoreDM("Zed", "amy"))
-	}
-	if DM("me", "me") != "chat.dm.me.me" {
-		t.Fatalf("DM to oneself = %q", DM("me", "me"))
-	}
-	for _, subj := range []string{DM("bob", "alice"), StoreDM("bob", "alice")} {
-		if a, b, ok := PartiesOf(subj); !ok || a != "alice" || b != "bob" {
-			t.Errorf("PartiesOf(%q) = %q, %q, %v", subj, a, b, ok)
+	for _, tt := range []struct{ got, want string }{
+		{DM("bob", "alice"), "chat.dm.alice.bob"},
+		{DM("alice", "bob"), "chat.dm.alice.bob"},
+		{DM("me", "me"), "chat.dm.me.me"},
+		{StoreDM("Zed", "amy"), "chat.store.dm.Zed.amy"}, // bytewise: 'Z' < 'a'
+	} {
+		if tt.got != tt.want {
+			t.Errorf("%q, want %q", tt.got, tt.want)
 		}
-	}
-	for _, bad := range []string{"chat.dm.bob.alice", "chat.dm.a", "chat.dm.a.b.c", "chat.dm..b", "chat.room.a.msg"} {
-		if _, _, ok := PartiesOf(bad); ok {
-			t.Errorf("PartiesOf(%q) accepted", bad)
-		}
-	}
-	if u, ok := UserOfInDM(InDM("bob")); !ok || u != "bob" {
-		t.Fatalf("UserOfInDM = %q, %v", u, ok)
-	}
-	for _, bad := range []string{"chat.in.dm.", "chat.in.dm.a.b", "chat.in.room.a"} {
-		if _, ok := UserOfInDM(bad); ok {
-			t.Errorf("UserOfInDM(%q) accepted", bad)
-		}
-	}
-	if room, kind, ok := RoomOf(RoomTyping("lobby")); !ok || room != "lobby" || kind != KindTyping {
-		t.Fatalf("RoomOf(RoomTyping) = %q, %q, %v", room, kind, ok)
 	}
 }
