@@ -115,6 +115,12 @@ func TestDeployPermissions(t *testing.T) {
 		t.Fatalf("presence not live; permission errors: %v", pv.list())
 	}
 	e := startEdgeAt(t, ns.ClientURL(), nil, nats.UserInfo("edge", "edge-secret"), nats.ErrorHandler(ev.handler))
+	// The edge registers its service as it starts, before it serves HTTP:
+	// once it serves and its connection is flushed, it answers a PING.
+	servicetest.GetOK(t, strings.TrimPrefix(e.url, "http://"), "/healthz")
+	if err := e.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 
 	// The observer connects as the nats CLI does, its replies on _INBOX.
 	observer, err := nats.Connect(ns.ClientURL(), nats.UserInfo("observer", "observer-secret"))
