@@ -17,6 +17,7 @@ import (
 // Every bad request object gets its error code (with the id it carried),
 // stores nothing, and leaves the connection usable.
 func TestBadInputGetsItsError(t *testing.T) {
+	t.Parallel()
 	ns, e := setup(t)
 	nc := natstest.Connect(t, ns)
 	c := dial(t, e.url, "alice")
@@ -103,6 +104,7 @@ func TestBadInputGetsItsError(t *testing.T) {
 }
 
 func TestTooManyRooms(t *testing.T) {
+	t.Parallel()
 	ns := natstest.Start(t)
 	startBroadcaster(t, ns)
 	e := startEdge(t, ns, func(c *edge.Config) { c.Limits.MaxRooms = 3 })
@@ -122,6 +124,7 @@ func TestTooManyRooms(t *testing.T) {
 
 // Protocol violations close the connection with the RFC 6455 code.
 func TestProtocolViolationsClose(t *testing.T) {
+	t.Parallel()
 	_, e := setup(t)
 	tests := []struct {
 		name  string
@@ -157,6 +160,7 @@ func TestProtocolViolationsClose(t *testing.T) {
 
 // Upgrades are refused before the upgrade: origin 403, bad name 400.
 func TestUpgradeRefusals(t *testing.T) {
+	t.Parallel()
 	ns := natstest.Start(t)
 	startBroadcaster(t, ns)
 	e := startEdge(t, ns, func(c *edge.Config) { c.Web.AllowedOrigins = []string{"https://chat.example"} })

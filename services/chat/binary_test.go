@@ -168,6 +168,7 @@ func TestRunArguments(t *testing.T) {
 // The history survives a restart on the same data folder, and new seqs are
 // larger than the old ones.
 func TestRestartKeepsMessages(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	m, stop := startMain(t, dir)
 	c := dial(t, "http://"+m.Addr(), "alice")
@@ -204,6 +205,7 @@ func TestRestartKeepsMessages(t *testing.T) {
 // The real binary ends on SIGTERM with exit 0 within 10 s, closing its
 // WebSockets with 1001.
 func TestSIGTERMShutsDownCleanly(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}

@@ -39,6 +39,7 @@ const online = browsertest.Online
 // Two tabs on the single binary's page chat both ways, and what users
 // type is shown as text, never run as HTML.
 func TestBrowserTabsChat(t *testing.T) {
+	t.Parallel()
 	newTab := browser(t)
 	m, _ := startMain(t, t.TempDir())
 	base := "http://" + m.Addr()
@@ -118,6 +119,7 @@ func TestBrowserTabsChat(t *testing.T) {
 // answered; typing in a room shows under it on the other page; after a
 // reload the conversation is listed again from dms.
 func TestBrowserDM(t *testing.T) {
+	t.Parallel()
 	newTab := browser(t)
 	m, _ := startMain(t, t.TempDir())
 	base := "http://" + m.Addr()
@@ -174,6 +176,7 @@ func TestBrowserDM(t *testing.T) {
 // URL's fragment (and drops it from the address bar) or asks for it; the
 // name is the token's, and the note that names are not protected is gone.
 func TestBrowserTokens(t *testing.T) {
+	t.Parallel()
 	newTab := browser(t)
 	m, _ := startMainWith(t, t.TempDir(), func(c *Config) { c.AuthSecret = testSecret })
 	base := "http://" + m.Addr()
@@ -255,6 +258,7 @@ func screenshot(t *testing.T, tab context.Context, name string) {
 // Rooms: a second room is joined from the list; messages in a room not
 // shown count as unread until it is opened; the rooms are remembered.
 func TestBrowserRoomsAndUnread(t *testing.T) {
+	t.Parallel()
 	newTab := browser(t)
 	m, _ := startMain(t, t.TempDir())
 	base := "http://" + m.Addr()
@@ -308,6 +312,8 @@ func TestBrowserRoomsAndUnread(t *testing.T) {
 // Killing the server and starting it again on the same data dir while a
 // page stays open: both pages reconnect on their own, what one typed while
 // offline is sent then, and the other shows every message once, in order.
+// Not parallel: while the server is down, a parallel test could be given
+// its port.
 func TestBrowserReconnects(t *testing.T) {
 	newTab := browser(t)
 	dir := t.TempDir()
@@ -367,6 +373,7 @@ func TestBrowserReconnects(t *testing.T) {
 // edge, which the page keeps to itself (no error line per keystroke), and
 // a message waits in the outbox with one line saying so.
 func TestBrowserTypingDuringOutage(t *testing.T) {
+	t.Parallel()
 	newTab := browser(t)
 	ns, err := embedded.Start(embedded.Options{Addr: "127.0.0.1:0", DataDir: t.TempDir()})
 	if err != nil {
@@ -402,6 +409,7 @@ func TestBrowserTypingDuringOutage(t *testing.T) {
 // The page opens on the room's recent history and loads older messages
 // as the reader scrolls up, in order, until the beginning.
 func TestBrowserHistoryOnScroll(t *testing.T) {
+	t.Parallel()
 	newTab := browser(t)
 	m, _ := startMain(t, t.TempDir())
 	nc, err := nats.Connect("nats://" + m.NATSAddr())

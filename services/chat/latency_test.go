@@ -18,6 +18,7 @@ import (
 // write to each member (its sender too) and not when a join replays it,
 // and the replay's read.
 func TestMetricsLatencyHistograms(t *testing.T) {
+	t.Parallel()
 	m, _ := startMain(t, t.TempDir())
 	base := "http://" + m.Addr()
 	want := map[string]uint64{

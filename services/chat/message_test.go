@@ -19,6 +19,7 @@ import (
 )
 
 func TestMessageReachesEveryMemberWithAck(t *testing.T) {
+	t.Parallel()
 	_, e := setup(t)
 	alice := dial(t, e.url, "alice")
 	bob := dial(t, e.url, "bob")
@@ -87,6 +88,7 @@ func TestMessageReachesEveryMemberWithAck(t *testing.T) {
 }
 
 func TestRejoinAnswersJoinedAgain(t *testing.T) {
+	t.Parallel()
 	_, e := setup(t)
 	a := dial(t, e.url, "alice")
 	a.join("lobby")
@@ -100,6 +102,7 @@ func TestRejoinAnswersJoinedAgain(t *testing.T) {
 // Seqs strictly increase for every observer while two broadcasters store
 // posts from many sessions at once.
 func TestSeqsIncreaseWithTwoBroadcasters(t *testing.T) {
+	t.Parallel()
 	ns := natstest.Start(t)
 	r1 := startBroadcaster(t, ns)
 	r2 := startBroadcaster(t, ns)
@@ -180,6 +183,7 @@ func TestSeqsIncreaseWithTwoBroadcasters(t *testing.T) {
 // An edge subscribes only to the rooms it has members in: another room's
 // traffic never reaches it.
 func TestEdgeWithoutMembersReceivesNothing(t *testing.T) {
+	t.Parallel()
 	ns := natstest.Start(t)
 	startBroadcaster(t, ns)
 	e1 := startEdge(t, ns, nil)
@@ -247,6 +251,7 @@ func TestEdgeWithoutMembersReceivesNothing(t *testing.T) {
 // A repeated client id within the window is stored once; its ack carries
 // the original seq. The key is user, room and id.
 func TestRetriedIDStoredOnce(t *testing.T) {
+	t.Parallel()
 	ns, e := setup(t)
 	nc := natstest.Connect(t, ns)
 	a := dial(t, e.url, "alice")
@@ -284,6 +289,7 @@ func TestRetriedIDStoredOnce(t *testing.T) {
 // A bot posting on NATS is handled like a client; an invalid bot post is
 // refused and stored nowhere.
 func TestBotPostReachesRoom(t *testing.T) {
+	t.Parallel()
 	ns, e := setup(t)
 	bot := natstest.Connect(t, ns)
 	a := dial(t, e.url, "alice")

@@ -20,6 +20,7 @@ import (
 // the build's version, their endpoints on the subjects of the protocol,
 // and figures of their own that follow the traffic.
 func TestMicroServices(t *testing.T) {
+	t.Parallel()
 	m, _ := startMain(t, t.TempDir())
 	nc, err := nats.Connect("nats://" + m.NATSAddr())
 	if err != nil {

@@ -24,6 +24,7 @@ func get(t *testing.T, url string) (int, string) {
 }
 
 func TestPageAndOpsEndpoints(t *testing.T) {
+	t.Parallel()
 	_, e := setup(t)
 	for _, tt := range []struct{ path, want string }{
 		{"/", "<title>natter</title>"},
@@ -41,7 +42,8 @@ func TestPageAndOpsEndpoints(t *testing.T) {
 }
 
 // While NATS is away, sockets stay open, posts get unavailable and /readyz
-// says 503; when it is back, the same sockets chat again.
+// says 503; when it is back, the same sockets chat again. Not parallel:
+// while NATS is down, a parallel test could be given its port.
 func TestNATSOutageAndReturn(t *testing.T) {
 	dir := t.TempDir()
 	ns, err := embedded.Start(embedded.Options{Addr: "127.0.0.1:0", DataDir: dir})

@@ -16,6 +16,7 @@ import (
 // The server pings; a client that answers stays, one that does not is
 // dropped after the pong timeout.
 func TestPingsAndSilentClients(t *testing.T) {
+	t.Parallel()
 	ns := natstest.Start(t)
 	startBroadcaster(t, ns)
 	e := startEdge(t, ns, func(c *edge.Config) {
@@ -49,7 +50,8 @@ func TestPingsAndSilentClients(t *testing.T) {
 // timeout, not a ping interval or a close handshake later: with a ping
 // interval of 2 s, it goes between 2.2 and 3.1 s after it connected
 // (the pinger looks at every client's silence each 80 ms; dropped
-// without a close frame, nothing is waited for).
+// without a close frame, nothing is waited for). Not parallel: it times
+// the drop to within a second.
 func TestSilentClientDroppedOnTime(t *testing.T) {
 	ns := natstest.Start(t)
 	startBroadcaster(t, ns)

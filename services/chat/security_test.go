@@ -83,9 +83,11 @@ func TestTokens(t *testing.T) {
 		{"sub not a name", "token=" + hs(t, jwt.SigningMethodHS256, []byte(testSecret), jwt.RegisteredClaims{Subject: "a.b", ExpiresAt: future})},
 	}
 	for _, tc := range refused {
-		if status, _ := dialStatus(t, e.url, tc.query, nil); status != http.StatusUnauthorized {
-			t.Errorf("%s: status %d, want 401", tc.name, status)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			if status, _ := dialStatus(t, e.url, tc.query, nil); status != http.StatusUnauthorized {
+				t.Errorf("status %d, want 401", status)
+			}
+		})
 	}
 	if status, _ := dialStatus(t, e.url, "token="+good, http.Header{"Origin": {"https://evil.example"}}); status != http.StatusForbidden {
 		t.Errorf("a good token from a foreign origin: status %d, want 403", status)

@@ -35,6 +35,7 @@ func smallBufferDialer() *websocket.Dialer {
 // A client that stops reading is cut off; the others keep receiving every
 // message, in order.
 func TestSlowClientIsCutOff(t *testing.T) {
+	t.Parallel()
 	ns, e := setup(t)
 	bot := natstest.Connect(t, ns)
 	slow := dialWith(t, smallBufferDialer(), e.url, "slow")

@@ -95,6 +95,7 @@ func handshakesBy(t *testing.T, e *testEdge, by string) float64 {
 // to net/http with what it read: each kind gets the answer it always had,
 // from the path it belongs to (by: "edge" or "http").
 func TestUpgradePaths(t *testing.T) {
+	t.Parallel()
 	_, e := setup(t)
 	host := strings.TrimPrefix(e.url, "http://")
 	readBy := func(t *testing.T, by string, run func()) {
@@ -198,6 +199,7 @@ func TestUpgradePaths(t *testing.T) {
 // A connection that does not send its request in time is closed; one
 // still sending when the edge stops is closed, and the edge stops.
 func TestHandshakeTimeout(t *testing.T) {
+	t.Parallel()
 	ns := natstest.Start(t)
 	startBroadcaster(t, ns)
 	e := startEdge(t, ns, func(c *edge.Config) { c.HandshakeTimeout = 200 * time.Millisecond })
