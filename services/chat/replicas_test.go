@@ -52,10 +52,11 @@ func TestReplicasRefusedAtStart(t *testing.T) {
 	}
 }
 
-// Against a cluster of three with three replicas, the single binary keeps
-// both streams and the presence bucket three times and chats.
+// Against a cluster of three with three replicas, the single binary
+// keeps both streams and the presence bucket three times and chats. Not
+// parallel: a JetStream cluster elects its leaders on timers, which a
+// busy CPU makes late.
 func TestReplicasOnACluster(t *testing.T) {
-	t.Parallel()
 	c := natstest.StartCluster(t, 3)
 	m, _ := startMainWith(t, t.TempDir(), func(cfg *Config) {
 		cfg.URL = c.URL()

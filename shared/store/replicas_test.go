@@ -73,9 +73,9 @@ func TestReplicasRefusedBySingleServer(t *testing.T) {
 // On a cluster of three, the streams are created with three replicas or
 // updated from one to three; five are refused for good. With one server
 // down, the streams are updated as they are, a new stream of three is
-// still created, and five are still refused.
+// still created, and five are still refused. Not parallel: a JetStream
+// cluster elects its leaders on timers, which a busy CPU makes late.
 func TestReplicasOnACluster(t *testing.T) {
-	t.Parallel()
 	c := natstest.StartCluster(t, 3)
 	nc := c.Connect(t)
 	if err := ensure(t, nc, 1, 10*time.Second); err != nil {
@@ -115,11 +115,12 @@ func TestReplicasOnACluster(t *testing.T) {
 	wantRefused(t, ensure(t, nc, 5, 30*time.Second), 5, "fewer servers")
 }
 
-// A cluster still forming, whose last server has not joined yet, answers
-// as one that has fewer servers. A client given that server's URL too is
-// not refused; one that knows only the servers up is.
+// A cluster still forming, whose last server has not joined yet,
+// answers as one that has fewer servers. A client given that server's
+// URL too is not refused; one that knows only the servers up is. Not
+// parallel: a JetStream cluster elects its leaders on timers, which a
+// busy CPU makes late.
 func TestReplicasOnAFormingCluster(t *testing.T) {
-	t.Parallel()
 	c := natstest.StartCluster(t, 2)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -65,12 +65,12 @@ func postStored(t *testing.T, nc *nats.Conn, room, text, id string) uint64 {
 }
 
 // With three replicas on a cluster of three, the broadcaster brings
-// streams made with one replica to three; a post is stored and acked with
-// the room stream's leader down, a broadcaster started meanwhile updates
-// the streams and serves, and the acked post survives the loss of another
-// server once the first is back.
+// streams made with one replica to three; a post is stored and acked
+// with the room stream's leader down, a broadcaster started meanwhile
+// updates the streams and serves, and the acked post survives the loss
+// of another server once the first is back. Not parallel: a JetStream
+// cluster elects its leaders on timers, which a busy CPU makes late.
 func TestReplicasOnACluster(t *testing.T) {
-	t.Parallel()
 	c := natstest.StartCluster(t, 3)
 	client := c.Connect(t)
 	js, err := jetstream.New(client)
@@ -117,9 +117,10 @@ func TestReplicasOnACluster(t *testing.T) {
 }
 
 // NATS servers that can never hold the replicas stop the broadcaster at
-// once with an error that names the setting, its value and why.
+// once with an error that names the setting, its value and why. Not
+// parallel: a JetStream cluster elects its leaders on timers, which a
+// busy CPU makes late.
 func TestReplicasRefused(t *testing.T) {
-	t.Parallel()
 	tests := []struct {
 		name     string
 		url      func(*testing.T) string

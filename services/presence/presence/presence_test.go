@@ -164,9 +164,10 @@ func awaitUsers(t *testing.T, nc *nats.Conn, room string, n int) []string {
 
 // A heartbeat whose digest differs starts a sync over many pages; a
 // report published after page 0 is applied on top of the snapshot, and
-// the next heartbeat agrees, so no second sync follows.
+// the next heartbeat agrees, so no second sync follows. Not parallel: a
+// sync of 63,000 sessions keeps a core busy, and beside another test it
+// missed its 10 s wait.
 func TestSyncManyPagesWithAReportBetween(t *testing.T) {
-	t.Parallel()
 	ns := natstest.Start(t)
 	p := run(t, ns)
 	nc := natstest.Connect(t, ns)
@@ -294,9 +295,9 @@ func TestExpiredEdgeComesBack(t *testing.T) {
 
 // A leader that loses its bucket (JetStream gone) stops announcing and
 // answering within the lease, so a standby may take over, and still
-// stops cleanly.
+// stops cleanly. Not parallel: it times the step down to within two
+// seconds.
 func TestLeaderWithoutBucketStepsDown(t *testing.T) {
-	t.Parallel()
 	ns := natstest.Start(t)
 	p := run(t, ns)
 	nc := natstest.Connect(t, ns)
@@ -355,9 +356,10 @@ func TestWriterAnnouncesOnlyWithinTheLease(t *testing.T) {
 }
 
 // Announcements wait for their rooms to be written, but not without
-// bound: with the writer stuck, they go out in order once too many wait.
+// bound: with the writer stuck, they go out in order once too many
+// wait. Not parallel: its 65,536 announcements keep a core busy for
+// seconds.
 func TestHeldAnnouncementsAreBounded(t *testing.T) {
-	t.Parallel()
 	ns := natstest.Start(t)
 	nc := natstest.Connect(t, ns)
 	p, err := New(Config{MaxMembers: 500, Replicas: 1}, nc, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())

@@ -23,9 +23,9 @@ import (
 const bucketStream = "KV_" + subject.PresenceBucket
 
 // On a cluster of three, presence brings a bucket made with one replica
-// to three, and goes live.
+// to three, and goes live. Not parallel: a JetStream cluster elects its
+// leaders on timers, which a busy CPU makes late.
 func TestBucketReplicasOnACluster(t *testing.T) {
-	t.Parallel()
 	c := natstest.StartCluster(t, 3)
 	nc := c.Connect(t)
 	js, err := jetstream.New(nc)
@@ -47,10 +47,11 @@ func TestBucketReplicasOnACluster(t *testing.T) {
 	natstest.WaitReplicas(t, nc, bucketStream, 3)
 }
 
-// NATS servers that can never hold the bucket's replicas stop presence at
-// once with an error that names the setting, its value and why.
+// NATS servers that can never hold the bucket's replicas stop presence
+// at once with an error that names the setting, its value and why. Not
+// parallel: a JetStream cluster elects its leaders on timers, which a
+// busy CPU makes late.
 func TestBucketReplicasRefused(t *testing.T) {
-	t.Parallel()
 	tests := []struct {
 		name     string
 		url      func(*testing.T) string
