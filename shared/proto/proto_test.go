@@ -73,17 +73,23 @@ func TestParseRequest(t *testing.T) {
 }
 
 func TestCheckPost(t *testing.T) {
-	if e := CheckPost(strings.Repeat("😀", 4000), "", 4000); e != nil {
-		t.Fatalf("4000 code points refused: %v", e)
-	}
-	if e := CheckPost(strings.Repeat("a", 4001), "", 4000); e == nil || e.Code != CodeTooLong {
-		t.Fatalf("4001 characters: %v", e)
-	}
-	if e := CheckPost("x", strings.Repeat("i", 65), 4000); e == nil || e.Code != CodeTooLong {
-		t.Fatalf("65-byte id: %v", e)
-	}
-	if e := CheckPost(" \t", "", 4000); e == nil || e.Code != CodeBadRequest {
-		t.Fatalf("blank: %v", e)
+	for _, tt := range []struct {
+		name, text, id, code string // code "": accepted
+	}{
+		{"4000 code points", strings.Repeat("😀", 4000), "", ""},
+		{"4001 characters", strings.Repeat("a", 4001), "", CodeTooLong},
+		{"a 65-byte id", "x", strings.Repeat("i", 65), CodeTooLong},
+		{"blank", " \t", "", CodeBadRequest},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			code := ""
+			if e := CheckPost(tt.text, tt.id, 4000); e != nil {
+				code = e.Code
+			}
+			if code != tt.code {
+				t.Errorf("code %q, want %q", code, tt.code)
+			}
+		})
 	}
 }
 
