@@ -14,7 +14,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/natter-chat/natter/shared/config"
 	"github.com/natter-chat/natter/shared/logwatch"
+	"github.com/natter-chat/natter/shared/servicetest"
 	"github.com/natter-chat/natter/shared/store"
 	"github.com/natter-chat/natter/shared/subject"
 )
@@ -30,10 +32,8 @@ import (
 func TestShutdownOutsideIn(t *testing.T) {
 	const clients, window = 12, 4
 	dir := t.TempDir()
-	var cfg Config
-	if err := loadConfig(&cfg); err != nil {
-		t.Fatal(err)
-	}
+	t.Parallel()
+	cfg := config.Defaults[Config]()
 	cfg.HTTPAddr, cfg.NATSAddr, cfg.DataDir = "127.0.0.1:0", "127.0.0.1:0", dir
 	cfg.Log.Format = "json"
 	cfg.MessageRate = 0 // the posters send as fast as the acks come
@@ -102,7 +102,7 @@ func TestShutdownOutsideIn(t *testing.T) {
 			}
 		})
 	}
-	waitFor(t, "200 posts acknowledged", func() bool { return acks.Load() >= 200 })
+	servicetest.WaitFor(t, wait, "200 posts acknowledged", func() bool { return acks.Load() >= 200 })
 
 	began := time.Now()
 	cancel()

@@ -21,6 +21,7 @@ import (
 	"github.com/natter-chat/natter/shared/config"
 	"github.com/natter-chat/natter/shared/natstest"
 	"github.com/natter-chat/natter/shared/proto"
+	"github.com/natter-chat/natter/shared/servicetest"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
@@ -28,12 +29,12 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
+// limits are the default limits (config.Defaults) with a send queue of
+// queue.
 func limits(queue int) config.Limits {
-	return config.Limits{
-		MaxFrameBytes: 64 << 10, MaxTextChars: 4000, MaxRooms: 100, SendQueue: queue,
-		PostTimeout: time.Second, PingInterval: 25 * time.Second, PongTimeout: 60 * time.Second,
-		WriteTimeout: 5 * time.Second,
-	}
+	lim := config.Defaults[config.Limits]()
+	lim.SendQueue = queue
+	return lim
 }
 
 // newTestEdge is an edge without NATS, for what does not need it.
@@ -279,17 +280,6 @@ func TestConversationsBounded(t *testing.T) {
 	}
 }
 
-// waitFor waits until cond holds, at most 10 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s after 10 s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // A shared flush serves every caller with a flush that starts after it
 // called: the callers that come while one runs share the next one.
 func TestSharedFlush(t *testing.T) {
@@ -305,11 +295,11 @@ func TestSharedFlush(t *testing.T) {
 	const callers = 50
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = s.do(flush) })
-	waitFor(t, "the first flush", func() bool { return flushes.Load() == 1 })
+	servicetest.WaitFor(t, 10*time.Second, "the first flush made", func() bool { return flushes.Load() == 1 })
 	for range callers - 1 {
 		wg.Go(func() { _ = s.do(flush) })
 	}
-	waitFor(t, "the callers to gather", func() bool {
+	servicetest.WaitFor(t, 10*time.Second, "the other callers waiting", func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		return s.waiting == callers-1

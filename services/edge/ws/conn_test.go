@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/natter-chat/natter/shared/servicetest"
 )
 
 // A connection whose queue overflows while its socket still takes data
@@ -104,15 +106,6 @@ func TestWriterCoalesces(t *testing.T) {
 }
 
 // waitFor waits until cond holds, at most 10 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s after 10 s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
 
 // A client that stops reading fills its socket: a slow writer takes it
 // over, waits for it, and hands it back to the flusher once it has caught
@@ -130,7 +123,7 @@ func TestSlowWriterCatchesUp(t *testing.T) {
 	})
 	conn, s := h.dial(t)
 	c := <-s.opened
-	waitFor(t, "slow writer", c.slowNow)
+	servicetest.WaitFor(t, 10*time.Second, "a slow writer taking the connection", c.slowNow)
 	next := 0
 	read := func(n int) {
 		t.Helper()
@@ -149,7 +142,7 @@ func TestSlowWriterCatchesUp(t *testing.T) {
 		}
 	}
 	read(events)
-	waitFor(t, "hand-back to the flusher", func() bool { return !c.slowNow() })
+	servicetest.WaitFor(t, 10*time.Second, "the connection handed back to the flusher", func() bool { return !c.slowNow() })
 	// Past the slow writer's last deadline: a deadline left set would
 	// fail the flusher's next write.
 	time.Sleep(time.Second + 500*time.Millisecond)

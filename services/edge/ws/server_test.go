@@ -14,14 +14,18 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/natter-chat/natter/shared/config"
 )
 
-// testConfig is a server's configuration for the tests, with the edge's
-// default limits but a small send queue.
+// testConfig is a server's configuration for the tests: the edge's
+// default limits (config.Defaults), but a small send queue and no write
+// delay, so that a test's events go out at once.
 func testConfig() Config {
+	lim := config.Defaults[config.Limits]()
 	return Config{
-		FrameLimit: 64 << 10, SendQueue: 16, WriteTimeout: 5 * time.Second,
-		PingInterval: 25 * time.Second, PongTimeout: 60 * time.Second,
+		FrameLimit: int(lim.MaxFrameBytes), SendQueue: 16, WriteTimeout: lim.WriteTimeout,
+		PingInterval: lim.PingInterval, PongTimeout: lim.PongTimeout,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 }
