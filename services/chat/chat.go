@@ -192,8 +192,10 @@ const stopWithin = 9 * time.Second
 //
 //  1. the edge: it stops accepting, closes its WebSockets with 1001 and
 //     reports their sessions gone, while everything behind it still
-//     runs, so that posts in flight are stored and answered and the
-//     leaves are announced; the pprof listener with it;
+//     runs, so that the posts it has published are stored (it stops
+//     waiting for their acks: a page sends an unacknowledged post again
+//     with the same id, never stored twice) and the leaves are
+//     announced; the pprof listener with it;
 //  2. the broadcaster (it stores and answers what it took) and presence
 //     (its last write), at once;
 //  3. the NATS connections (drained) and the embedded server.
@@ -201,9 +203,9 @@ const stopWithin = 9 * time.Second
 // Each step's waits take no more than the deadline leaves (ops.Budget),
 // and each step's end is logged ("stopped", with the part's name).
 func (m *Main) Run(ctx context.Context) error {
-	failed := make(chan struct{}, 1)
-	broadcaster := m.start("broadcaster", m.broadcaster.Run, failed)
-	presence := m.start("presence", m.presence.Run, failed)
+	f := &failure{ch: make(chan struct{})}
+	broadcaster := m.start("broadcaster", m.broadcaster.Run, f)
+	presence := m.start("presence", m.presence.Run, f)
 	front := []*part{}
 	if m.pprof != nil {
 		mux := http.NewServeMux()
@@ -214,7 +216,7 @@ func (m *Main) Run(ctx context.Context) error {
 		log := m.log.With("listener", "pprof")
 		front = append(front, m.start("pprof", func(ctx context.Context) error {
 			return ops.Serve(ctx, m.pprof, mux, time.Second, log)
-		}, failed))
+		}, f))
 	}
 	// Posts need a broadcaster: the edge serves once one takes them (the
 	// listener is open already, so early clients wait in its backlog).
@@ -229,16 +231,18 @@ func (m *Main) Run(ctx context.Context) error {
 			case <-time.After(presenceStartWait):
 				m.log.Warn("presence not live yet; serving without it", "waited", presenceStartWait)
 			case <-ctx.Done():
-			case <-failed:
+			case <-f.ch:
 			}
 		}
-		front = append(front, m.start("edge", func(ctx context.Context) error { return m.edge.Run(ctx, m.ln) }, failed))
+		if ctx.Err() == nil && !f.happened() {
+			front = append(front, m.start("edge", func(ctx context.Context) error { return m.edge.Run(ctx, m.ln) }, f))
+		}
 	case <-ctx.Done():
-	case <-failed:
+	case <-f.ch:
 	}
 	select {
 	case <-ctx.Done():
-	case <-failed:
+	case <-f.ch:
 	}
 	deadline := time.Now().Add(stopWithin)
 	m.log.Info("shutting down", "within", stopWithin)
@@ -253,7 +257,7 @@ func (m *Main) Run(ctx context.Context) error {
 	m.log.Info("stopped", "part", "nats")
 	var errs []error
 	for _, p := range append(front, broadcaster, presence) {
-		errs = append(errs, p.err)
+		errs = append(errs, p.result())
 	}
 	return errors.Join(errs...)
 }
@@ -267,9 +271,26 @@ type part struct {
 	err  error
 }
 
-// start runs run as the part name; failed gets a value if it returns
-// before it is stopped.
-func (m *Main) start(name string, run func(context.Context) error, failed chan<- struct{}) *part {
+// failure is closed, once, when a part returns before it is stopped.
+type failure struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+func (f *failure) happen() { f.once.Do(func() { close(f.ch) }) }
+
+func (f *failure) happened() bool {
+	select {
+	case <-f.ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// start runs run as the part name; f happens if it returns before it is
+// stopped.
+func (m *Main) start(name string, run func(context.Context) error, f *failure) *part {
 	ctx, stop := context.WithCancelCause(context.Background())
 	p := &part{name: name, stop: stop, done: make(chan struct{})}
 	go func() {
@@ -279,10 +300,8 @@ func (m *Main) start(name string, run func(context.Context) error, failed chan<-
 			if p.err == nil {
 				p.err = fmt.Errorf("%s stopped by itself", name)
 			}
-			select {
-			case failed <- struct{}{}:
-			default:
-			}
+			m.log.Error("a part failed; stopping", "part", name, "err", p.err)
+			f.happen()
 		}
 	}()
 	return p
@@ -290,15 +309,33 @@ func (m *Main) start(name string, run func(context.Context) error, failed chan<-
 
 // stop stops the parts at once, to be done by deadline, and waits for
 // them: a part's waits shorten to fit (ops.Budget), so it returns by
-// then or soon after.
+// then. One that has not is left behind, with an error line, so that the
+// process still ends in time: its exit ends it.
 func (m *Main) stop(deadline time.Time, parts ...*part) {
 	began := time.Now()
 	for _, p := range parts {
 		p.stop(ops.StopDeadline{At: deadline})
 	}
+	late := time.NewTimer(time.Until(deadline))
+	defer late.Stop()
 	for _, p := range parts {
-		<-p.done
-		m.log.Info("stopped", "part", p.name, "took", time.Since(began).Round(time.Millisecond))
+		select {
+		case <-p.done:
+			m.log.Info("stopped", "part", p.name, "took", time.Since(began).Round(time.Millisecond))
+		case <-late.C:
+			late.Reset(0) // the parts after it are late too, unless done
+			m.log.Error("not stopped in time; left behind", "part", p.name, "waited", time.Since(began).Round(time.Millisecond))
+		}
+	}
+}
+
+// result is the part's error once it has returned, or that it has not.
+func (p *part) result() error {
+	select {
+	case <-p.done:
+		return p.err
+	default:
+		return fmt.Errorf("%s did not stop within %v", p.name, stopWithin)
 	}
 }
 
