@@ -22,6 +22,11 @@ import (
 	"github.com/natter-chat/natter/shared/subject"
 )
 
+// The browser tests run one at a time, not in parallel: each drives a
+// Chromium of its own, and several at once beside the other packages'
+// tests on a 2-core machine passed their 20 s per step (CI, once, in
+// TestBrowserTypingDuringOutage).
+
 // browser starts a headless Chromium (shared/browsertest); each call of
 // the returned function opens a new tab in a browser context of its own.
 func browser(t *testing.T) func() context.Context { return browsertest.Start(t) }
@@ -39,7 +44,6 @@ const online = browsertest.Online
 // Two tabs on the single binary's page chat both ways, and what users
 // type is shown as text, never run as HTML.
 func TestBrowserTabsChat(t *testing.T) {
-	t.Parallel()
 	newTab := browser(t)
 	m, _ := startMain(t, t.TempDir())
 	base := "http://" + m.Addr()
@@ -119,7 +123,6 @@ func TestBrowserTabsChat(t *testing.T) {
 // answered; typing in a room shows under it on the other page; after a
 // reload the conversation is listed again from dms.
 func TestBrowserDM(t *testing.T) {
-	t.Parallel()
 	newTab := browser(t)
 	m, _ := startMain(t, t.TempDir())
 	base := "http://" + m.Addr()
@@ -176,7 +179,6 @@ func TestBrowserDM(t *testing.T) {
 // URL's fragment (and drops it from the address bar) or asks for it; the
 // name is the token's, and the note that names are not protected is gone.
 func TestBrowserTokens(t *testing.T) {
-	t.Parallel()
 	newTab := browser(t)
 	m, _ := startMainWith(t, t.TempDir(), func(c *Config) { c.AuthSecret = testSecret })
 	base := "http://" + m.Addr()
@@ -258,7 +260,6 @@ func screenshot(t *testing.T, tab context.Context, name string) {
 // Rooms: a second room is joined from the list; messages in a room not
 // shown count as unread until it is opened; the rooms are remembered.
 func TestBrowserRoomsAndUnread(t *testing.T) {
-	t.Parallel()
 	newTab := browser(t)
 	m, _ := startMain(t, t.TempDir())
 	base := "http://" + m.Addr()
@@ -373,7 +374,6 @@ func TestBrowserReconnects(t *testing.T) {
 // edge, which the page keeps to itself (no error line per keystroke), and
 // a message waits in the outbox with one line saying so.
 func TestBrowserTypingDuringOutage(t *testing.T) {
-	t.Parallel()
 	newTab := browser(t)
 	ns, err := embedded.Start(embedded.Options{Addr: "127.0.0.1:0", DataDir: t.TempDir()})
 	if err != nil {
@@ -409,7 +409,6 @@ func TestBrowserTypingDuringOutage(t *testing.T) {
 // The page opens on the room's recent history and loads older messages
 // as the reader scrolls up, in order, until the beginning.
 func TestBrowserHistoryOnScroll(t *testing.T) {
-	t.Parallel()
 	newTab := browser(t)
 	m, _ := startMain(t, t.TempDir())
 	nc, err := nats.Connect("nats://" + m.NATSAddr())
