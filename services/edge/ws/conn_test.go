@@ -2,8 +2,10 @@ package ws
 
 import (
 	"encoding/json"
+	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -105,17 +107,31 @@ func TestWriterCoalesces(t *testing.T) {
 	s.ended(t)
 }
 
-// waitFor waits until cond holds, at most 10 s.
-
 // A client that stops reading fills its socket: a slow writer takes it
 // over, waits for it, and hands it back to the flusher once it has caught
-// up; nothing is lost or reordered on the way.
+// up; nothing is lost or reordered on the way, and the slow writer leaves
+// no write deadline set, which would fail the flusher's writes once past.
+//
+// The client reads as fast as it can once the slow writer has taken over,
+// and WriteTimeout is a minute: a bound only a client that stopped would
+// reach. A write waits for much more than 64 KiB of reading: the kernel
+// wakes a writer blocked on a full socket once about a third of its send
+// buffer is free, and on loopback that buffer grows to 4 MiB, so each
+// wait lasts until the client has read about 1.4 MiB. With a WriteTimeout
+// of a second, under -race on a loaded 2-core machine, the client (in the
+// same process) often took longer than that, once 2.2 s for one message,
+// and the connection was dropped without a close frame (1006).
+//
+// The deadline left set is not waited for (that needs a short
+// WriteTimeout, which the catch-up would then have to beat): the server's
+// connection records the write deadlines set on it, and the last one
+// before the hand-back must be none.
 func TestSlowWriterCatchesUp(t *testing.T) {
 	const events, size = 8000, 4096 // 32 MiB: more than the socket buffers hold
 	pad := strings.Repeat("x", size)
-	h := start(t, func(c *Config) {
+	h := startOn(t, func(ln net.Listener) net.Listener { return deadlineListener{ln} }, func(c *Config) {
 		c.SendQueue = events + 1
-		c.WriteTimeout = time.Second // each 64 KiB is read well within it, even under -race
+		c.WriteTimeout = time.Minute
 	}, func(c *Conn) {
 		for i := range events {
 			_ = c.Push([]byte(`{"n":`+strconv.Itoa(i)+`,"pad":"`+pad+`"}`), 0)
@@ -123,6 +139,10 @@ func TestSlowWriterCatchesUp(t *testing.T) {
 	})
 	conn, s := h.dial(t)
 	c := <-s.opened
+	dc, ok := c.nc.(*deadlineConn)
+	if !ok {
+		t.Fatalf("the server's connection is a %T, not the recording one", c.nc)
+	}
 	servicetest.WaitFor(t, 10*time.Second, "a slow writer taking the connection", c.slowNow)
 	next := 0
 	read := func(n int) {
@@ -143,13 +163,54 @@ func TestSlowWriterCatchesUp(t *testing.T) {
 	}
 	read(events)
 	servicetest.WaitFor(t, 10*time.Second, "the connection handed back to the flusher", func() bool { return !c.slowNow() })
-	// Past the slow writer's last deadline: a deadline left set would
-	// fail the flusher's next write.
-	time.Sleep(time.Second + 500*time.Millisecond)
+	if set, last := dc.writeDeadlines(); set < 2 || !last.IsZero() {
+		t.Fatalf("write deadlines set: %d, the last %v; want the slow writer's, then none", set, last)
+	}
 	_ = c.Push([]byte(`{"n":`+strconv.Itoa(events)+`}`), 0)
 	read(events + 1)
 	c.Close(CloseNormal, "")
 	s.ended(t)
+}
+
+// deadlineListener accepts connections that record their write
+// deadlines.
+type deadlineListener struct{ net.Listener }
+
+func (l deadlineListener) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &deadlineConn{TCPConn: nc.(*net.TCPConn)}, nil
+}
+
+// deadlineConn is a TCP connection that records the write deadlines set
+// on it: how many, and the last.
+type deadlineConn struct {
+	*net.TCPConn
+	mu   sync.Mutex
+	set  int       // guarded by mu
+	last time.Time // guarded by mu
+}
+
+func (c *deadlineConn) SetWriteDeadline(t time.Time) error {
+	c.mu.Lock()
+	c.set, c.last = c.set+1, t
+	c.mu.Unlock()
+	return c.TCPConn.SetWriteDeadline(t)
+}
+
+func (c *deadlineConn) SetDeadline(t time.Time) error {
+	if err := c.SetWriteDeadline(t); err != nil {
+		return err
+	}
+	return c.TCPConn.SetReadDeadline(t)
+}
+
+func (c *deadlineConn) writeDeadlines() (set int, last time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.set, c.last
 }
 
 func (c *Conn) slowNow() bool {

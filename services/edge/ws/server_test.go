@@ -83,6 +83,8 @@ type harness struct {
 	s        *Server
 	addr     string
 	sessions chan *session
+	// wrap, when not nil, wraps the loopback listener the server runs on.
+	wrap func(net.Listener) net.Listener
 }
 
 // start runs a server with testConfig, changed by change (when not nil),
@@ -90,7 +92,14 @@ type harness struct {
 // when it stops the server and waits for it.
 func start(t *testing.T, change func(*Config), open func(*Conn)) *harness {
 	t.Helper()
-	h := &harness{sessions: make(chan *session, 16)}
+	return startOn(t, nil, change, open)
+}
+
+// startOn is start on the loopback listener wrapped by wrap (nil: as it
+// is).
+func startOn(t *testing.T, wrap func(net.Listener) net.Listener, change func(*Config), open func(*Conn)) *harness {
+	t.Helper()
+	h := &harness{sessions: make(chan *session, 16), wrap: wrap}
 	cfg := testConfig()
 	cfg.Admit = func(Request) (Handler, *Refusal) {
 		s := newSession(open)
@@ -109,12 +118,16 @@ func start(t *testing.T, change func(*Config), open func(*Conn)) *harness {
 	return h
 }
 
-// run runs h.s on a loopback listener until the test ends.
+// run runs h.s on a loopback listener (wrapped by h.wrap) until the test
+// ends.
 func (h *harness) run(t *testing.T) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if h.wrap != nil {
+		ln = h.wrap(ln)
 	}
 	h.addr = ln.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
