@@ -299,9 +299,12 @@ func (c *Conn) writeNow(b []byte) (int, error) {
 // slowWriter owns the socket of a connection that fell behind: it writes
 // rest (the end of what the flusher could not write), then whatever is
 // queued, waiting for the socket each time, until the queue is empty;
-// then the connection goes back to its flusher. A client that takes no
-// 64 KiB within WriteTimeout is dropped. times are those of the write
-// rest is the end of.
+// then the connection goes back to its flusher. Each write of at most
+// 64 KiB must finish within WriteTimeout, or the client is dropped; a
+// write blocked on a full socket wakes only once about a third of the
+// socket's send buffer is free (on loopback the buffer grows to 4 MiB),
+// so the client must read that much, not 64 KiB, in the time. times are
+// those of the write rest is the end of.
 func (c *Conn) slowWriter(rest []byte, times writeTimes) {
 	timeout := c.s.cfg.WriteTimeout
 	var batch [][]byte
