@@ -39,8 +39,13 @@ type Config struct {
 	// connection with SendQueue live events queued is cut off (Push), and
 	// a reply waits while the queue holds SendQueue events (Reply).
 	SendQueue int
-	// WriteTimeout bounds each 64 KiB a slow writer writes: a client that
-	// takes none in that time is dropped.
+	// WriteTimeout bounds each write of 64 KiB a slow writer makes: a
+	// client that does not make room for it in that time is dropped. The
+	// room comes in steps the kernel chooses, not 64 KiB: Linux wakes a
+	// writer blocked on a full socket once about a third of its send
+	// buffer is free, so a client must read that much within WriteTimeout
+	// (of a buffer grown to tcp_wmem's default limit of 4 MiB, as on
+	// loopback: about 1.4 MiB).
 	WriteTimeout time.Duration
 	// WriteDelay is how long a connection's first queued event waits for
 	// those that follow, so that they share a write (0: write at once);
