@@ -43,6 +43,27 @@ type flusher struct {
 	// flushes ago.
 	now   time.Time
 	stale int
+	// round is how long the last round of writes took.
+	round time.Duration
+}
+
+// maxPause bounds the pause before a round (pause).
+const maxPause = 50 * time.Millisecond
+
+// pause is how long a round waits after the first event queued: the write
+// delay, or as long as the last round took when that was longer (at most
+// maxPause). A round that takes long is a flusher falling behind: with
+// thousands of busy connections on one core the writes, one syscall
+// each, are most of the server's time. Waiting as long as the round took
+// halves the writes made, each carrying twice the events, and leaves at
+// least half of the core to the rest (reading joins, replays, NATS)
+// instead of writing again at once a few events per connection. It adds
+// at most a round's time to an event's wait.
+func pause(delay, round time.Duration) time.Duration {
+	if delay <= 0 {
+		return 0 // write at once, as configured
+	}
+	return max(delay, min(round, maxPause))
 }
 
 // newFlushers makes a server's flushers, n of them: one per P, so that
@@ -105,8 +126,8 @@ func (f *flusher) run(ctx context.Context) {
 			return
 		case <-f.wake:
 		}
-		if f.delay > 0 {
-			timer.Reset(f.delay)
+		if d := pause(f.delay, f.round); d > 0 {
+			timer.Reset(d)
 			select {
 			case <-ctx.Done():
 				timer.Stop()
@@ -117,11 +138,13 @@ func (f *flusher) run(ctx context.Context) {
 		f.mu.Lock()
 		f.work, f.dirty = f.dirty, f.work[:0]
 		f.mu.Unlock()
+		start := time.Now()
 		f.stale = clockEvery // the clock is read again in each round
 		for _, c := range f.work {
 			f.flush(c)
 		}
 		clear(f.work)
+		f.round = time.Since(start)
 	}
 }
 

@@ -197,3 +197,24 @@ func loopbackConn(b *testing.B, s *Server) (*Conn, func()) {
 		p.Close()
 	}
 }
+
+// A round waits the write delay, or as long as the last round took when
+// that was longer, up to maxPause; with no delay it writes at once
+// whatever the last round took.
+func TestPause(t *testing.T) {
+	ms := time.Millisecond
+	for _, tc := range []struct {
+		delay, round, want time.Duration
+	}{
+		{2 * ms, 0, 2 * ms},
+		{2 * ms, ms, 2 * ms},
+		{2 * ms, 20 * ms, 20 * ms},
+		{2 * ms, time.Second, maxPause},
+		{100 * ms, 20 * ms, 100 * ms},
+		{0, 20 * ms, 0},
+	} {
+		if got := pause(tc.delay, tc.round); got != tc.want {
+			t.Errorf("pause(%v, %v) = %v, want %v", tc.delay, tc.round, got, tc.want)
+		}
+	}
+}
