@@ -469,6 +469,28 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	return sum
 }
 
+// counterWith reads the counter name{label=value} from a registry.
+func counterWith(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
 // setup is the usual rig: a NATS server, a broadcaster and an edge.
 func setup(t *testing.T) (*server.Server, *testEdge) {
 	t.Helper()

@@ -196,6 +196,11 @@ func TestJoinSinceReplaysWhatWasMissed(t *testing.T) {
 	if replayed[0].Text != "while away 0" || replayed[0].From != "bob" || replayed[0].id() != "w0" {
 		t.Fatalf("replayed message %s", replayed[0].raw)
 	}
+	// bob kept the room's subscription, and with it the room's recent
+	// messages: the replay came from memory.
+	if n := counterWith(t, e.reg, "natter_edge_replays_total", "from", "memory"); n != 1 {
+		t.Fatalf("%v replays from memory, want 1", n)
+	}
 	// Live again: the next message comes once.
 	seq := bob.post("lobby", "welcome back", "wb")
 	if ev := alice.expect("message"); ev.seq() != seq {
@@ -206,6 +211,11 @@ func TestJoinSinceReplaysWhatWasMissed(t *testing.T) {
 	replayed, j = carol.joinSince("lobby", 0)
 	if want := append([]uint64{first}, append(missed, seq)...); !slices.Equal(seqsOf(replayed), want) || !*j.Recovered {
 		t.Fatalf("since 0: replayed %v, joined %s; want %v, recovered", seqsOf(replayed), j.raw, want)
+	}
+	// The room's first message came before bob's subscription: from the
+	// stream.
+	if n := counterWith(t, e.reg, "natter_edge_replays_total", "from", "stream"); n != 1 {
+		t.Fatalf("%v replays from the stream, want 1", n)
 	}
 	// Joining a room already joined, with since: nothing is replayed (it
 	// is live on this connection); recovered only for the newest seq sent.
@@ -227,6 +237,45 @@ func TestJoinSinceReplaysWhatWasMissed(t *testing.T) {
 	replayed, j = dave.joinSince("lobby", seq+1000)
 	if len(replayed) != 0 || *j.Recovered {
 		t.Fatalf("since in the future: replayed %d, joined %s", len(replayed), j.raw)
+	}
+}
+
+// A replay the edge could take from the room's recent messages, but
+// after since retention dropped some of them: the client gets what is
+// stored, not recovered, as from the stream; within what is retained,
+// the recent messages serve.
+func TestJoinSinceFromMemoryKeepsToRetention(t *testing.T) {
+	t.Parallel()
+	ns := natstest.Start(t)
+	startBroadcasterWith(t, ns, config.Retention{MaxMsgs: 5, MaxAge: time.Hour, MaxBytes: 1 << 30})
+	e := startEdge(t, ns, nil)
+	bob := dial(t, e.url, "bob")
+	bob.join("lobby")
+	alice := dial(t, e.url, "alice")
+	alice.join("lobby")
+	seen := alice.post("lobby", "before the break", "b")
+	alice.expect("message")
+	bob.expect("message")
+	alice.close()
+	var seqs []uint64
+	for i := range 10 {
+		seqs = append(seqs, bob.post("lobby", fmt.Sprintf("while away %d", i), fmt.Sprintf("w%d", i)))
+		bob.expect("message")
+	}
+
+	replayed, j := dial(t, e.url, "alice").joinSince("lobby", seen)
+	if !slices.Equal(seqsOf(replayed), seqs[5:]) || *j.Recovered {
+		t.Fatalf("replayed %v, joined %s; want the 5 retained %v, not recovered", seqsOf(replayed), j.raw, seqs[5:])
+	}
+	if n := counterWith(t, e.reg, "natter_edge_replays_total", "from", "stream"); n != 1 {
+		t.Fatalf("%v replays from the stream, want 1", n)
+	}
+	replayed, j = dial(t, e.url, "carol").joinSince("lobby", seqs[6])
+	if !slices.Equal(seqsOf(replayed), seqs[7:]) || !*j.Recovered {
+		t.Fatalf("since within the retention: replayed %v, joined %s; want %v, recovered", seqsOf(replayed), j.raw, seqs[7:])
+	}
+	if n := counterWith(t, e.reg, "natter_edge_replays_total", "from", "memory"); n != 1 {
+		t.Fatalf("%v replays from memory, want 1", n)
 	}
 }
 

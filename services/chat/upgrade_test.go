@@ -72,23 +72,7 @@ func expectWelcome(t *testing.T, br *bufio.Reader, user string) {
 // handshakesBy reads natter_edge_handshakes_total{by}.
 func handshakesBy(t *testing.T, e *testEdge, by string) float64 {
 	t.Helper()
-	mfs, err := e.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "natter_edge_handshakes_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "by" && l.GetValue() == by {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+	return counterWith(t, e.reg, "natter_edge_handshakes_total", "by", by)
 }
 
 // The edge reads WebSocket requests itself and hands every other request

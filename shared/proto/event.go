@@ -117,6 +117,39 @@ func Encode(ev any) []byte {
 	return b
 }
 
+// EncodeJoined encodes a joined answer exactly as Encode encodes Joined,
+// with its users already encoded: users are the parts of their JSON
+// array, in order; none leaves the field out, as a nil Users does. A big
+// room's list is encoded once and shared by the joins that answer with
+// it: when thousands rejoin a room of thousands, encoding the list for
+// each was a third of the joins' time.
+func EncodeJoined(room string, seq uint64, recovered *bool, users ...[]byte) []byte {
+	quoted, err := json.Marshal(room)
+	if err != nil {
+		panic("proto: encoding " + err.Error())
+	}
+	n := len(`{"type":"joined","room":,"users":,"seq":,"recovered":false}`) + len(quoted) + 20
+	for _, p := range users {
+		n += len(p)
+	}
+	out := make([]byte, 0, n)
+	out = append(out, `{"type":"joined","room":`...)
+	out = append(out, quoted...)
+	if len(users) > 0 {
+		out = append(out, `,"users":`...)
+		for _, p := range users {
+			out = append(out, p...)
+		}
+	}
+	out = append(out, `,"seq":`...)
+	out = strconv.AppendUint(out, seq, 10)
+	if recovered != nil {
+		out = append(out, `,"recovered":`...)
+		out = strconv.AppendBool(out, *recovered)
+	}
+	return append(out, '}')
+}
+
 // WithSeq returns the stored message payload with "seq" added as the first
 // field, without decoding it: the edge does this once per room and event,
 // not once per recipient. payload must be a JSON object.

@@ -332,3 +332,37 @@ func TestSyncPages(t *testing.T) {
 		})
 	}
 }
+
+// EncodeJoined writes what Encode writes for the same Joined, whether the
+// users come in one part or several, and leaves them out with none.
+func TestEncodeJoined(t *testing.T) {
+	yes, no := true, false
+	for _, tc := range []struct {
+		name      string
+		room      string
+		users     *[]string
+		seq       uint64
+		recovered *bool
+	}{
+		{"no users", "lobby", nil, 0, nil},
+		{"empty", "lobby", &[]string{}, 7, nil},
+		{"users", "r-1", &[]string{"ann", "bob", "<zed>"}, 18446744073709551615, &yes},
+		{"not recovered", "r_2.x", &[]string{"ann"}, 3, &no},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want := Encode(Joined{Type: TypeJoined, Room: tc.room, Users: tc.users, Seq: tc.seq, Recovered: tc.recovered})
+			var parts [][]byte
+			if tc.users != nil {
+				whole, err := json.Marshal(*tc.users)
+				if err != nil {
+					t.Fatal(err)
+				}
+				// Split anywhere: the parts are only concatenated.
+				parts = [][]byte{whole[:len(whole)/2], whole[len(whole)/2:]}
+			}
+			if got := EncodeJoined(tc.room, tc.seq, tc.recovered, parts...); string(got) != string(want) {
+				t.Errorf("EncodeJoined = %s\nEncode      = %s", got, want)
+			}
+		})
+	}
+}

@@ -87,13 +87,13 @@ func (c *client) join(req proto.Request) {
 	}
 	// The replay goes out before joined, with back-pressure; live events
 	// meanwhile wait in pending (joining is still set).
-	for _, line := range lines(replayed) {
+	for _, line := range replayed {
 		c.reply(line)
 	}
 	// The report is published before who is asked, on the same
 	// connection, so presence counts this session in its answer.
 	c.e.reporter.join(c.session, c.user, room)
-	joined := proto.Joined{Type: proto.TypeJoined, Room: room, Users: c.presentUsers(room), Recovered: recovered}
+	joined := joinedAnswer{room: room, users: c.presentUsers(room), recovered: recovered}
 	if err := c.goLive(room, st, last, joined); err != nil {
 		// The session was reported in the room: its leave is too.
 		c.e.reporter.leave(c.session, c.user, room)
@@ -135,14 +135,26 @@ func (c *client) rejoin(req proto.Request, room string, st *roomState) {
 	if !c.waitSpaceLocked() || c.rooms[room] != st {
 		return
 	}
-	j := proto.Joined{Type: proto.TypeJoined, Room: room, Users: users, Seq: st.lastSeq}
+	j := joinedAnswer{room: room, users: users}
 	if req.Since != nil {
 		// Live on this connection already: nothing is replayed, and only
 		// a client that has seen everything sent here has recovered.
 		recovered := uint64(*req.Since) == st.lastSeq
-		j.Recovered = &recovered
+		j.recovered = &recovered
 	}
-	c.replyLocked(proto.Encode(j))
+	c.replyLocked(j.encode(st.lastSeq))
+}
+
+// joinedAnswer is a joined answer but its seq, known only once the
+// replay is queued.
+type joinedAnswer struct {
+	room      string
+	users     [][]byte // parts of the users' JSON array; none: left out
+	recovered *bool
+}
+
+func (j joinedAnswer) encode(seq uint64) []byte {
+	return proto.EncodeJoined(j.room, seq, j.recovered, j.users...)
 }
 
 // undoJoin takes back a join that cannot be completed, after beginJoin,
@@ -161,7 +173,7 @@ func (c *client) undoJoin(req proto.Request, room string, err error) {
 // The client is a member already: a message stored before the read is
 // at most last, and one stored after it reaches the client live, held
 // back until joined.
-func (c *client) readSince(room string, since *int64) (last uint64, replayed []store.Stored, recovered *bool, err error) {
+func (c *client) readSince(room string, since *int64) (last uint64, replayed []json.RawMessage, recovered *bool, err error) {
 	ctx, cancel := context.WithTimeout(c.e.ctx, c.e.cfg.Limits.PostTimeout)
 	defer cancel()
 	last, err = c.newestSeq(ctx, room)
@@ -195,7 +207,7 @@ func (c *client) newestSeq(ctx context.Context, room string) (uint64, error) {
 // last check for a gap, joined and the held events are done under one
 // hold of mu, so no live event can come between joined and those held
 // before it. A client closing meanwhile is sent nothing more.
-func (c *client) goLive(room string, st *roomState, sent uint64, joined proto.Joined) error {
+func (c *client) goLive(room string, st *roomState, sent uint64, joined joinedAnswer) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	sent, err := c.fillHeldGapLocked(room, st, sent)
@@ -203,8 +215,7 @@ func (c *client) goLive(room string, st *roomState, sent uint64, joined proto.Jo
 		return err
 	}
 	// There is room in the queue: replyLocked does not wait.
-	joined.Seq = sent
-	c.replyLocked(proto.Encode(joined))
+	c.replyLocked(joined.encode(sent))
 	c.releaseHeldLocked(st, sent)
 	return nil
 }
@@ -298,13 +309,13 @@ func (c *client) leave(req proto.Request) {
 
 // presentUsers is the users list of joined: nil, so left out, while
 // presence is unavailable.
-func (c *client) presentUsers(room string) *[]string {
+func (c *client) presentUsers(room string) [][]byte {
 	users, err := c.e.joinedUsers(room, c.user)
 	if err != nil {
 		c.e.log.Debug("joined without users", "room", room, "err", err)
 		return nil
 	}
-	return &users
+	return users
 }
 
 // who answers who from presence; joining the room is not needed.

@@ -76,16 +76,38 @@ func lines(msgs []store.Stored) []json.RawMessage {
 	return out
 }
 
-// replay reads the messages of room after since, up to last (the room's
-// newest when the join subscribed), keeping the newest maxReplay. It
+// replay returns the events of room after since, up to last (the room's
+// newest when the join subscribed), keeping the newest maxReplay: from
+// the room's recent log when it holds them all, else from the stream. It
 // reports whether the replay is complete: nothing after since was dropped
 // by retention and the cap was not hit (docs/protocol.md, recovery).
-func (c *client) replay(ctx context.Context, room string, since, last uint64) ([]store.Stored, bool, error) {
+func (c *client) replay(ctx context.Context, room string, since, last uint64) ([]json.RawMessage, bool, error) {
 	if since > last {
 		return nil, false, nil // the store was reset: the client reloads
 	}
 	start := time.Now()
 	defer func() { c.e.metrics.replay.Observe(time.Since(start).Seconds()) }()
+	if recent, ok := c.e.hub.recentSince(room, since, last); ok {
+		// Every message after since up to last, at most maxReplay: the
+		// cap was not hit. Retention is asked of the stream as below;
+		// when it dropped something after since, the stream's answer is
+		// what the client gets.
+		first, err := store.First(ctx, c.e.js, store.Room(room))
+		if err != nil {
+			return nil, false, err
+		}
+		if first != 0 && first <= since {
+			c.e.metrics.replays.WithLabelValues("memory").Inc()
+			return recent, true, nil
+		}
+	}
+	c.e.metrics.replays.WithLabelValues("stream").Inc()
+	msgs, complete, err := c.replayStored(ctx, room, since, last)
+	return lines(msgs), complete, err
+}
+
+// replayStored is replay from the stream.
+func (c *client) replayStored(ctx context.Context, room string, since, last uint64) ([]store.Stored, bool, error) {
 	var msgs []store.Stored
 	capped := false
 	for after := since; after < last; {

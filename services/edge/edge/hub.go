@@ -99,6 +99,8 @@ type hubRoom struct {
 	// members is replaced, never changed in place, so the dispatcher can
 	// use a snapshot without holding the lock. Guarded by hub.mu.
 	members []*client
+	// recent is the room's newest stored messages (recent.go).
+	recent recentLog
 }
 
 func newHub(nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, m *metrics, buffer int) *hub {
@@ -130,9 +132,13 @@ func (h *hub) join(room string, c *client) error {
 		r = &hubRoom{ready: make(chan struct{})}
 		h.rooms[room] = r
 	}
-	if !slices.Contains(r.members, c) {
-		r.members = append(slices.Clip(r.members), c)
-	}
+	// Appended in place: a snapshot the dispatcher holds ends before the
+	// new element, and no one ever writes below a list's length (a leave
+	// copies it). A copy per join made rejoining a room of n members
+	// cost n² (5,000 clients rejoining one room at once: 25 million
+	// pointers copied). A client joins a room once: only its reader
+	// joins, after beginJoin.
+	r.members = append(r.members, c)
 	h.mu.Unlock()
 
 	if first {
@@ -227,11 +233,13 @@ func raise(v *atomic.Uint64, seq uint64) {
 	}
 }
 
-// membersAt returns k's members (as members does), after raising a
-// room's newest seq to seq: a member added after this call is handed
-// nothing up to seq, and reads seq or more from newest. A conversation
-// has no newest seq to raise: no session joins it.
-func (h *hub) membersAt(k key, seq uint64) []*client {
+// membersAt returns k's members (as members does), after keeping the
+// message seq (line, following prev; noPrev: unknown) in a room's recent
+// log and raising its newest seq to seq: a member added after this call
+// is handed nothing up to seq, and reads seq or more from newest, with
+// seq in the recent log already. A conversation has neither: no session
+// joins it.
+func (h *hub) membersAt(k key, seq, prev uint64, line []byte) []*client {
 	if k.isDM() {
 		return h.members(k)
 	}
@@ -241,8 +249,21 @@ func (h *hub) membersAt(k key, seq uint64) []*client {
 	if r == nil {
 		return nil
 	}
+	r.recent.add(seq, prev, line, time.Now())
 	raise(&r.newest, seq)
 	return r.members
+}
+
+// recentSince returns the events of room after since up to last from its
+// recent log, and whether the log held every stored message between.
+func (h *hub) recentSince(room string, since, last uint64) ([]json.RawMessage, bool) {
+	h.mu.Lock()
+	r := h.rooms[room]
+	h.mu.Unlock()
+	if r == nil {
+		return nil, false
+	}
+	return r.recent.since(since, last)
 }
 
 // members returns the clients that k's events go to: a room's members,
@@ -388,14 +409,18 @@ func (h *hub) dispatchMsg(k key, m *nats.Msg) {
 	// RePublish names the room's previous stored message: a member that
 	// has not had it has a gap, which the hub fills from the stream before
 	// it delivers this one.
-	prev, _ := strconv.ParseUint(m.Header.Get(jetstream.LastSequenceHeader), 10, 64)
+	prev, err := strconv.ParseUint(m.Header.Get(jetstream.LastSequenceHeader), 10, 64)
+	kept := prev
+	if err != nil {
+		prev, kept = 0, noPrev
+	}
 	line := eventLine(m.Data, seq)
 	if line == nil {
 		h.log.Warn("skipping a stored message that is not an event", "subject", m.Subject, "seq", seq)
 	}
 	ts := storedTS(m.Data) // once per message, not per member
 	from, gap := uint64(0), false
-	for _, c := range h.membersAt(k, seq) {
+	for _, c := range h.membersAt(k, seq, kept, line) {
 		if g, have := c.deliver(k, seq, prev, ts, line); g && (!gap || have < from) {
 			from, gap = have, true
 		}

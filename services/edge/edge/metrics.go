@@ -24,6 +24,7 @@ type metrics struct {
 	reports     prometheus.Counter
 	gaps        prometheus.Counter
 	gapFailures prometheus.Counter
+	replays     *prometheus.CounterVec
 
 	// Latency histograms (ops.LatencyBuckets); where each is observed is
 	// in its help and in docs/operations.md.
@@ -63,17 +64,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "natter_edge_gaps_repaired_total", Help: "Gaps on the live path (messages or dms a subscription missed) filled from the stream."}),
 		gapFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "natter_edge_gaps_failed_total", Help: "Gaps that could not be read from the stream; the members missing them were closed to rejoin with since."}),
+		replays: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "natter_edge_replays_total", Help: "Joins with since, by where their replay came from: memory (the room's recent messages, kept by the edge) or stream."}, []string{"from"}),
 		post: latency("natter_edge_post_seconds",
 			"Posts (messages and dms) from the read of their frame to the broadcaster's answer (ack or refusal); the edge's own refusals and posts left unanswered are not observed."),
 		delivery: latency("natter_edge_delivery_seconds",
 			"Live room messages and dms from their ts (stored, Unix ms) to the write to a client that carries them: one observation per write, of the oldest one in it."),
 		replay: latency("natter_edge_replay_seconds",
-			"Reads from the stream of a join's since replay."),
+			"A join's since replay: its read from the room's recent messages or from the stream, and the stream's retention check."),
 		handshake: latency("natter_edge_handshake_seconds",
 			"WebSocket handshakes from the accepted connection to the 101 answer written."),
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.roomSubs, m.userSubs, m.refused, m.handshakes, m.framesIn, m.framesOut,
-		m.posted, m.delivered, m.slowClients, m.errors, m.reports, m.gaps, m.gapFailures} {
+		m.posted, m.delivered, m.slowClients, m.errors, m.reports, m.gaps, m.gapFailures, m.replays} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -90,6 +93,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, by := range []string{"edge", "http"} {
 		m.handshakes.WithLabelValues(by)
+	}
+	for _, from := range []string{"memory", "stream"} {
+		m.replays.WithLabelValues(from)
 	}
 	for _, code := range []string{proto.CodeBadRequest, proto.CodeUnknownType, proto.CodeInvalidRoom, proto.CodeInvalidUser,
 		proto.CodeNotJoined, proto.CodeTooLong, proto.CodeTooManyRooms, proto.CodeRateLimited, proto.CodeUnavailable} {

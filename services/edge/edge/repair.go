@@ -115,10 +115,13 @@ func (h *hub) finishRepair(d repairDone) {
 		h.log.Warn("gap not filled: closing the members that miss messages", "log", d.k.String(), "err", d.err)
 		h.metrics.gapFailures.Inc()
 	}
+	prev := noPrev // the read follows on from a gap's start, not known here
 	for _, m := range d.msgs {
 		line := eventLine(m.Data, m.Seq) // nil: moved past, not sent
 		ts := storedTS(m.Data)           // live, if late: its delivery time counts
-		for _, c := range h.membersAt(d.k, m.Seq) {
+		members := h.membersAt(d.k, m.Seq, prev, line)
+		prev = m.Seq
+		for _, c := range members {
 			c.deliver(d.k, m.Seq, 0, ts, line)
 		}
 	}
@@ -163,8 +166,10 @@ func (h *hub) checkDrops() {
 	all := reconnects != h.reconnects
 	h.reconnects = reconnects
 	h.mu.Lock()
+	now := time.Now()
 	var rooms []string
 	for room, r := range h.rooms {
+		r.recent.trim(now)
 		select {
 		case <-r.ready:
 		default:

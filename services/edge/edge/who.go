@@ -62,14 +62,57 @@ func (e *Edge) who(room string) ([]string, error) {
 
 // sharedWho is a who answer shared between joins.
 type sharedWho struct {
-	users []string
+	users *userList
 	at    time.Time
 }
 
-// joinedUsers is the users list of a joined answer for user: a who answer
-// shared with the other joins of the room for whoShareFor, with user
-// added (its own report may be newer than the answer).
-func (e *Edge) joinedUsers(room, user string) ([]string, error) {
+// userList is a who answer with its JSON array encoded once, for the
+// joined answers it is shared by.
+type userList struct {
+	names []string // sorted, as presence answers
+	enc   []byte   // the JSON array of names
+	at    []int    // at[i]: where names[i] starts in enc
+}
+
+func newUserList(names []string) *userList {
+	l := &userList{names: names, enc: make([]byte, 0, 2+len(names)*12), at: make([]int, len(names))}
+	l.enc = append(l.enc, '[')
+	for i, name := range names {
+		if i > 0 {
+			l.enc = append(l.enc, ',')
+		}
+		l.at[i] = len(l.enc)
+		q, _ := json.Marshal(name) // a string always encodes
+		l.enc = append(l.enc, q...)
+	}
+	l.enc = append(l.enc, ']')
+	return l
+}
+
+// with returns the JSON array of the list with user in its place, as
+// parts for proto.EncodeJoined: the shared encoding itself when user is
+// in the list, else the encoding cut where user goes and user between.
+func (l *userList) with(user string) [][]byte {
+	i, found := slices.BinarySearch(l.names, user)
+	if found {
+		return [][]byte{l.enc}
+	}
+	q, _ := json.Marshal(user)
+	switch {
+	case len(l.names) == 0:
+		return [][]byte{{'['}, q, {']'}}
+	case i == len(l.names):
+		return [][]byte{l.enc[:len(l.enc)-1], {','}, q, {']'}}
+	default:
+		return [][]byte{l.enc[:l.at[i]], q, {','}, l.enc[l.at[i]:]}
+	}
+}
+
+// joinedUsers is the users list of a joined answer for user, as parts of
+// its JSON array (proto.EncodeJoined): a who answer shared with the other
+// joins of the room for whoShareFor, with user added (its own report may
+// be newer than the answer).
+func (e *Edge) joinedUsers(room, user string) ([][]byte, error) {
 	e.whos.mu.Lock()
 	s, ok := e.whos.shared[room]
 	e.whos.mu.Unlock()
@@ -87,20 +130,17 @@ func (e *Edge) joinedUsers(room, user string) ([]string, error) {
 					}
 				}
 			}
-			e.whos.shared[room] = sharedWho{users: users, at: time.Now()}
+			list := newUserList(users)
+			e.whos.shared[room] = sharedWho{users: list, at: time.Now()}
 			e.whos.mu.Unlock()
-			return users, nil
+			return list, nil
 		})
 		if err != nil {
 			return nil, err
 		}
-		s.users = v.([]string)
+		s.users = v.(*userList)
 	}
-	i, found := slices.BinarySearch(s.users, user)
-	if found {
-		return s.users, nil
-	}
-	return slices.Insert(slices.Clone(s.users), i, user), nil
+	return s.users.with(user), nil
 }
 
 // forgetWho drops room's shared who answer: its presence has changed.
