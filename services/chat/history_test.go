@@ -279,6 +279,28 @@ func TestJoinSinceFromMemoryKeepsToRetention(t *testing.T) {
 	}
 }
 
+// A client that missed more than the cap from a busy room the edge keeps
+// gets the newest 1,000 from memory, not recovered, as from the stream.
+func TestJoinSinceOverTheCapFromMemory(t *testing.T) {
+	t.Parallel()
+	ns := natstest.Start(t)
+	startBroadcaster(t, ns)
+	// bob takes the burst live: room for it in his queue.
+	e := startEdge(t, ns, func(c *edge.Config) { c.Limits.SendQueue = 10000 })
+	bob := dial(t, e.url, "bob")
+	bob.join("lobby")
+	seqs := storeMessages(t, ns, "lobby", 1500)
+	bob.collect(nil, seqs[len(seqs)-1]) // every one dispatched, and kept
+
+	replayed, j := dial(t, e.url, "alice").joinSince("lobby", seqs[0])
+	if !slices.Equal(seqsOf(replayed), seqs[len(seqs)-1000:]) || *j.Recovered {
+		t.Fatalf("replayed %d, joined %s; want the newest 1000, not recovered", len(replayed), j.raw)
+	}
+	if n := counterWith(t, e.reg, "natter_edge_replays_total", "from", "memory"); n != 1 {
+		t.Fatalf("%v replays from memory, want 1", n)
+	}
+}
+
 // More missed messages than the cap: the newest 1,000 are replayed, with
 // back-pressure (a healthy client that missed 5,000 is not cut off, even
 // with a small send queue), and recovered is false.

@@ -87,18 +87,17 @@ func (c *client) replay(ctx context.Context, room string, since, last uint64) ([
 	}
 	start := time.Now()
 	defer func() { c.e.metrics.replay.Observe(time.Since(start).Seconds()) }()
-	if recent, ok := c.e.hub.recentSince(room, since, last); ok {
-		// Every message after since up to last, at most maxReplay: the
-		// cap was not hit. Retention is asked of the stream as below;
-		// when it dropped something after since, the stream's answer is
-		// what the client gets.
+	if recent, oldest, capped, ok := c.e.hub.recentSince(room, since, last); ok {
+		// What the stream would answer, if retention dropped none of it:
+		// the stream is asked that, as below. Whole (not capped) and
+		// nothing after since dropped is recovered; capped is not.
 		first, err := store.First(ctx, c.e.js, store.Room(room))
 		if err != nil {
 			return nil, false, err
 		}
-		if first != 0 && first <= since {
+		if first != 0 && (!capped && first <= since || capped && first <= oldest) {
 			c.e.metrics.replays.WithLabelValues("memory").Inc()
-			return recent, true, nil
+			return recent, !capped, nil
 		}
 	}
 	c.e.metrics.replays.WithLabelValues("stream").Inc()

@@ -254,14 +254,14 @@ func (h *hub) membersAt(k key, seq, prev uint64, line []byte) []*client {
 	return r.members
 }
 
-// recentSince returns the events of room after since up to last from its
-// recent log, and whether the log held every stored message between.
-func (h *hub) recentSince(room string, since, last uint64) ([]json.RawMessage, bool) {
+// recentSince is recentLog.since of room's recent log; not ok when the
+// room has no local members.
+func (h *hub) recentSince(room string, since, last uint64) (lines []json.RawMessage, oldest uint64, capped, ok bool) {
 	h.mu.Lock()
 	r := h.rooms[room]
 	h.mu.Unlock()
 	if r == nil {
-		return nil, false
+		return nil, 0, false, false
 	}
 	return r.recent.since(since, last)
 }

@@ -21,15 +21,19 @@ import (
 // room from the seq after base on. A message that does not follow on
 // (the subscription dropped one, NATS reconnected, a gap was repaired
 // from the stream) starts the log again from it. A join uses the log
-// only when it covers since and the room's newest seq; whether retention
-// dropped anything after since is still asked of the stream, so what the
-// client is told (recovered) does not change.
+// only when it holds what the stream would answer: everything after
+// since up to the room's newest seq, or the newest maxReplay of it when
+// there are more. Whether retention dropped any of it is still asked of
+// the stream, so the replay and recovered are what they were.
 const (
 	// recentFor is how long a message stays in a room's recent log: a
 	// client back within this of its drop is replayed from memory.
 	recentFor = 30 * time.Second
-	// maxRecentBytes bounds one room's log; with recentFor it bounds the
-	// edge's: the bytes of the messages its rooms received in recentFor.
+	// maxRecent and maxRecentBytes bound one room's log; with recentFor
+	// they bound the edge's: the bytes of the messages its rooms
+	// received in recentFor. Twice the replay cap, so that a client that
+	// missed more than the cap gets the newest maxReplay from memory too.
+	maxRecent      = 2 * maxReplay
 	maxRecentBytes = 512 << 10
 )
 
@@ -42,7 +46,7 @@ type recentLog struct {
 	mu sync.Mutex
 	// started is set once a message has been kept; base is the seq just
 	// before the first entry; entries follow on from base, oldest first,
-	// at most maxReplay of them, bytes of lines in all.
+	// at most maxRecent of them, bytes of lines in all.
 	started bool
 	base    uint64
 	entries []recentEntry
@@ -73,7 +77,7 @@ func (l *recentLog) add(seq, prev uint64, line []byte, now time.Time) {
 	}
 	l.entries = append(l.entries, recentEntry{seq: seq, at: now, line: line})
 	l.bytes += len(line)
-	for len(l.entries) > maxReplay || l.bytes > maxRecentBytes {
+	for len(l.entries) > maxRecent || l.bytes > maxRecentBytes {
 		l.dropOldestLocked()
 	}
 }
@@ -87,34 +91,56 @@ func (l *recentLog) trim(now time.Time) {
 	}
 }
 
-// since returns the events after since up to last, and true, when the
-// log holds every stored message of the room in that range; false when
-// it does not (the caller reads the stream).
-func (l *recentLog) since(since, last uint64) ([]json.RawMessage, bool) {
+// since returns what a replay of the stored messages after since up to
+// last would be, when the log holds it: every one of them, or, when there
+// are more than maxReplay, the newest maxReplay (capped). oldest is the
+// seq of the first message returned, or since+1 when none is. ok is false
+// when the log cannot tell (the caller reads the stream).
+func (l *recentLog) since(since, last uint64) (lines []json.RawMessage, oldest uint64, capped, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.started || since < l.base || last > l.newestLocked() || since > last {
-		return nil, false
+	if !l.started || last > l.newestLocked() || since > last {
+		return nil, 0, false, false
 	}
-	i, _ := slices.BinarySearchFunc(l.entries, since+1, func(e recentEntry, seq uint64) int {
-		switch {
-		case e.seq < seq:
-			return -1
-		case e.seq > seq:
-			return 1
+	// The entries up to last, [from, to).
+	to, _ := slices.BinarySearchFunc(l.entries, last+1, bySeq)
+	var from int
+	switch {
+	case since >= l.base:
+		from, _ = slices.BinarySearchFunc(l.entries, since+1, bySeq)
+		if to-from > maxReplay {
+			from, capped = to-maxReplay, true
 		}
-		return 0
-	})
-	out := make([]json.RawMessage, 0, len(l.entries)-i)
-	for _, e := range l.entries[i:] {
-		if e.seq > last {
-			break
-		}
+	case to >= maxReplay:
+		// Messages after since are missing from the log: base is one
+		// of them (the room's message before the first entry, or one
+		// dropped from the log). So there are more than maxReplay, and
+		// the log holds the newest maxReplay.
+		from, capped = to-maxReplay, true
+	default:
+		return nil, 0, false, false
+	}
+	oldest = since + 1
+	if from < to {
+		oldest = l.entries[from].seq
+	}
+	lines = make([]json.RawMessage, 0, to-from)
+	for _, e := range l.entries[from:to] {
 		if e.line != nil {
-			out = append(out, e.line)
+			lines = append(lines, e.line)
 		}
 	}
-	return out, true
+	return lines, oldest, capped, true
+}
+
+func bySeq(e recentEntry, seq uint64) int {
+	switch {
+	case e.seq < seq:
+		return -1
+	case e.seq > seq:
+		return 1
+	}
+	return 0
 }
 
 func (l *recentLog) newestLocked() uint64 {

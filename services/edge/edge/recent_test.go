@@ -56,7 +56,7 @@ func TestRecentLogSince(t *testing.T) {
 			for _, a := range tc.adds {
 				l.add(a.seq, a.prev, ev(a.seq), now)
 			}
-			got, ok := l.since(tc.since, tc.last)
+			got, oldest, capped, ok := l.since(tc.since, tc.last)
 			if ok != tc.ok {
 				t.Fatalf("since(%d, %d) ok = %v, want %v", tc.since, tc.last, ok, tc.ok)
 			}
@@ -70,6 +70,9 @@ func TestRecentLogSince(t *testing.T) {
 			if s := seqsOf(t, lines); !slices.Equal(s, tc.want) {
 				t.Fatalf("since(%d, %d) = %v, want %v", tc.since, tc.last, s, tc.want)
 			}
+			if capped || len(tc.want) > 0 && oldest != tc.want[0] || len(tc.want) == 0 && oldest != tc.since+1 {
+				t.Fatalf("since(%d, %d): oldest %d, capped %v", tc.since, tc.last, oldest, capped)
+			}
 		})
 	}
 }
@@ -82,30 +85,60 @@ func TestRecentLogSkipsNonEvents(t *testing.T) {
 	l.add(1, 0, ev(1), now)
 	l.add(2, 1, nil, now)
 	l.add(3, 2, ev(3), now)
-	got, ok := l.since(0, 3)
+	got, _, _, ok := l.since(0, 3)
 	if !ok || len(got) != 2 {
 		t.Fatalf("since(0, 3) = %d events, %v; want events 1 and 3", len(got), ok)
 	}
 }
 
-// The log keeps at most maxReplay messages, maxRecentBytes of them, and
+// More than maxReplay after since: the newest maxReplay, capped, whether
+// the log holds since or not, as long as it holds that many up to last.
+func TestRecentLogCapped(t *testing.T) {
+	var l recentLog
+	now := time.Now()
+	const n = maxReplay + 500
+	for seq := uint64(101); seq <= 100+n; seq++ {
+		l.add(seq, seq-1, ev(seq), now)
+	}
+	for _, tc := range []struct {
+		name        string
+		since, last uint64
+		oldest      uint64
+		ok          bool
+	}{
+		{"since in the log", 150, 100 + n, 101 + n - maxReplay, true},
+		{"since before the log", 3, 100 + n, 101 + n - maxReplay, true},
+		{"last short of the newest", 3, 100 + maxReplay, 101, true},
+		{"too few up to last", 3, 99 + maxReplay, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, oldest, capped, ok := l.since(tc.since, tc.last)
+			if ok != tc.ok {
+				t.Fatalf("ok = %v, want %v", ok, tc.ok)
+			}
+			if ok && (!capped || len(got) != maxReplay || oldest != tc.oldest) {
+				t.Fatalf("%d events from %d, capped %v; want %d from %d, capped", len(got), oldest, capped, maxReplay, tc.oldest)
+			}
+		})
+	}
+	// Exactly maxReplay after since, all in the log: whole.
+	if got, _, capped, ok := l.since(100+n-maxReplay, 100+n); !ok || capped || len(got) != maxReplay {
+		t.Fatalf("exactly the cap: %d events, capped %v, ok %v", len(got), capped, ok)
+	}
+}
+
+// The log keeps at most maxRecent messages, maxRecentBytes of them, and
 // none older than recentFor once trimmed; what it let go of it no longer
 // answers for.
 func TestRecentLogBounds(t *testing.T) {
 	now := time.Now()
 	t.Run("count", func(t *testing.T) {
 		var l recentLog
-		for seq := uint64(1); seq <= maxReplay+10; seq++ {
+		for seq := uint64(1); seq <= maxRecent+10; seq++ {
 			l.add(seq, seq-1, ev(seq), now)
 		}
-		if len(l.entries) != maxReplay {
-			t.Fatalf("%d kept, want %d", len(l.entries), maxReplay)
-		}
-		if _, ok := l.since(9, maxReplay+10); ok {
-			t.Fatal("answered from before what it keeps")
-		}
-		if got, ok := l.since(10, maxReplay+10); !ok || len(got) != maxReplay {
-			t.Fatalf("since(10) = %d, %v; want the %d kept", len(got), ok, maxReplay)
+		if len(l.entries) != maxRecent || l.base != 10 {
+			t.Fatalf("%d kept after %d, want %d after 10", len(l.entries), l.base, maxRecent)
 		}
 	})
 	t.Run("bytes", func(t *testing.T) {
@@ -126,10 +159,10 @@ func TestRecentLogBounds(t *testing.T) {
 		l.add(1, 0, ev(1), now.Add(-recentFor-time.Second))
 		l.add(2, 1, ev(2), now)
 		l.trim(now)
-		if _, ok := l.since(0, 2); ok {
+		if _, _, _, ok := l.since(0, 2); ok {
 			t.Fatal("answered for a message trimmed for its age")
 		}
-		if got, ok := l.since(1, 2); !ok || len(got) != 1 {
+		if got, _, _, ok := l.since(1, 2); !ok || len(got) != 1 {
 			t.Fatalf("since(1, 2) = %d, %v; want message 2", len(got), ok)
 		}
 	})
