@@ -1,15 +1,18 @@
 // Command loadgen drives a chat server over WebSockets and measures it:
 // natter (docs/protocol.md) or the gorilla/websocket examples/chat server, the
 // seed's design without NATS or storage. N connections, spread over
-// 127.0.0.x source addresses, in rooms of S members (gorilla: one room);
-// P of them publish at a rate; every message carries its send time and an
-// id, and every receiver computes the end-to-end latency. It reports the
-// connect rate, deliveries per second against the expected, loss, latency
-// percentiles, the server's RSS and CPU over the window (from /proc of its
-// pid), the idle RSS per connection and its own CPU: one JSON line, and a
-// table for people.
+// 127.0.0.x source addresses and over one or more server addresses, in
+// rooms of S members (gorilla: one room); P of them publish at a rate;
+// every message carries its send time and an id, and every receiver
+// computes the end-to-end latency. It reports the connect rate,
+// deliveries per second against the expected, loss, latency percentiles,
+// the RSS and CPU of the server's processes over the window (from /proc of
+// their pids), their idle RSS per connection and its own CPU: one JSON
+// line, and a table for people. Several generator processes can make one
+// run (-parties), and -report merges their lines.
 //
 //	loadgen -target natter -addr 127.0.0.1:8080 -pid 1234 -conns 1000 -room-size 1000 -publishers 10 -rate 10
+//	loadgen -addr 127.0.0.1:8081,127.0.0.1:8082 -pid nats=10,edge-1=11,edge-2=12 ...
 package main
 
 import (
@@ -22,7 +25,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"slices"
@@ -30,7 +32,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -38,10 +39,15 @@ import (
 
 type config struct {
 	Scenario    string        `json:"scenario"`
+	RunID       string        `json:"run_id,omitempty"` // the lines of one run's generators share it
+	Layout      string        `json:"layout,omitempty"`
 	Target      string        `json:"target"`
 	Addr        string        `json:"-"`
-	PID         int           `json:"-"`
+	PIDs        string        `json:"-"`
+	Edges       int           `json:"edges,omitempty"` // addresses the connections are spread over, when more than one
 	Conns       int           `json:"conns"`
+	UserBase    int           `json:"user_base,omitempty"`
+	Parties     int           `json:"parties,omitempty"`
 	RoomSize    int           `json:"room_size"`
 	Publishers  int           `json:"publishers"`
 	Rate        float64       `json:"rate_per_publisher"`
@@ -55,43 +61,55 @@ type config struct {
 	Rejoin      bool          `json:"rejoin"`
 	NoJoin      bool          `json:"no_join,omitempty"`
 	Out         string        `json:"-"`
+	Sync        string        `json:"-"`
 	cpuProfile  string
+	addrs       []endpoint
+	procs       []proc
 }
 
 // result is the machine-readable line of one run.
 type result struct {
 	config
-	Time              string   `json:"time"`
-	Connected         int      `json:"connected"`
-	ConnectPerSec     float64  `json:"connect_per_s"`
-	ConnectCPUus      float64  `json:"connect_server_cpu_us"` // the server's CPU per connection while connecting
-	IdleRSSPerConnKiB float64  `json:"idle_rss_per_conn_kib"`
-	Sent              int64    `json:"sent"`
-	Expected          int64    `json:"expected_deliveries"`
-	Delivered         int64    `json:"deliveries"`
-	DeliveriesPerSec  float64  `json:"deliveries_per_s"`
-	ExpectedPerSec    float64  `json:"expected_per_s"`
-	LossPct           float64  `json:"loss_pct"`
-	P50ms             float64  `json:"p50_ms"`
-	P90ms             float64  `json:"p90_ms"`
-	P99ms             float64  `json:"p99_ms"`
-	Maxms             float64  `json:"max_ms"`
-	ServerRSSMiB      float64  `json:"server_rss_mib"`
-	ServerCPU         float64  `json:"server_cpu_cores"`
-	OwnCPU            float64  `json:"own_cpu_cores"`
-	Closed            int64    `json:"closed_by_server"`
-	RejoinSeconds     float64  `json:"rejoin_s,omitempty"`
-	Recovered         int      `json:"recovered_clients,omitempty"`
-	Errors            []string `json:"errors,omitempty"`
+	Time              string       `json:"time"`
+	Connected         int          `json:"connected"`
+	ConnectPerSec     float64      `json:"connect_per_s"`
+	ConnectSeconds    float64      `json:"connect_s"`
+	ConnectCPUus      float64      `json:"connect_server_cpu_us"` // the server's CPU per connection while connecting
+	IdleRSSPerConnKiB float64      `json:"idle_rss_per_conn_kib"`
+	Sent              int64        `json:"sent"`
+	Expected          int64        `json:"expected_deliveries"`
+	Delivered         int64        `json:"deliveries"`
+	DeliveriesPerSec  float64      `json:"deliveries_per_s"`
+	ExpectedPerSec    float64      `json:"expected_per_s"`
+	LossPct           float64      `json:"loss_pct"`
+	P50ms             float64      `json:"p50_ms"`
+	P90ms             float64      `json:"p90_ms"`
+	P99ms             float64      `json:"p99_ms"`
+	Maxms             float64      `json:"max_ms"`
+	ServerRSSMiB      float64      `json:"server_rss_mib"`   // with several processes, their sum
+	ServerCPU         float64      `json:"server_cpu_cores"` // with several processes, their sum
+	CPUusPerDelivery  float64      `json:"server_cpu_us_per_delivery,omitempty"`
+	OwnCPU            float64      `json:"own_cpu_cores"`
+	Procs             []procResult `json:"procs,omitempty"`        // with -pid name=pid,...
+	Latency           histogram    `json:"latency_hist,omitempty"` // with -run-id, for merging (measure.go)
+	Closed            int64        `json:"closed_by_server"`
+	RejoinSeconds     float64      `json:"rejoin_s,omitempty"`
+	Recovered         int          `json:"recovered_clients,omitempty"`
+	Errors            []string     `json:"errors,omitempty"`
 }
 
 func main() {
 	var c config
 	flag.StringVar(&c.Scenario, "scenario", "", "a label for the run")
 	flag.StringVar(&c.Target, "target", "natter", "natter or gorilla")
-	flag.StringVar(&c.Addr, "addr", "127.0.0.1:8080", "the server's HTTP address")
-	flag.IntVar(&c.PID, "pid", 0, "the server's pid, for its RSS and CPU (0: not measured)")
+	flag.StringVar(&c.Addr, "addr", "127.0.0.1:8080", "the server's HTTP address, or several, comma-separated (each may be name=host:port; unnamed: edge-1, edge-2, ...): user i connects to address i mod their number")
+	flag.StringVar(&c.PIDs, "pid", "", "the server's pid, or name=pid,... of several processes (a name of an -addr holds that address's connections), for RSS and CPU (empty or 0: not measured)")
 	flag.IntVar(&c.Conns, "conns", 1000, "connections")
+	flag.IntVar(&c.UserBase, "user-base", 0, "the first user's number: users u<base>.., rooms from r<base/room-size> (natter: a multiple of -room-size)")
+	flag.StringVar(&c.RunID, "run-id", "", "a label shared by the generator processes of one run; -report merges their lines")
+	flag.IntVar(&c.Parties, "parties", 1, "generator processes in this run, which meet in -sync before connecting and before measuring")
+	flag.StringVar(&c.Sync, "sync", "", "with -parties > 1: a directory of this run's own for the generators' meeting files")
+	flag.StringVar(&c.Layout, "layout", "", "how the servers and generators were laid out (a note for the report)")
 	flag.IntVar(&c.RoomSize, "room-size", 1000, "members per room (natter; gorilla has one room)")
 	flag.IntVar(&c.Publishers, "publishers", 10, "connections that publish (spread over the rooms)")
 	flag.Float64Var(&c.Rate, "rate", 10, "messages a second per publisher")
@@ -126,12 +144,36 @@ func main() {
 		fmt.Fprintln(os.Stderr, "loadgen: -no-join connects only: it needs -publishers 0 and no -rejoin")
 		os.Exit(2)
 	}
+	var err error
+	if c.addrs, err = parseAddrs(c.Addr); err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(2)
+	}
+	if len(c.addrs) > 1 {
+		c.Edges = len(c.addrs)
+	}
+	if c.procs, err = parsePIDs(c.PIDs); err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(2)
+	}
+	if c.Parties > 1 && (c.Sync == "" || c.RunID == "" || c.Rejoin) {
+		fmt.Fprintln(os.Stderr, "loadgen: -parties needs -sync and -run-id, and no -rejoin")
+		os.Exit(2)
+	}
+	if c.Parties <= 1 {
+		c.Parties = 0 // one process: the JSON line says nothing of parties
+	}
+	if c.UserBase < 0 || (c.Target == "natter" && c.UserBase%max(c.RoomSize, 1) != 0) {
+		fmt.Fprintln(os.Stderr, "loadgen: -user-base must be a multiple of -room-size, so that no room is split between generators")
+		os.Exit(2)
+	}
 	if c.Sources <= 0 {
 		c.Sources = (c.Conns + 9999) / 10000
 	}
 	c.Size = max(c.Size, 48)
 	if c.Target == "gorilla" {
 		c.RoomSize = c.Conns
+		c.UserBase = 0
 		c.Size = min(c.Size, 500) // its read limit is 512 bytes
 	}
 	c.cpuProfile = *cpuProfile
@@ -159,62 +201,11 @@ func main() {
 	}
 }
 
-// printReport writes the runs of a JSON-lines file as a Markdown table.
-func printReport(w io.Writer, path, command string) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	var runs []result
-	for line := range bytes.SplitSeq(data, []byte{'\n'}) {
-		if len(bytes.TrimSpace(line)) == 0 {
-			continue
-		}
-		var r result
-		if err := json.Unmarshal(line, &r); err != nil {
-			return fmt.Errorf("%s: %w", path, err)
-		}
-		runs = append(runs, r)
-	}
-	if len(runs) == 0 {
-		return fmt.Errorf("%s: no runs", path)
-	}
-	cpu := "?"
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for line := range strings.SplitSeq(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "model name"); ok {
-				cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
-				break
-			}
-		}
-	}
-	fmt.Fprintf(w, "# Load runs, %s\n\n", runs[0].Time)
-	fmt.Fprintf(w, "Command: `%s`. Machine: %s, %d cores; server on CPU 0, generator on CPU 1, GOMAXPROCS=1 for both (M-*: the compose mesh's ten containers on both cores, not measured here).\n\n", command, cpu, runtime.NumCPU())
-	fmt.Fprintln(w, "| scenario | target | conns | room | pubs x rate | connect/s | idle KiB/conn | deliveries/s (expected) | loss % | p50 / p99 / max ms | server cores | server MiB | closed |")
-	fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-	for _, r := range runs {
-		room := strconv.Itoa(r.RoomSize)
-		if r.NoJoin {
-			room = "none"
-		}
-		idle, cores, mib := fmt.Sprintf("%.1f", r.IdleRSSPerConnKiB), fmt.Sprintf("%.2f", r.ServerCPU), fmt.Sprintf("%.0f", r.ServerRSSMiB)
-		if r.ServerRSSMiB == 0 {
-			idle, cores, mib = "–", "–", "–" // no one server process to measure (the compose mesh)
-		}
-		fmt.Fprintf(w, "| %s | %s | %d/%d | %s | %d x %g | %.0f | %s | %.0f (%.0f) | %.3f | %.1f / %.1f / %.1f | %s | %s | %d |\n",
-			r.Scenario, r.Target, r.Connected, r.Conns, room, r.Publishers, r.Rate, r.ConnectPerSec, idle,
-			r.DeliveriesPerSec, r.ExpectedPerSec, r.LossPct, r.P50ms, r.P99ms, r.Maxms, cores, mib, r.Closed)
-		if r.Rejoin {
-			fmt.Fprintf(w, "|  | (rejoin) | all back in %.2f s, %d recovered |  |  |  |  |  |  |  |  |  |  |\n", r.RejoinSeconds, r.Recovered)
-		}
-	}
-	return nil
-}
-
 // client is one connection.
 type client struct {
-	id        int
+	id        int // its index in this generator
 	user      string
+	edge      int // the index of its address in -addr
 	room      string
 	conn      *wsConn
 	lastSeq   atomic.Uint64 // natter: the newest seq received
@@ -246,12 +237,17 @@ func (s *stats) record(sent int64, now time.Time) {
 
 func run(c config) (*result, error) {
 	res := &result{config: c, Time: time.Now().UTC().Format(time.RFC3339)}
-	baseRSS := rss(c.PID)
+	if c.Parties > 1 {
+		if err := os.MkdirAll(c.Sync, 0o755); err != nil {
+			return nil, err
+		}
+	}
 	clients := make([]*client, c.Conns)
 	for i := range clients {
-		cl := &client{id: i, user: fmt.Sprintf("u%d", i), joined: make(chan struct{})}
+		n := c.UserBase + i
+		cl := &client{id: i, user: fmt.Sprintf("u%d", n), edge: n % len(c.addrs), joined: make(chan struct{})}
 		if c.Target == "natter" {
-			cl.room = fmt.Sprintf("r%d", i/c.RoomSize)
+			cl.room = fmt.Sprintf("r%d", n/c.RoomSize)
 		}
 		clients[i] = cl
 	}
@@ -259,7 +255,12 @@ func run(c config) (*result, error) {
 	var readers sync.WaitGroup
 	defer readers.Wait()
 
-	// Connect.
+	// Connect, once every generator of the run has read what it reads
+	// before: the servers' memory before any connection.
+	before := measure(c.procs)
+	if _, err := meet(c.Sync, "start", c.Parties, arrival{At: time.Now().UnixNano()}); err != nil {
+		return nil, err
+	}
 	if c.cpuProfile != "" {
 		f, err := os.Create(c.cpuProfile)
 		if err != nil {
@@ -270,7 +271,7 @@ func run(c config) (*result, error) {
 			return nil, err
 		}
 	}
-	connectCPU := cpuTime(c.PID)
+	connectStart := measure(c.procs)
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -306,15 +307,13 @@ func run(c config) (*result, error) {
 		})
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
+	connectEnd := time.Now()
 	if c.cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
 	res.Connected = int(connected.Load())
-	res.ConnectPerSec = float64(res.Connected) / elapsed.Seconds()
-	if res.Connected > 0 {
-		res.ConnectCPUus = float64((cpuTime(c.PID) - connectCPU).Microseconds()) / float64(res.Connected)
-	}
+	res.ConnectSeconds = connectEnd.Sub(start).Seconds()
+	res.ConnectPerSec = float64(res.Connected) / res.ConnectSeconds
 	defer func() {
 		for _, cl := range clients {
 			if cl.conn != nil {
@@ -325,11 +324,43 @@ func run(c config) (*result, error) {
 	if res.Connected == 0 {
 		return res, fmt.Errorf("no connection: %v", errs.list())
 	}
-	// Idle memory, once the server has settled.
-	time.Sleep(2 * time.Second)
-	if c.PID > 0 {
-		res.IdleRSSPerConnKiB = float64(rss(c.PID)-baseRSS) / 1024 / float64(res.Connected)
+
+	// Every generator of the run connected: from the last one's arrival,
+	// the idle memory 2 s later, then the publishing, the window and its
+	// end at the same moments in all of them.
+	mine := arrival{At: connectEnd.UnixNano(), Conns: map[string]int{}}
+	for _, cl := range clients {
+		if cl.conn != nil {
+			mine.Conns[c.addrs[cl.edge].name]++
+		}
 	}
+	all, err := meet(c.Sync, "connected", c.Parties, mine)
+	if err != nil {
+		return res, err
+	}
+	connectDone := measure(c.procs)
+	held, total, last := map[string]int{}, 0, int64(0)
+	for _, a := range all {
+		last = max(last, a.At)
+		for name, n := range a.Conns {
+			held[name] += n
+			total += n
+		}
+	}
+	connectCPU := make([]time.Duration, len(c.procs))
+	for i := range c.procs {
+		connectCPU[i] = connectDone.cpu[i] - connectStart.cpu[i]
+	}
+	if len(c.procs) > 0 {
+		res.ConnectCPUus = float64(sum(connectCPU).Microseconds()) / float64(total)
+	}
+	idleAt := time.Unix(0, last).Add(2 * time.Second)
+	winStart := idleAt.Add(c.Warmup)
+	winEnd := winStart.Add(c.Measure)
+
+	// Idle memory, once the servers have settled.
+	time.Sleep(time.Until(idleAt))
+	idle := measure(c.procs)
 
 	// Publish: warm-up, then the window.
 	pubs := publishers(c, clients)
@@ -342,23 +373,20 @@ func run(c config) (*result, error) {
 	for i, p := range pubs {
 		pw.Go(func() { publish(c, p, i, stop, st, &sent, &expected) })
 	}
-	time.Sleep(c.Warmup)
-	cpu0, own0 := cpuTime(c.PID), ownCPU()
-	winStart := time.Now()
+	time.Sleep(time.Until(winStart))
+	w0, own0 := measure(c.procs), ownCPU()
 	st.windowStart.Store(winStart.UnixNano())
 	if c.Rejoin {
 		res.RejoinSeconds, res.Recovered = rejoinAll(ctx, c, clients, st, &readers, &errs)
 	}
-	time.Sleep(time.Until(winStart.Add(c.Measure)))
-	winEnd := time.Now()
+	time.Sleep(time.Until(winEnd))
 	st.windowEnd.Store(winEnd.UnixNano())
-	cpu1, own1 := cpuTime(c.PID), ownCPU()
-	res.ServerRSSMiB = float64(rss(c.PID)) / (1 << 20)
+	w1, own1 := measure(c.procs), ownCPU()
 	close(stop)
 	pw.Wait()
 	time.Sleep(c.Drain)
 
-	window := winEnd.Sub(winStart).Seconds()
+	window := c.Measure.Seconds()
 	res.Sent = sent.Load()
 	res.Expected = expected.Load()
 	res.Delivered = st.delivered.Load()
@@ -367,8 +395,7 @@ func run(c config) (*result, error) {
 	if res.Expected > 0 {
 		res.LossPct = 100 * float64(max(res.Expected-res.Delivered, 0)) / float64(res.Expected)
 	}
-	res.ServerCPU = (cpu1 - cpu0).Seconds() / window
-	res.OwnCPU = (own1 - own0).Seconds() / window
+	res.OwnCPU = (own1 - own0).Seconds() / w1.at.Sub(w0.at).Seconds()
 	res.Closed = st.closed.Load()
 	st.mu.Lock()
 	lat := slices.Clone(st.latencies)
@@ -378,23 +405,57 @@ func run(c config) (*result, error) {
 	if len(lat) > 0 {
 		res.Maxms = ms(lat[len(lat)-1])
 	}
+	if c.RunID != "" {
+		res.Latency = newHistogram(lat)
+	}
+
+	// The servers' processes: an edge's figures per connection it holds,
+	// the others' per connection in all.
+	if len(c.procs) > 0 {
+		cpu := cores(w0, w1)
+		res.ServerCPU = sum(cpu)
+		res.ServerRSSMiB = float64(sum(w1.rss)) / (1 << 20)
+		res.IdleRSSPerConnKiB = float64(sum(idle.rss)-sum(before.rss)) / 1024 / float64(total)
+		if res.DeliveriesPerSec > 0 && c.Parties <= 1 {
+			res.CPUusPerDelivery = res.ServerCPU * 1e6 / res.DeliveriesPerSec
+		}
+		named := len(c.procs) > 1 || c.procs[0].name != serverProc
+		for i, p := range c.procs {
+			if !named {
+				break
+			}
+			conns := total
+			if slices.ContainsFunc(c.addrs, func(e endpoint) bool { return e.name == p.name }) {
+				conns = held[p.name]
+			}
+			pr := procResult{Name: p.name, PID: p.pid, Conns: conns, IdleRSSMiB: float64(idle.rss[i]) / (1 << 20),
+				RSSMiB: float64(w1.rss[i]) / (1 << 20), CPU: cpu[i]}
+			if conns > 0 {
+				pr.IdleRSSPerConnKiB = float64(idle.rss[i]-before.rss[i]) / 1024 / float64(conns)
+				pr.ConnectCPUus = float64(connectCPU[i].Microseconds()) / float64(conns)
+			}
+			res.Procs = append(res.Procs, pr)
+		}
+	}
 	res.Errors = errs.list()
 	return res, nil
 }
 
-// dial opens cl's connection, from one of the source addresses when the
-// server is on loopback; to another address (a container's, say) the
-// system picks the source, and one source holds some 27,000 connections.
+// dial opens cl's connection to its address, from one of the source
+// addresses when the server is on loopback; to another address (a
+// container's, say) the system picks the source, and one source holds
+// some 27,000 connections.
 func dial(ctx context.Context, c config, cl *client) error {
+	addr := c.addrs[cl.edge].addr
 	var src *net.TCPAddr
-	if host, _, err := net.SplitHostPort(c.Addr); err == nil && net.ParseIP(host).IsLoopback() {
+	if host, _, err := net.SplitHostPort(addr); err == nil && net.ParseIP(host).IsLoopback() {
 		src = &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(c.SourceBase+cl.id%c.Sources))}
 	}
 	path := "/ws"
 	if c.Target == "natter" {
 		path += "?user=" + cl.user
 	}
-	conn, err := dialWS(ctx, src, c.Addr, path)
+	conn, err := dialWS(ctx, src, addr, path)
 	if err != nil {
 		return fmt.Errorf("%s: %w", cl.user, err)
 	}
@@ -609,63 +670,6 @@ func (e *errList) list() []string {
 	return slices.Clone(e.errs)
 }
 
-func pct(sorted []time.Duration, p float64) float64 {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := min(int(float64(len(sorted))*p/100), len(sorted)-1)
-	return ms(sorted[i])
-}
-
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-// rss is the resident set of pid in bytes, 0 when unknown.
-func rss(pid int) int64 {
-	if pid <= 0 {
-		return 0
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb * 1024
-		}
-	}
-	return 0
-}
-
-// cpuTime is the user and system time pid has used.
-func cpuTime(pid int) time.Duration {
-	if pid <= 0 {
-		return 0
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command (which may hold spaces) in parentheses.
-	s := string(b)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(fields) < 13 {
-		return 0
-	}
-	utime, _ := strconv.ParseInt(fields[11], 10, 64)
-	stime, _ := strconv.ParseInt(fields[12], 10, 64)
-	const clkTck = 100 // sysconf(_SC_CLK_TCK) on Linux
-	return time.Duration(utime+stime) * time.Second / clkTck
-}
-
-func ownCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 func printTable(w io.Writer, r *result) {
 	fmt.Fprintf(w, "%-22s %s\n", "scenario / target", r.Scenario+" / "+r.Target)
 	fmt.Fprintf(w, "%-22s %d of %d, %.0f/s, server CPU %.0f µs per connection\n", "connected", r.Connected, r.Conns, r.ConnectPerSec, r.ConnectCPUus)
@@ -673,6 +677,12 @@ func printTable(w io.Writer, r *result) {
 	fmt.Fprintf(w, "%-22s %.0f/s of %.0f/s expected, loss %.3f%%\n", "deliveries", r.DeliveriesPerSec, r.ExpectedPerSec, r.LossPct)
 	fmt.Fprintf(w, "%-22s p50 %.2f  p90 %.2f  p99 %.2f  max %.2f ms\n", "latency", r.P50ms, r.P90ms, r.P99ms, r.Maxms)
 	fmt.Fprintf(w, "%-22s %.0f MiB RSS, %.2f cores\n", "server", r.ServerRSSMiB, r.ServerCPU)
+	for _, p := range r.Procs {
+		fmt.Fprintf(w, "%-22s %d conns, %.1f KiB idle per conn, %.0f MiB RSS, %.2f cores\n", "  "+p.Name, p.Conns, p.IdleRSSPerConnKiB, p.RSSMiB, p.CPU)
+	}
+	if r.CPUusPerDelivery > 0 {
+		fmt.Fprintf(w, "%-22s %.2f µs\n", "server CPU/delivery", r.CPUusPerDelivery)
+	}
 	fmt.Fprintf(w, "%-22s %.2f cores\n", "generator", r.OwnCPU)
 	if r.Rejoin {
 		fmt.Fprintf(w, "%-22s the others joined again in %.2f s, %d of them recovered\n", "rejoin", r.RejoinSeconds, r.Recovered)
