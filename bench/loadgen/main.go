@@ -90,6 +90,8 @@ type result struct {
 	ServerCPU         float64      `json:"server_cpu_cores"` // with several processes, their sum
 	CPUusPerDelivery  float64      `json:"server_cpu_us_per_delivery,omitempty"`
 	OwnCPU            float64      `json:"own_cpu_cores"`
+	MachineCPU        float64      `json:"machine_busy_cores"` // every process's and the kernel's, over the window
+	SoftIRQCPU        float64      `json:"machine_softirq_cores"`
 	Procs             []procResult `json:"procs,omitempty"`        // with -pid name=pid,...
 	Latency           histogram    `json:"latency_hist,omitempty"` // with -run-id, for merging (measure.go)
 	Closed            int64        `json:"closed_by_server"`
@@ -258,7 +260,7 @@ func run(c config) (*result, error) {
 	// Connect, once every generator of the run has read what it reads
 	// before: the servers' memory before any connection.
 	before := measure(c.procs)
-	if _, err := meet(c.Sync, "start", c.Parties, arrival{At: time.Now().UnixNano()}); err != nil {
+	if _, err := meet(c.Sync, "start", strconv.Itoa(os.Getpid()), c.Parties, arrival{At: time.Now().UnixNano()}); err != nil {
 		return nil, err
 	}
 	if c.cpuProfile != "" {
@@ -334,7 +336,7 @@ func run(c config) (*result, error) {
 			mine.Conns[c.addrs[cl.edge].name]++
 		}
 	}
-	all, err := meet(c.Sync, "connected", c.Parties, mine)
+	all, err := meet(c.Sync, "connected", strconv.Itoa(os.Getpid()), c.Parties, mine)
 	if err != nil {
 		return res, err
 	}
@@ -396,6 +398,8 @@ func run(c config) (*result, error) {
 		res.LossPct = 100 * float64(max(res.Expected-res.Delivered, 0)) / float64(res.Expected)
 	}
 	res.OwnCPU = (own1 - own0).Seconds() / w1.at.Sub(w0.at).Seconds()
+	res.MachineCPU = (w1.machine - w0.machine).Seconds() / w1.at.Sub(w0.at).Seconds()
+	res.SoftIRQCPU = (w1.softirq - w0.softirq).Seconds() / w1.at.Sub(w0.at).Seconds()
 	res.Closed = st.closed.Load()
 	st.mu.Lock()
 	lat := slices.Clone(st.latencies)
@@ -684,6 +688,7 @@ func printTable(w io.Writer, r *result) {
 		fmt.Fprintf(w, "%-22s %.2f µs\n", "server CPU/delivery", r.CPUusPerDelivery)
 	}
 	fmt.Fprintf(w, "%-22s %.2f cores\n", "generator", r.OwnCPU)
+	fmt.Fprintf(w, "%-22s %.2f cores busy, %.2f of them in softirq\n", "machine", r.MachineCPU, r.SoftIRQCPU)
 	if r.Rejoin {
 		fmt.Fprintf(w, "%-22s the others joined again in %.2f s, %d of them recovered\n", "rejoin", r.RejoinSeconds, r.Recovered)
 	}

@@ -87,13 +87,16 @@ type procResult struct {
 
 // sample is what /proc says of the processes at one moment.
 type sample struct {
-	at  time.Time
-	rss []int64
-	cpu []time.Duration
+	at      time.Time
+	rss     []int64
+	cpu     []time.Duration
+	machine time.Duration // every core's busy time, whoever used it
+	softirq time.Duration // of which the kernel's softirqs
 }
 
 func measure(procs []proc) sample {
 	s := sample{at: time.Now(), rss: make([]int64, len(procs)), cpu: make([]time.Duration, len(procs))}
+	s.machine, s.softirq = machineBusy()
 	for i, p := range procs {
 		s.rss[i], s.cpu[i] = rss(p.pid), cpuTime(p.pid)
 	}
@@ -227,6 +230,36 @@ func cpuTime(pid int) time.Duration {
 	stime, _ := strconv.ParseInt(fields[12], 10, 64)
 	const clkTck = 100 // sysconf(_SC_CLK_TCK) on Linux
 	return time.Duration(utime+stime) * time.Second / clkTck
+}
+
+// machineBusy is the time all cores have spent on anything but idling
+// (/proc/stat): on a machine shared with others' work, what the servers
+// and generators did not use of it was used by someone else, or by the
+// kernel's network processing (softirq), which no process is charged for.
+func machineBusy() (busy, softirq time.Duration) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	fields := strings.Fields(line)
+	if len(fields) < 8 || fields[0] != "cpu" {
+		return 0, 0
+	}
+	var ticks, si int64
+	for i, f := range fields[1:] {
+		n, _ := strconv.ParseInt(f, 10, 64)
+		// user nice system idle iowait irq softirq steal guest guest_nice;
+		// guest time is counted in user already.
+		if i != 3 && i != 4 && i < 8 {
+			ticks += n
+		}
+		if i == 6 {
+			si = n
+		}
+	}
+	const clkTck = 100
+	return time.Duration(ticks) * time.Second / clkTck, time.Duration(si) * time.Second / clkTck
 }
 
 func ownCPU() time.Duration {

@@ -21,9 +21,9 @@ type arrival struct {
 	Conns map[string]int `json:"conns,omitempty"` // connected, by endpoint name
 }
 
-// meet writes this generator's arrival at phase and returns everyone's
-// once all parties have arrived.
-func meet(dir, phase string, parties int, a arrival) ([]arrival, error) {
+// meet writes this generator's arrival at phase, in a file named for
+// self (its pid), and returns everyone's once all parties have arrived.
+func meet(dir, phase, self string, parties int, a arrival) ([]arrival, error) {
 	if parties <= 1 {
 		return []arrival{a}, nil
 	}
@@ -31,7 +31,7 @@ func meet(dir, phase string, parties int, a arrival) ([]arrival, error) {
 	if err != nil {
 		return nil, err
 	}
-	name := filepath.Join(dir, fmt.Sprintf("%s-%d.json", phase, os.Getpid()))
+	name := filepath.Join(dir, phase+"-"+self+".json")
 	// Renamed into place, so that no one reads a file half written.
 	if err := os.WriteFile(name+".tmp", b, 0o644); err != nil {
 		return nil, err

@@ -36,6 +36,8 @@ func (w *row) add(r result) {
 	w.ExpectedPerSec += r.ExpectedPerSec
 	w.Maxms = max(w.Maxms, r.Maxms)
 	w.OwnCPU += r.OwnCPU
+	w.MachineCPU = max(w.MachineCPU, r.MachineCPU) // one machine: each generator measured the same
+	w.SoftIRQCPU = max(w.SoftIRQCPU, r.SoftIRQCPU)
 	w.Closed += r.Closed
 	w.Errors = append(w.Errors, r.Errors...)
 	if w.Latency == nil {
@@ -182,5 +184,9 @@ func printProcs(w io.Writer, rows []*row) {
 		fmt.Fprintf(w, "| %s | all servers | %d | %.1f | %.0f | | %.0f | %.2f (%s) |\n",
 			r.Scenario, r.Connected, r.IdleRSSPerConnKiB, r.ConnectCPUus, r.ServerRSSMiB, r.ServerCPU, perDelivery)
 		fmt.Fprintf(w, "| %s | generators (%d) | | | | | | %.2f |\n", r.Scenario, r.generators, r.OwnCPU)
+		if r.MachineCPU > 0 {
+			fmt.Fprintf(w, "| %s | the machine: busy (softirq; left for others) | | | | | | %.2f (%.2f; %.2f) |\n",
+				r.Scenario, r.MachineCPU, r.SoftIRQCPU, max(r.MachineCPU-r.ServerCPU-r.OwnCPU-r.SoftIRQCPU, 0))
+		}
 	}
 }
