@@ -5,8 +5,16 @@
 # the generator on CPU 1, GOMAXPROCS=1 for both. Results go to
 # bench/results/<date>.jsonl (one line per run) and <date>.md (the table).
 #
-#   bench/run.sh              # every scenario
-#   bench/run.sh B C          # some of them (A B C D E F M)
+#   bench/run.sh              # scenarios A to F
+#   bench/run.sh B C          # some of them (A B C D E F G H M)
+#
+# G and H run natter as separate processes on this machine (bench/procs.sh:
+# one NATS server with JetStream, one presence, two broadcasters, three
+# edges or one), none of them pinned, each with Go's default GOMAXPROCS
+# (both cores): there are more processes than cores. G's connections come
+# from three generator processes started together (one process may hold
+# 20,000 open files), H's from one; the generators run with GOMAXPROCS=1,
+# not pinned either. G and H are not in the default run.
 #
 # M runs B's and D's load through the compose mesh (docker-compose.yml:
 # Caddy, two edges, two broadcasters, three NATS servers with replicated
@@ -26,21 +34,28 @@ scenarios=("$@")
 work=$(mktemp -d)
 mesh_project=natter-bench-$$
 mesh_started=
-trap 'kill $(jobs -p) 2>/dev/null || true; [ -z "$mesh_started" ] || mesh_down; rm -rf "$work"' EXIT
+# shellcheck source=bench/procs.sh
+source "$root/bench/procs.sh"
+trap 'procs_down; kill $(jobs -p) 2>/dev/null || true; [ -z "$mesh_started" ] || mesh_down; rm -rf "$work"' EXIT
 date=$(date -u +%Y-%m-%dT%H%M%SZ)
 jsonl="$root/bench/results/$date.jsonl"
 md="$root/bench/results/$date.md"
 mkdir -p "$root/bench/results"
 
-echo "building natter, gorilla's chat example and the generator in $work"
-go build -o "$work/natter" ./services/chat
+echo "building the generator and what the scenarios run in $work"
 go build -o "$work/loadgen" ./bench/loadgen
-src=$(cd bench && GOWORK=off go mod download github.com/gorilla/websocket && GOWORK=off go list -m -f '{{.Dir}}' github.com/gorilla/websocket)
-mkdir "$work/gorilla"
-cp "$src"/examples/chat/*.go "$work/gorilla/"
-printf 'module gorillachat\n\ngo 1.26.0\n\nrequire github.com/gorilla/websocket v1.5.3\n' > "$work/gorilla/go.mod"
-cp "$root/bench/go.sum" "$work/gorilla/go.sum"
-(cd "$work/gorilla" && GOWORK=off GOFLAGS=-mod=mod go build -o "$work/gorillachat" .)
+if [[ " ${scenarios[*]} " =~ \ [A-F]\  ]]; then
+	go build -o "$work/natter" ./services/chat
+	src=$(cd bench && GOWORK=off go mod download github.com/gorilla/websocket && GOWORK=off go list -m -f '{{.Dir}}' github.com/gorilla/websocket)
+	mkdir "$work/gorilla"
+	cp "$src"/examples/chat/*.go "$work/gorilla/"
+	printf 'module gorillachat\n\ngo 1.26.0\n\nrequire github.com/gorilla/websocket v1.5.3\n' > "$work/gorilla/go.mod"
+	cp "$root/bench/go.sum" "$work/gorilla/go.sum"
+	(cd "$work/gorilla" && GOWORK=off GOFLAGS=-mod=mod go build -o "$work/gorillachat" .)
+fi
+if [[ " ${scenarios[*]} " =~ \ [GH]\  ]]; then
+	procs_build "$work"
+fi
 
 port=18100
 server_pid=
@@ -127,6 +142,35 @@ gen_mesh() {
 	mesh_down
 }
 
+# gen_procs SCENARIO EDGES GENERATORS CONNS SOURCE-BASE ARGS...: one run
+# against natter as separate processes (a fresh NATS store), EDGES edges
+# and two broadcasters, its CONNS connections split evenly between
+# GENERATORS generator processes started together (distinct users, rooms
+# and source addresses: two each, from SOURCE-BASE up) that measure one
+# window; the first of them measures every process.
+gen_procs() {
+	local scenario=$1 edges=$2 gens=$3 conns=$4 source=$5 k status=0
+	shift 5
+	local per=$((conns / gens)) sync=$work/sync-$scenario pids=() pidarg
+	local layout="natter as separate processes (bench/procs.sh): one NATS server with JetStream, one presence, two broadcasters, $edges edge(s), none pinned, Go's default GOMAXPROCS (2) each; $gens generator(s) of $per connections, GOMAXPROCS=1, not pinned"
+	procs_up "$edges" 2 || { echo "natter's processes did not come up; going on with the next run" >&2; return 0; }
+	rm -rf "$sync"
+	for ((k = 0; k < gens; k++)); do
+		pidarg=()
+		[ "$k" -gt 0 ] || pidarg=(-pid "$PROCS_PIDLIST")
+		GOMAXPROCS=1 "$work/loadgen" -target natter -scenario "$scenario" -run-id "$date-$scenario" -layout "$layout" \
+			-parties "$gens" -sync "$sync" -addr "$PROCS_EDGES" "${pidarg[@]}" -conns "$per" -user-base $((k * per)) \
+			-source-base $((source + 2 * k)) -out "$jsonl" "$@" >/dev/null 2>"$work/gen-$k.txt" &
+		pids+=($!)
+	done
+	for k in "${pids[@]}"; do wait "$k" || status=$?; done
+	cat "$work"/gen-*.txt
+	procs_down
+	if [ "$status" -ne 0 ]; then
+		echo "a generator failed (status $status); going on with the next run" >&2
+	fi
+}
+
 # Each scenario, and each target in it, connects from source addresses of
 # its own (-source-base): the ports of the runs before it are still in
 # TIME_WAIT, and connects from an address short of free ports fail or
@@ -156,6 +200,11 @@ for s in "${scenarios[@]}"; do
 		gen natter F -conns 15000 -no-join -publishers 0 -warmup 0s -measure 1s -drain 0s -concurrency 500 -source-base "$(base natter 101)"
 		gen gorilla F -conns 15000 -publishers 0 -warmup 0s -measure 1s -drain 0s -concurrency 500 -source-base "$(base gorilla 101)"
 		gen natter F-join -conns 15000 -room-size 10 -publishers 0 -warmup 0s -measure 1s -drain 0s -concurrency 500 -source-base 111 ;;
+	G) # 45,000 connections over three edges, rooms of 10 spread over them, each room 1 msg/s (45k deliveries/s), from three generators
+		gen_procs G 3 3 45000 121 -room-size 10 -publishers 1500 -rate 1 -measure 10s -concurrency 500 ;;
+	H) # one room of 3,000 over three edges, 100 msgs/s (300k deliveries/s); then the same room on one edge
+		gen_procs H 3 1 3000 131 -room-size 3000 -publishers 10 -rate 10 -measure 10s -concurrency 500
+		gen_procs H-1edge 1 1 3000 136 -room-size 3000 -publishers 10 -rate 10 -measure 10s -concurrency 500 ;;
 	M) # B and D through the compose mesh: members spread over two edges behind the proxy
 		gen_mesh M-B -conns 1000 -room-size 1000 -publishers 10 -rate 10 -measure 10s
 		gen_mesh M-D -conns 5000 -room-size 10 -publishers 5000 -rate 1 -measure 10s -concurrency 500 ;;
