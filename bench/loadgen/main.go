@@ -97,6 +97,7 @@ type result struct {
 	Closed            int64        `json:"closed_by_server"`
 	RejoinSeconds     float64      `json:"rejoin_s,omitempty"`
 	Recovered         int          `json:"recovered_clients,omitempty"`
+	RejoinRetries     int          `json:"rejoin_retries,omitempty"` // joins tried again: refused, or the connection ended first
 	Errors            []string     `json:"errors,omitempty"`
 }
 
@@ -205,15 +206,19 @@ func main() {
 
 // client is one connection.
 type client struct {
-	id        int // its index in this generator
-	user      string
-	edge      int // the index of its address in -addr
-	room      string
-	conn      *wsConn
-	lastSeq   atomic.Uint64 // natter: the newest seq received
-	joined    chan struct{} // natter: closed at joined
-	recovered atomic.Bool   // natter: the last joined said recovered
-	publisher bool
+	id      int // its index in this generator
+	user    string
+	edge    int // the index of its address in -addr
+	room    string
+	conn    *wsConn
+	lastSeq atomic.Uint64 // natter: the newest seq received
+	joined  chan struct{} // natter: closed at joined
+	// ended is closed when the connection's reader returns, refused at
+	// an error event (natter: a join answered unavailable); each
+	// connection has its own.
+	ended, refused chan struct{}
+	recovered      atomic.Bool // natter: the last joined said recovered
+	publisher      bool
 }
 
 // stats are the receivers' shared counters.
@@ -247,7 +252,8 @@ func run(c config) (*result, error) {
 	clients := make([]*client, c.Conns)
 	for i := range clients {
 		n := c.UserBase + i
-		cl := &client{id: i, user: fmt.Sprintf("u%d", n), edge: n % len(c.addrs), joined: make(chan struct{})}
+		cl := &client{id: i, user: fmt.Sprintf("u%d", n), edge: n % len(c.addrs), joined: make(chan struct{}),
+			ended: make(chan struct{}), refused: make(chan struct{})}
 		if c.Target == "natter" {
 			cl.room = fmt.Sprintf("r%d", n/c.RoomSize)
 		}
@@ -379,7 +385,7 @@ func run(c config) (*result, error) {
 	w0, own0 := measure(c.procs), ownCPU()
 	st.windowStart.Store(winStart.UnixNano())
 	if c.Rejoin {
-		res.RejoinSeconds, res.Recovered = rejoinAll(ctx, c, clients, st, &readers, &errs)
+		res.RejoinSeconds, res.Recovered, res.RejoinRetries = rejoinAll(ctx, c, clients, st, &readers, &errs)
 	}
 	time.Sleep(time.Until(winEnd))
 	st.windowEnd.Store(winEnd.UnixNano())
@@ -474,7 +480,8 @@ func (cl *client) send(s string) error {
 // read is cl's receiver: it finds each message's send time and counts it.
 func read(c config, cl *client, st *stats) {
 	conn := cl.conn
-	joined := cl.joined
+	joined, refused := cl.joined, cl.refused
+	defer close(cl.ended)
 	for {
 		data, err := conn.ReadMessage()
 		if err != nil {
@@ -510,13 +517,19 @@ func read(c config, cl *client, st *stats) {
 					cl.lastSeq.Store(max(cl.lastSeq.Load(), seq))
 				}
 				cl.recovered.Store(bytes.Contains(line, []byte(`"recovered":true`)))
-				select {
-				case <-joined:
-				default:
-					close(joined)
-				}
+				closeOnce(joined)
+			case bytes.Contains(line, []byte(`"type":"error"`)):
+				closeOnce(refused)
 			}
 		}
+	}
+}
+
+func closeOnce(ch chan struct{}) {
+	select {
+	case <-ch:
+	default:
+		close(ch)
 	}
 }
 
@@ -606,10 +619,13 @@ func publish(c config, p *client, idx int, stop <-chan struct{}, st *stats, sent
 	}
 }
 
-// rejoinAll drops every client at once and has each rejoin with since;
-// it returns how long until all were joined again and how many said
-// recovered.
-func rejoinAll(ctx context.Context, c config, clients []*client, st *stats, readers *sync.WaitGroup, errs *errList) (float64, int) {
+// rejoinAll drops every client at once and has each rejoin with since,
+// as the page does: a join refused (unavailable) or a connection ended
+// before joined (cut off as slow, say) is tried again, with since the
+// newest seq received, after a short back-off. It returns how long until
+// all were joined again, how many said recovered, and how many joins were
+// tried again.
+func rejoinAll(ctx context.Context, c config, clients []*client, st *stats, readers *sync.WaitGroup, errs *errList) (float64, int, int) {
 	// The publishers stay: messages keep coming while the others are away.
 	var away []*client
 	for _, cl := range clients {
@@ -619,35 +635,58 @@ func rejoinAll(ctx context.Context, c config, clients []*client, st *stats, read
 		}
 	}
 	start := time.Now()
-	var recovered atomic.Int64
+	var recovered, retries atomic.Int64
 	sem := make(chan struct{}, c.Concurrency)
 	var wg sync.WaitGroup
 	for _, cl := range away {
-		since := cl.lastSeq.Load()
-		cl.joined = make(chan struct{})
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if err := dial(ctx, c, cl); err != nil {
-				errs.add(err)
-				return
-			}
-			readers.Go(func() { read(c, cl, st) })
-			if err := cl.send(fmt.Sprintf(`{"type":"join","room":%q,"since":%d}`, cl.room, since)); err != nil {
-				errs.add(err)
-				return
-			}
-			select {
-			case <-cl.joined:
-				if cl.recovered.Load() {
-					recovered.Add(1)
+			for attempt := 0; ctx.Err() == nil; attempt++ {
+				if attempt > 0 {
+					retries.Add(1)
+					select {
+					case <-time.After(time.Duration(min(attempt, 5)) * 200 * time.Millisecond): // the page's back-off
+					case <-ctx.Done():
+						return
+					}
 				}
-			case <-ctx.Done():
+				if rejoin(ctx, c, cl, st, readers, errs) {
+					if cl.recovered.Load() {
+						recovered.Add(1)
+					}
+					return
+				}
 			}
 		})
 	}
 	wg.Wait()
-	return time.Since(start).Seconds(), int(recovered.Load())
+	return time.Since(start).Seconds(), int(recovered.Load()), int(retries.Load())
+}
+
+// rejoin connects cl again and joins its room with since; it reports
+// whether joined came.
+func rejoin(ctx context.Context, c config, cl *client, st *stats, readers *sync.WaitGroup, errs *errList) bool {
+	cl.joined, cl.ended, cl.refused = make(chan struct{}), make(chan struct{}), make(chan struct{})
+	if err := dial(ctx, c, cl); err != nil {
+		errs.add(err)
+		return false
+	}
+	readers.Go(func() { read(c, cl, st) })
+	if err := cl.send(fmt.Sprintf(`{"type":"join","room":%q,"since":%d}`, cl.room, cl.lastSeq.Load())); err != nil {
+		errs.add(err)
+		_ = cl.conn.Close()
+		return false
+	}
+	select {
+	case <-cl.joined:
+		return true
+	case <-cl.refused:
+		_ = cl.conn.Close()
+	case <-cl.ended:
+	case <-ctx.Done():
+	}
+	return false
 }
 
 type errList struct {
@@ -690,7 +729,7 @@ func printTable(w io.Writer, r *result) {
 	fmt.Fprintf(w, "%-22s %.2f cores\n", "generator", r.OwnCPU)
 	fmt.Fprintf(w, "%-22s %.2f cores busy, %.2f of them in softirq\n", "machine", r.MachineCPU, r.SoftIRQCPU)
 	if r.Rejoin {
-		fmt.Fprintf(w, "%-22s the others joined again in %.2f s, %d of them recovered\n", "rejoin", r.RejoinSeconds, r.Recovered)
+		fmt.Fprintf(w, "%-22s the others joined again in %.2f s, %d of them recovered, %d joins tried again\n", "rejoin", r.RejoinSeconds, r.Recovered, r.RejoinRetries)
 	}
 	if r.Closed > 0 {
 		fmt.Fprintf(w, "%-22s %d\n", "closed by the server", r.Closed)
