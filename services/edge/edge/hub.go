@@ -96,8 +96,9 @@ type hubRoom struct {
 	newest  atomic.Uint64
 	known   atomic.Bool
 	knownAt atomic.Uint64
-	// members is replaced, never changed in place, so the dispatcher can
-	// use a snapshot without holding the lock. Guarded by hub.mu.
+	// members is appended to, or replaced by a copy, never changed below
+	// its length, so the dispatcher can use a snapshot without holding
+	// the lock. Guarded by hub.mu.
 	members []*client
 	// recent is the room's newest stored messages (recent.go).
 	recent recentLog
