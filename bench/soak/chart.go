@@ -146,5 +146,9 @@ func (c chart) draw(path string) error {
 			p.Add(fl)
 		}
 	}
+	// Room above the lines for the legend, at the top left.
+	if p.Y.Max > 0 {
+		p.Y.Max *= 1.1 + 0.08*float64(len(c.lines))
+	}
 	return p.Save(8*vg.Inch, 3*vg.Inch, path)
 }

@@ -32,6 +32,7 @@ type membership struct {
 	dups       int64  // seqs received twice
 	disorder   int64  // seqs received after a newer one
 	unrecov    int    // rejoins with since answered recovered: false
+	since      uint64 // the since of the last rejoin
 }
 
 // pendingPost is a post sent and not yet acked, kept to be sent again
@@ -47,6 +48,7 @@ type connState struct {
 	ws      *wsConn
 	answers chan *event   // answers to the client's requests, and welcome
 	done    chan struct{} // closed when the reader has ended
+	edge    string        // the edge's address
 	ours    atomic.Bool   // the client ended it (a drop or a close)
 	code    int           // the server's close code (0: none), set before done
 }
@@ -99,7 +101,7 @@ func (c *client) connect(ctx context.Context, addr string) (*connState, error) {
 		return nil, fmt.Errorf("%s: %w", c.user, err)
 	}
 	c.g.cnt.connects.Add(1)
-	cs := &connState{ws: ws, answers: make(chan *event, 64), done: make(chan struct{})}
+	cs := &connState{ws: ws, edge: addr, answers: make(chan *event, 64), done: make(chan struct{})}
 	c.g.readers.Go(func() { c.read(cs) })
 	if _, err := c.await(ctx, cs, "", "welcome"); err != nil {
 		c.drop(cs)
@@ -165,6 +167,7 @@ func (c *client) join(ctx context.Context, cs *connState, room string) error {
 	}
 	m.live = false
 	since, again := m.newest, m.joinedOnce
+	m.since = since
 	c.mu.Unlock()
 	var err error
 	if again {
@@ -465,6 +468,8 @@ func (c *client) eventLocked(ev *event, now int64, lat *latencies) bool {
 				m.joinedOnce, m.start = true, ev.Seq
 			} else if ev.Recovered != nil && !*ev.Recovered {
 				m.unrecov++
+				g.notes.add(fmt.Sprintf("%s rejoined %s with since %d: recovered false, joined.seq %d (the newest received %d)",
+					c.user, ev.Room, m.since, ev.Seq, m.last))
 			}
 			m.live = true
 			m.newest = max(m.newest, ev.Seq)

@@ -21,6 +21,7 @@ type gen struct {
 	led     *ledger
 	cnt     counters
 	errs    errLog
+	notes   noteLog // what the summary shows in full: rejoins not recovered
 	lat     [2]latencies
 	cur     atomic.Int32 // which of lat this interval records into
 	big     []*client
@@ -38,6 +39,32 @@ type counters struct {
 	connects, joins, rejoins, leaves      atomic.Int64
 	drops, disconnects, serverCloses      atomic.Int64
 	histories                             atomic.Int64 // history pages read to recover dms
+}
+
+// noteLog keeps the first notes in full, and counts them all.
+type noteLog struct {
+	mu    sync.Mutex
+	first []string // guarded by mu
+	n     int      // guarded by mu
+}
+
+func (l *noteLog) add(note string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.n++
+	if len(l.first) < 10 {
+		l.first = append(l.first, note)
+	}
+}
+
+func (l *noteLog) list() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := slices.Clone(l.first)
+	if l.n > len(l.first) {
+		out = append(out, fmt.Sprintf("and %d more", l.n-len(l.first)))
+	}
+	return out
 }
 
 // errLog counts errors by message and keeps the first of each.
@@ -322,8 +349,11 @@ func (c *client) act(ctx context.Context, cs *connState) (*connState, time.Durat
 	}
 	if err != nil {
 		// A request that failed leaves the connection in doubt: drop it
-		// and come back with since.
-		g.errs.add(err.Error())
+		// and come back with since. One cut short by the load's end is
+		// no error of the server's.
+		if ctx.Err() == nil {
+			g.errs.add(err.Error())
+		}
 		c.drop(cs)
 		return nil, 0, false
 	}

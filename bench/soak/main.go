@@ -205,7 +205,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 		fmt.Fprintln(stderr, "soak:", err)
 	}
 	rep := report{cfg: c, command: os.Getenv("SOAK_COMMAND"), started: started, ran: ran, samples: samples,
-		from: from, to: to, drifts: ds, check: result, pass: pass, why: why, errs: g.errs.top(20), charts: files}
+		from: from, to: to, drifts: ds, check: result, pass: pass, why: why, errs: g.errs.top(20), notes: g.notes.list(), charts: files}
 	if rep.command == "" {
 		rep.command = "soak " + strings.Join(args, " ")
 	}

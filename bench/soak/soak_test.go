@@ -95,6 +95,25 @@ func TestDrift(t *testing.T) {
 	if d := got["fds"]; !d.Pass || d.Pct10m > -0.4 {
 		t.Errorf("fds: %+v, want a fall, which passes", d)
 	}
+
+	// One file more half-way through, of 13: a step, not a drift.
+	for i := range samples {
+		samples[i].Procs[0].FDs = 13 + i/120
+	}
+	for _, d := range drifts(samples, from, to) {
+		if d.Series == "fds" && (!d.Pass || d.Pct10m < 2) {
+			t.Errorf("fds of 13 with a step to 14: %+v, want about +3%% and a pass", d)
+		}
+	}
+	// One more every 10 minutes, of 13: a leak.
+	for i := range samples {
+		samples[i].Procs[0].FDs = 13 + i/60
+	}
+	for _, d := range drifts(samples, from, to) {
+		if d.Series == "fds" && d.Pass {
+			t.Errorf("fds of 13 growing by one every 10 minutes: %+v, want a fail", d)
+		}
+	}
 }
 
 func TestHistP99(t *testing.T) {

@@ -22,6 +22,7 @@ type report struct {
 	pass     bool
 	why      []string
 	errs     []string
+	notes    []string
 	charts   []string
 }
 
@@ -32,7 +33,7 @@ func writeSummary(w io.Writer, r report) {
 	if c.note != "" {
 		fmt.Fprintf(w, "%s\n\n", c.note)
 	}
-	fmt.Fprintf(w, "Command: `%s`. Machine: %s, %d cores.\n\n", r.command, cpuModel(), runtime.NumCPU())
+	fmt.Fprintf(w, "Command: `%s`. Machine: %s, %d cores.\n\n", r.command, cpuModel(), cpuCount())
 	fmt.Fprintf(w, "Load for %s (asked: %s): a room of %d, %d publishers x %g msgs/s (%s deliveries/s expected); %d churn clients in %d small rooms, %g actions/s (posts, dms, typing, leaves and joins, drops back with `since`, clean closes back afresh).\n\n",
 		r.ran.Round(time.Second), c.duration, c.roomSize, c.publishers, c.rate, thousands(float64(c.publishers)*c.rate*float64(c.roomSize)),
 		c.churnClients, c.churnRooms, c.churnRate)
@@ -79,6 +80,9 @@ func writeSummary(w io.Writer, r report) {
 	fmt.Fprintln(w)
 	for _, e := range append(k.LostExamples, k.DMLostExamples...) {
 		fmt.Fprintf(w, "- lost: %s\n", e)
+	}
+	for _, n := range r.notes {
+		fmt.Fprintf(w, "- %s\n", n)
 	}
 
 	fmt.Fprintf(w, "\n## Drift (least squares over minutes %.1f to %.1f)\n\n", r.from/60, r.to/60)
@@ -177,6 +181,22 @@ func thousands(n float64) string {
 		b = append(b, s[i])
 	}
 	return string(b)
+}
+
+// cpuCount is the machine's processors: runtime.NumCPU counts only
+// those the generator may run on (taskset).
+func cpuCount() int {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return runtime.NumCPU()
+	}
+	n := 0
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if strings.HasPrefix(line, "processor") {
+			n++
+		}
+	}
+	return max(n, 1)
 }
 
 func cpuModel() string {
