@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
@@ -22,6 +24,7 @@ import (
 	"github.com/natter-chat/natter/shared/natstest"
 	"github.com/natter-chat/natter/shared/proto"
 	"github.com/natter-chat/natter/shared/servicetest"
+	"github.com/natter-chat/natter/shared/store"
 	"github.com/natter-chat/natter/shared/subject"
 )
 
@@ -309,4 +312,59 @@ func TestSharedFlush(t *testing.T) {
 	if n := flushes.Load(); n != 2 {
 		t.Fatalf("%d flushes for %d callers, want 2: the first, and one for all who came while it ran", n, callers)
 	}
+}
+
+// A client back from another edge may have seen messages this edge's
+// dispatcher has not handed out yet: its since is newer than the newest
+// seq the hub knows. That is not a store that was reset: the stream is
+// asked, and the client has recovered with nothing to replay.
+func TestJoinSinceAheadOfTheHub(t *testing.T) {
+	nc := natstest.Connect(t, natstest.Start(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.EnsureStream(ctx, js, config.Defaults[config.Retention](), 1); err != nil {
+		t.Fatal(err)
+	}
+	storeOne := func(n int) uint64 {
+		t.Helper()
+		ack, err := js.Publish(ctx, subject.StoreRoom("r"), fmt.Appendf(nil, `{"type":"message","room":"r","from":"u","text":"%d","ts":1}`, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ack.Sequence
+	}
+	storeOne(1)
+	// The edge's hub is not run: what is stored from now on reaches its
+	// subscription but is not dispatched, as on an edge whose dispatcher
+	// is behind.
+	e, err := New(Config{Limits: limits(512)}, nc, fstest.MapFS{}, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The reporter runs, as the joins wait for their reports.
+	rctx, stop := context.WithCancel(context.Background())
+	go e.reporter.run(rctx)
+	defer func() { stop(); <-e.reporter.done }()
+	e.ctx = ctx
+	room := "r"
+	first := unservedClient(e, "a", nil)
+	first.join(proto.Request{Type: proto.TypeJoin, Room: &room}) // the hub learns the newest seq
+	storeOne(2)
+	newest := storeOne(3)
+
+	c := unservedClient(e, "b", nil)
+	since := int64(newest)
+	c.join(proto.Request{Type: proto.TypeJoin, Room: &room, Since: &since})
+	sent := c.conn.Take(nil)
+	want := fmt.Sprintf(`{"type":"joined","room":"r","seq":%d,"recovered":true}`, newest)
+	if len(sent) != 1 || string(sent[0]) != want {
+		t.Fatalf("sent %q; want only %s", sent, want)
+	}
+	first.leaveAll()
+	c.leaveAll()
+	e.hub.close()
 }

@@ -176,7 +176,13 @@ func (c *client) undoJoin(req proto.Request, room string, err error) {
 func (c *client) readSince(room string, since *int64) (last uint64, replayed []json.RawMessage, recovered *bool, err error) {
 	ctx, cancel := context.WithTimeout(c.e.ctx, c.e.cfg.Limits.PostTimeout)
 	defer cancel()
-	last, err = c.newestSeq(ctx, room)
+	last, err = c.newestSeq(ctx, room, false)
+	if err == nil && since != nil && uint64(*since) > last {
+		// The client has seen a newer message than the hub has handed
+		// out: on another edge, whose dispatcher is ahead of this one's.
+		// Only the stream can tell that from a store that was reset.
+		last, err = c.newestSeq(ctx, room, true)
+	}
 	if err != nil || since == nil {
 		return last, nil, nil, err
 	}
@@ -185,10 +191,11 @@ func (c *client) readSince(room string, since *int64) (last uint64, replayed []j
 }
 
 // newestSeq returns room's newest seq: from the hub when it has it (the
-// room has other local members), which spares the stream a read, else
-// from the stream, which the hub then keeps for the next join.
-func (c *client) newestSeq(ctx context.Context, room string) (uint64, error) {
-	if last, known := c.e.hub.newest(room); known {
+// room has other local members) and fromStream is not set, which spares
+// the stream a read, else from the stream, which the hub then keeps for
+// the next join.
+func (c *client) newestSeq(ctx context.Context, room string, fromStream bool) (uint64, error) {
+	if last, known := c.e.hub.newest(room); known && !fromStream {
 		return last, nil
 	}
 	// Counted before the read, so that a reconnect during it, which may
