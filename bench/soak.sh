@@ -19,7 +19,7 @@
 # GOMAXPROCS=1 (SOAK_SERVER_PROCS), the generator on CPU 1
 # (SOAK_GEN_CPUS), as bench/run.sh's scenarios run. SOAK_FLAGS adds
 # flags of the generator (go run ./bench/soak -h), SOAK_NOTE a line to the
-# summary's head.
+# summary's head, SOAK_LABEL a word to the results' names (smoke, say).
 set -euo pipefail
 self=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 cd "$(dirname "$0")/.."
@@ -65,7 +65,7 @@ cleanup() {
 trap cleanup EXIT
 
 date=$(date -u +%Y-%m-%dT%H%M%SZ)
-prefix=$root/bench/results/$date-soak-$target
+prefix=$root/bench/results/$date-soak-$target${SOAK_LABEL:+-$SOAK_LABEL}
 mkdir -p "$root/bench/results"
 echo "soak: building in $work" >&2
 go build -o "$work/soak" ./bench/soak

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -22,6 +25,31 @@ type series struct {
 type chart struct {
 	file, title, unit string
 	lines             []series
+}
+
+// redraw draws the charts of a samples file again, the drift fitted
+// as a run would.
+func redraw(prefix string, every, fit, warmup time.Duration) ([]string, error) {
+	data, err := os.ReadFile(prefix + ".jsonl")
+	if err != nil {
+		return nil, err
+	}
+	var samples []sample
+	for line := range bytes.SplitSeq(data, []byte{'\n'}) {
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		var s sample
+		if err := json.Unmarshal(line, &s); err != nil {
+			return nil, fmt.Errorf("%s.jsonl: %w", prefix, err)
+		}
+		samples = append(samples, s)
+	}
+	if len(samples) == 0 {
+		return nil, fmt.Errorf("%s.jsonl: no samples", prefix)
+	}
+	from, to := fitWindow(samples[len(samples)-1].T, fit, warmup)
+	return charts(prefix, every, samples, drifts(samples, from, to))
 }
 
 // charts draws the samples into PNGs named prefix-<file>.png and returns
@@ -79,9 +107,11 @@ func charts(prefix string, every time.Duration, samples []sample, ds []drift) ([
 		{file: "load", title: "Live room deliveries", unit: "thousands a second", lines: []series{
 			gen("received", func(s sample) float64 { return s.Gen.PerSec / 1000 }),
 		}},
-		{file: "queue", title: "Edge send queues", unit: "events", lines: []series{
-			gen("send_queue (all clients)", func(s sample) float64 { return float64(s.Edges.SendQueue) }),
-			gen("send_queue_max (one client)", func(s sample) float64 { return float64(s.Edges.SendQueueMax) }),
+		{file: "queue", title: "Edge send queues (a client is cut off past 512)", unit: "events per client", lines: []series{
+			gen("the most one client has (send_queue_max)", func(s sample) float64 { return float64(s.Edges.SendQueueMax) }),
+			gen("the mean (send_queue / connections)", func(s sample) float64 {
+				return float64(s.Edges.SendQueue) / float64(max(s.Edges.Connections, 1))
+			}),
 		}},
 		{file: "streams", title: "JetStream streams", unit: "MiB", lines: []series{
 			gen("CHAT", func(s sample) float64 { return float64(s.Streams["CHAT"].Bytes) / (1 << 20) }),

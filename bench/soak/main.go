@@ -97,8 +97,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 	fs.IntVar(&c.sourceBase, "source-base", 201, "the last byte of the first source address")
 	fs.StringVar(&c.out, "out", "", "the results' path without extension: PREFIX.jsonl (samples), PREFIX.md, PREFIX-*.png")
 	fs.Int64Var(&c.lose, "lose", 0, "to see the check fail: forget one received room message in this many (0: none)")
+	redrawOnly := fs.Bool("charts", false, "only draw the charts of -out's samples again (with -sample, -fit, -warmup), and exit")
 	if err := fs.Parse(args); err != nil {
 		return 1, err
+	}
+	if *redrawOnly && c.out != "" {
+		files, err := redraw(c.out, c.every, c.fit, c.warmup)
+		for _, f := range files {
+			fmt.Fprintln(stdout, f)
+		}
+		if err != nil {
+			return 1, err
+		}
+		return 0, nil
 	}
 	c.addrs = strings.Split(*addrs, ",")
 	if c.out == "" || c.sources < 1 || c.sourceBase < 1 || c.sourceBase+c.sources > 255 ||
