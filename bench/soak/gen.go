@@ -207,9 +207,16 @@ func (c *client) stay(load, run context.Context) {
 		select {
 		case <-cs.done:
 			c.away(cs)
+			continue
 		case <-load.Done():
-			return
 		}
+		select {
+		case <-cs.done: // closed by the server as the load ended: back for the check
+			c.away(cs)
+			_, _ = c.comeBack(run)
+		default:
+		}
+		return
 	}
 }
 
@@ -284,6 +291,14 @@ func (c *client) runChurn(load, run context.Context) {
 				case <-load.Done():
 				}
 			}
+		}
+	}
+	if cs != nil {
+		select {
+		case <-cs.done: // closed by the server as the load ended
+			c.away(cs)
+			cs = nil
+		default:
 		}
 	}
 	if cs == nil {
