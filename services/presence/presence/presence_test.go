@@ -34,13 +34,13 @@ func run(t *testing.T, ns *server.Server) *Presence {
 	return runWith(t, ns, Config{MaxMembers: 500, Replicas: 1, Fresh: true})
 }
 
-func runWith(t *testing.T, ns *server.Server, cfg Config) *Presence {
+func runWith(t testing.TB, ns *server.Server, cfg Config) *Presence {
 	t.Helper()
 	return runOn(t, natstest.Connect(t, ns), cfg)
 }
 
 // runOn starts a replica on nc that stops with the test.
-func runOn(t *testing.T, nc *nats.Conn, cfg Config) *Presence {
+func runOn(t testing.TB, nc *nats.Conn, cfg Config) *Presence {
 	t.Helper()
 	p, err := New(cfg, nc,
 		slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
