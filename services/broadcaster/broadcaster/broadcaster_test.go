@@ -56,7 +56,7 @@ func (r *running) stop() error {
 
 // startWith runs a broadcaster configured with cfg on its own connection
 // to url, until the test ends; the connection is drained then.
-func startWith(t *testing.T, url string, cfg Config) *running {
+func startWith(t testing.TB, url string, cfg Config) *running {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	nc, err := natsconn.Connect(url, "broadcaster", time.Second, log)

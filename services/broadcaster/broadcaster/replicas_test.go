@@ -27,7 +27,7 @@ import (
 const clusterWait = 30 * time.Second
 
 // serving waits until r takes posts; Run ending first fails the test.
-func serving(t *testing.T, r *running) {
+func serving(t testing.TB, r *running) {
 	t.Helper()
 	select {
 	case <-r.Serving():
@@ -41,7 +41,7 @@ func serving(t *testing.T, r *running) {
 // postStored posts to room as a bot with an id, retrying while the
 // answer is unavailable (a stream electing its leader), and returns the
 // seq it was stored with. Retrying with the same id cannot store it twice.
-func postStored(t *testing.T, nc *nats.Conn, room, text, id string) uint64 {
+func postStored(t testing.TB, nc *nats.Conn, room, text, id string) uint64 {
 	t.Helper()
 	body, _ := json.Marshal(proto.Post{From: "bot", Text: text, ID: id})
 	var r proto.PostReply
