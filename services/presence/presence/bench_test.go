@@ -61,7 +61,7 @@ func BenchmarkSyncApply(b *testing.B) {
 // overflows. An iteration is reportBurst reports.
 const (
 	reportChunk  = 1024
-	reportWindow = 16
+	reportWindow = 48
 	reportBurst  = 64 * reportChunk
 )
 
@@ -74,7 +74,10 @@ const (
 // report changes who is present: the dearest kind (an event to announce,
 // a room to write). Rooms above MaxMembers (500) announce nothing.
 //
-// Besides reports/s: events/s and event-lag-ms, how fast the measured
+// Besides reports/s: queued, the mean length of the loop's channel when
+// a who was answered while the window was full, and empty, the share of
+// those answers that found it empty: the loop, not the publisher, set the pace when it always had
+// reports waiting; events/s and event-lag-ms, how fast the measured
 // reports' events went out and how long after the last report was
 // applied the last one came (the writer stores each changed room in the
 // bucket before it announces the room's events); kv-writes/report and
@@ -117,7 +120,7 @@ func benchReports(b *testing.B, rooms, members int) {
 	if err := watcher.Flush(); err != nil {
 		b.Fatal(err)
 	}
-	f := newFeeder(b, natstest.Connect(b, ns))
+	f := newFeeder(b, natstest.Connect(b, ns), func() int { return len(p.msgs) })
 
 	report := func(event string, room int, user, sid string) []byte {
 		return proto.Encode(proto.SessionReport{Event: event, Room: benchRoom(room), User: user, Edge: "bench-edge", Session: sid})
@@ -144,6 +147,7 @@ func benchReports(b *testing.B, rooms, members int) {
 			report(proto.EventJoin, r, user, "s-"+user), report(proto.EventLeave, r, user, "s-"+user)}
 	}
 	bucket := openBucketStream(b, ns)
+	f.queued, f.samples, f.empty = 0, 0, 0
 	ev0, kv0, cpu0, idle0 := events.Load(), bucket.writes(b), cpuTime(b), idleTime(b)
 	start := time.Now()
 	sent := 0
@@ -161,6 +165,8 @@ func benchReports(b *testing.B, rooms, members int) {
 	}
 	applied, idle := time.Now(), idleTime(b)-idle0
 	b.ReportMetric(float64(sent)/b.Elapsed().Seconds(), "reports/s")
+	b.ReportMetric(float64(f.queued)/float64(f.samples), "queued")
+	b.ReportMetric(float64(f.empty)/float64(f.samples), "empty")
 	if dropped, _ := p.sessionSub.Dropped(); dropped > 0 {
 		b.Fatalf("%d reports dropped: the channel overflowed", dropped)
 	}
@@ -199,10 +205,15 @@ type feeder struct {
 	replies    chan *nats.Msg
 	unanswered int // who requests sent and not answered
 	inChunk    int // reports since the last who
+	// queue is the length of the loop's channel; queued sums it at each
+	// answer taken while the window is full, samples counts those
+	// answers, empty those that found the channel empty.
+	queue                  func() int
+	queued, samples, empty int
 }
 
-func newFeeder(b *testing.B, nc *nats.Conn) *feeder {
-	f := &feeder{b: b, nc: nc, inbox: nc.NewInbox(), replies: make(chan *nats.Msg, reportWindow+1)}
+func newFeeder(b *testing.B, nc *nats.Conn, queue func() int) *feeder {
+	f := &feeder{b: b, nc: nc, inbox: nc.NewInbox(), replies: make(chan *nats.Msg, reportWindow+1), queue: queue}
 	if _, err := nc.ChanSubscribe(f.inbox, f.replies); err != nil {
 		b.Fatal(err)
 	}
@@ -226,14 +237,25 @@ func (f *feeder) mark() {
 	f.inChunk = 0
 	f.unanswered++
 	for f.unanswered >= reportWindow {
-		f.await()
+		f.await(true)
 	}
 }
 
-func (f *feeder) await() {
+// await takes an answer; with sample, while reports are still being
+// sent, it notes the channel's length.
+func (f *feeder) await(sample bool) {
 	select {
 	case <-f.replies:
 		f.unanswered--
+		if !sample {
+			return
+		}
+		n := f.queue()
+		f.queued += n
+		f.samples++
+		if n == 0 {
+			f.empty++
+		}
 	case <-time.After(30 * time.Second):
 		f.b.Fatalf("no who answer for 30 s, %d unanswered", f.unanswered)
 	}
@@ -245,7 +267,7 @@ func (f *feeder) drain() {
 		f.mark()
 	}
 	for f.unanswered > 0 {
-		f.await()
+		f.await(false)
 	}
 }
 
