@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -89,29 +88,43 @@ const (
 //
 //	flock /tmp/natter-bench.lock go test -run '^$' -bench Reports -benchtime 10x -cpu 1,2 ./services/presence/presence
 func BenchmarkReports(b *testing.B) {
-	for _, c := range []struct{ rooms, members int }{
+	for _, c := range []struct{ rooms, members, replicas int }{
 		// 100,000 sessions present in rooms of 10 to 10,000...
-		{10_000, 10}, {1_000, 100}, {250, 400}, {100, 1_000}, {10, 10_000},
+		{10_000, 10, 1}, {1_000, 100, 1}, {250, 400, 1}, {100, 1_000, 1}, {10, 10_000, 1},
 		// ...and a million in rooms of 10: more rooms than the writer
 		// writes in a second.
-		{100_000, 10},
+		{100_000, 10, 1},
+		// The bucket on three servers (clustered in this process): each
+		// write waits for a majority.
+		{10_000, 10, 3},
 	} {
-		b.Run(fmt.Sprintf("rooms=%d/members=%d", c.rooms, c.members), func(b *testing.B) { benchReports(b, c.rooms, c.members) })
+		name := fmt.Sprintf("rooms=%d/members=%d", c.rooms, c.members)
+		if c.replicas > 1 {
+			name += fmt.Sprintf("/bucket=R%d", c.replicas)
+		}
+		b.Run(name, func(b *testing.B) { benchReports(b, c.rooms, c.members, c.replicas) })
 	}
 }
 
-func benchReports(b *testing.B, rooms, members int) {
+func benchReports(b *testing.B, rooms, members, replicas int) {
 	const maxMembers = 500
-	ns := natstest.Start(b)
+	var connect func() *nats.Conn
+	if replicas == 1 {
+		ns := natstest.Start(b)
+		connect = func() *nats.Conn { return natstest.Connect(b, ns) }
+	} else {
+		c := natstest.StartCluster(b, replicas)
+		connect = func() *nats.Conn { return c.Connect(b) }
+	}
 	// No heartbeats: the edge must not expire during the measure.
-	p := runWith(b, ns, Config{MaxMembers: maxMembers, Replicas: 1, Fresh: true, EdgeTimeout: time.Hour})
+	p := runOn(b, connect(), Config{MaxMembers: maxMembers, Replicas: replicas, Fresh: true, EdgeTimeout: time.Hour})
 	select {
 	case <-p.Live():
-	case <-time.After(10 * time.Second):
-		b.Fatal("the replica is not live after 10 s")
+	case <-time.After(30 * time.Second):
+		b.Fatal("the replica is not live after 30 s")
 	}
 	var events atomic.Int64
-	watcher := natstest.Connect(b, ns)
+	watcher := connect()
 	sub, err := watcher.Subscribe(subject.RoomPresence("*"), func(*nats.Msg) { events.Add(1) })
 	if err != nil {
 		b.Fatal(err)
@@ -120,7 +133,7 @@ func benchReports(b *testing.B, rooms, members int) {
 	if err := watcher.Flush(); err != nil {
 		b.Fatal(err)
 	}
-	f := newFeeder(b, natstest.Connect(b, ns), func() int { return len(p.msgs) })
+	f := newFeeder(b, connect(), func() int { return len(p.msgs) })
 
 	report := func(event string, room int, user, sid string) []byte {
 		return proto.Encode(proto.SessionReport{Event: event, Room: benchRoom(room), User: user, Edge: "bench-edge", Session: sid})
@@ -146,7 +159,7 @@ func benchReports(b *testing.B, rooms, members int) {
 		churns[r] = churn{subject.PresenceSession(benchRoom(r)),
 			report(proto.EventJoin, r, user, "s-"+user), report(proto.EventLeave, r, user, "s-"+user)}
 	}
-	bucket := openBucketStream(b, ns)
+	bucket := openBucketStream(b, connect())
 	f.queued, f.samples, f.empty = 0, 0, 0
 	ev0, kv0, cpu0, idle0 := events.Load(), bucket.writes(b), cpuTime(b), idleTime(b)
 	start := time.Now()
@@ -338,9 +351,9 @@ func idleTime(b *testing.B) time.Duration {
 // kvStream is the stream behind the presence bucket.
 type kvStream struct{ s jetstream.Stream }
 
-func openBucketStream(b *testing.B, ns *server.Server) kvStream {
+func openBucketStream(b *testing.B, nc *nats.Conn) kvStream {
 	b.Helper()
-	js, err := jetstream.New(natstest.Connect(b, ns))
+	js, err := jetstream.New(nc)
 	if err != nil {
 		b.Fatal(err)
 	}
