@@ -35,6 +35,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/natter-chat/natter/bench/wsclient"
 )
 
 type config struct {
@@ -210,7 +212,7 @@ type client struct {
 	user    string
 	edge    int // the index of its address in -addr
 	room    string
-	conn    *wsConn
+	conn    *wsclient.Conn
 	lastSeq atomic.Uint64 // natter: the newest seq received
 	joined  chan struct{} // natter: closed at joined
 	// ended is closed when the connection's reader returns, refused at
@@ -465,7 +467,7 @@ func dial(ctx context.Context, c config, cl *client) error {
 	if c.Target == "natter" {
 		path += "?user=" + cl.user
 	}
-	conn, err := dialWS(ctx, src, addr, path)
+	conn, err := wsclient.Dial(ctx, src, addr, path)
 	if err != nil {
 		return fmt.Errorf("%s: %w", cl.user, err)
 	}
@@ -485,8 +487,8 @@ func read(c config, cl *client, st *stats) {
 	for {
 		data, err := conn.ReadMessage()
 		if err != nil {
-			var ce *closeError
-			if errors.As(err, &ce) && ce.code != websocket.CloseNormalClosure {
+			var ce *wsclient.CloseError
+			if errors.As(err, &ce) && ce.Code != websocket.CloseNormalClosure {
 				st.closed.Add(1)
 			}
 			return

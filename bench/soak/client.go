@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/natter-chat/natter/bench/wsclient"
 )
 
 // membership is a client's stay in a room: from its first joined to its
@@ -45,7 +47,7 @@ type pendingPost struct {
 
 // connState is one connection of a client, read by its own goroutine.
 type connState struct {
-	ws      *wsConn
+	ws      *wsclient.Conn
 	answers chan *event   // answers to the client's requests, and welcome
 	done    chan struct{} // closed when the reader has ended
 	edge    string        // the edge's address
@@ -96,7 +98,7 @@ func (c *client) newIDLocked(prefix string) string {
 func (c *client) connect(ctx context.Context, addr string) (*connState, error) {
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	ws, err := dialWS(dctx, c.src, addr, "/ws?user="+c.user)
+	ws, err := wsclient.Dial(dctx, c.src, addr, "/ws?user="+c.user)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", c.user, err)
 	}
@@ -389,9 +391,9 @@ func (c *client) read(cs *connState) {
 	for {
 		data, err := cs.ws.ReadMessage()
 		if err != nil {
-			var ce *closeError
+			var ce *wsclient.CloseError
 			if errors.As(err, &ce) {
-				cs.code = ce.code
+				cs.code = ce.Code
 			}
 			if !cs.ours.Load() {
 				g.cnt.serverCloses.Add(1)

@@ -1,4 +1,8 @@
-package main
+// Package wsclient is the load tools' end of a WebSocket (RFC 6455),
+// written by hand: gorilla's Dialer cost the generator a third of its CPU
+// per connect and made it, not the server, the limit of the connect rate.
+// loadgen and the soak both use it.
+package wsclient
 
 import (
 	"bufio"
@@ -17,13 +21,10 @@ import (
 	"time"
 )
 
-// wsConn is the generator's end of a WebSocket (RFC 6455), written by
-// hand as loadgen/wsclient.go is (gorilla's Dialer cost a third of the
-// generator's CPU per connect). It is a copy, loadgen being a command of
-// its own, with two changes: a read buffer kept between frames (the
-// room of 1,000 brings the soak a million events a second for an hour)
-// and a clean close.
-type wsConn struct {
+// Conn is one client connection: one reader and any number of writers.
+// The read buffer is kept between frames, so a message read is valid
+// until the next ReadMessage.
+type Conn struct {
 	c    net.Conn
 	br   *bufio.Reader // only the reader uses it
 	rbuf []byte        // only the reader uses it: the last message read
@@ -33,13 +34,13 @@ type wsConn struct {
 	key  uint32 // guarded by wmu: the next mask key
 }
 
-// closeError is a close frame from the server, with its code.
-type closeError struct{ code int }
+// CloseError is a close frame from the server, with its code.
+type CloseError struct{ Code int }
 
-func (e *closeError) Error() string { return fmt.Sprintf("websocket: close %d", e.code) }
+func (e *CloseError) Error() string { return fmt.Sprintf("websocket: close %d", e.Code) }
 
-// dialWS opens a WebSocket to ws://addr+path from src (nil: any).
-func dialWS(ctx context.Context, src *net.TCPAddr, addr, path string) (*wsConn, error) {
+// Dial opens a WebSocket to ws://addr+path from src (nil: any).
+func Dial(ctx context.Context, src *net.TCPAddr, addr, path string) (*Conn, error) {
 	d := net.Dialer{Timeout: 30 * time.Second}
 	if src != nil {
 		d.LocalAddr = src // a nil *TCPAddr in the interface would not be nil
@@ -56,7 +57,7 @@ func dialWS(ctx context.Context, src *net.TCPAddr, addr, path string) (*wsConn, 
 	return w, nil
 }
 
-func handshake(c net.Conn, addr, path string) (*wsConn, error) {
+func handshake(c net.Conn, addr, path string) (*Conn, error) {
 	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
 	var nonce [16]byte
 	binary.LittleEndian.PutUint64(nonce[:], rand.Uint64())
@@ -99,11 +100,11 @@ func handshake(c net.Conn, addr, path string) (*wsConn, error) {
 		return nil, errors.New("handshake: no or wrong Sec-WebSocket-Accept")
 	}
 	_ = c.SetDeadline(time.Time{})
-	return &wsConn{c: c, br: br, key: rand.Uint32()}, nil
+	return &Conn{c: c, br: br, key: rand.Uint32()}, nil
 }
 
 // WriteText sends one text message, masked as a client's must be.
-func (w *wsConn) WriteText(p []byte) error {
+func (w *Conn) WriteText(p []byte) error {
 	w.wmu.Lock()
 	defer w.wmu.Unlock()
 	return w.writeLocked(0x1, p)
@@ -111,7 +112,7 @@ func (w *wsConn) WriteText(p []byte) error {
 
 // CloseNormal sends a close frame with 1000 and closes the connection
 // without waiting for the server's echo: the reader sees it or an error.
-func (w *wsConn) CloseNormal() error {
+func (w *Conn) CloseNormal() error {
 	w.wmu.Lock()
 	err := w.writeLocked(0x8, []byte{0x03, 0xE8})
 	w.wmu.Unlock()
@@ -120,7 +121,7 @@ func (w *wsConn) CloseNormal() error {
 	return err
 }
 
-func (w *wsConn) writeLocked(op byte, p []byte) error {
+func (w *Conn) writeLocked(op byte, p []byte) error {
 	b := append(w.wbuf[:0], 0x80|op)
 	switch n := len(p); {
 	case n <= 125:
@@ -148,8 +149,8 @@ func (w *wsConn) writeLocked(op byte, p []byte) error {
 
 // ReadMessage returns the next data message, its fragments joined; it is
 // valid until the next call. It answers pings; a close frame ends it with
-// a *closeError.
-func (w *wsConn) ReadMessage() ([]byte, error) {
+// a *CloseError.
+func (w *Conn) ReadMessage() ([]byte, error) {
 	msg := w.rbuf[:0]
 	for {
 		var head [2]byte
@@ -186,7 +187,7 @@ func (w *wsConn) ReadMessage() ([]byte, error) {
 				if len(p) >= 2 {
 					code = int(binary.BigEndian.Uint16(p))
 				}
-				return nil, &closeError{code: code}
+				return nil, &CloseError{Code: code}
 			case 0x9: // ping: pong, as gorilla's client does
 				w.wmu.Lock()
 				err := w.writeLocked(0xA, p)
@@ -211,4 +212,4 @@ func (w *wsConn) ReadMessage() ([]byte, error) {
 
 // Close closes the connection without a close frame: to the server, a
 // client whose network went away.
-func (w *wsConn) Close() error { return w.c.Close() }
+func (w *Conn) Close() error { return w.c.Close() }
