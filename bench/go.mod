@@ -3,6 +3,7 @@ module github.com/natter-chat/natter/bench
 go 1.26.0
 
 require (
+	github.com/google/pprof v0.0.0-20261105003125-4bf881d7fb0b
 	github.com/gorilla/websocket v1.5.3
 	github.com/nats-io/nats.go v1.55.0
 	gonum.org/v1/plot v0.17.0

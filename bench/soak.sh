@@ -51,6 +51,7 @@ server_cpus=${SOAK_SERVER_CPUS:-0}
 server_procs=${SOAK_SERVER_PROCS:-1}
 gen_cpus=${SOAK_GEN_CPUS:-1}
 
+export CHAT_HISTORY_MAX_AGE=${CHAT_HISTORY_MAX_AGE:-10m}
 work=$(mktemp -d)
 server_pid=
 # shellcheck disable=SC2317 # called by the trap
@@ -101,9 +102,10 @@ single)
 	# As bench/run.sh: every message stored, the per-connection rate limit
 	# lifted (publishers send 100 a second), free ports, a fresh store.
 	CHAT_RATE_MESSAGES=0 CHAT_HTTP_ADDR=127.0.0.1:0 CHAT_NATS_ADDR=127.0.0.1:0 CHAT_DATA_DIR="$work/data" \
-		GOMAXPROCS=$server_procs taskset -c "$server_cpus" "$work/natter" >"$work/chat.log" 2>&1 &
+		CHAT_PPROF_ADDR=127.0.0.1:0 GOMAXPROCS=$server_procs taskset -c "$server_cpus" "$work/natter" >"$work/chat.log" 2>&1 &
 	server_pid=$!
-	http=$(await_log "$work/chat.log" 'listening http' "$server_pid" | sed 's/.* addr=\([^ ]*\).*/\1/')
+	pprof=chat=$(await_log "$work/chat.log" 'listener=pprof' "$server_pid" | sed 's/.* addr=\([^ ]*\).*/\1/')
+	http=$(grep 'listening http' "$work/chat.log" | grep -v -m 1 'listener=pprof' | sed 's/.* addr=\([^ ]*\).*/\1/')
 	nats_addr=$(await_log "$work/chat.log" 'listening nats' "$server_pid" | sed 's/.* addr=\([^ ]*\).*/\1/')
 	await_ready "$http"
 	addrs=$http
@@ -120,7 +122,8 @@ procs)
 	source bench/procs.sh
 	procs_build "$work"
 	# One NATS server, presence, two broadcasters, two edges.
-	PROCS_CPUS=$server_cpus GOMAXPROCS=$server_procs procs_up 2 2
+	CHAT_PPROF_ADDR=1 PROCS_CPUS=$server_cpus GOMAXPROCS=$server_procs procs_up 2 2
+	pprof=${PROCS_PPROF:-}
 	addrs=$PROCS_EDGES
 	nats_url=$PROCS_NATS_URL
 	procs=
@@ -138,7 +141,7 @@ echo "soak: $target for $duration; results in ${prefix#"$root"/}.*" >&2
 status=0
 # shellcheck disable=SC2086 # SOAK_FLAGS is a list of flags
 SOAK_COMMAND="bench/soak.sh $*" GOMAXPROCS=1 taskset -c "$gen_cpus" "$work/soak" -target "$target" \
-	-addr "$addrs" -nats "$nats_url" -procs "$procs" -duration "$duration" -out "$prefix" \
+	-addr "$addrs" -nats "$nats_url" -procs "$procs" -pprof "$pprof" -duration "$duration" -out "$prefix" \
 	-note "${SOAK_NOTE:-}" ${SOAK_FLAGS:-} || status=$?
 
 # What the server logged at warning and above, for the summary.

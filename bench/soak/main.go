@@ -54,6 +54,8 @@ type config struct {
 	sourceBase   int
 	out          string
 	lose         int64
+	pprof        string
+	heapEvery    time.Duration
 }
 
 func main() {
@@ -97,6 +99,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 	fs.IntVar(&c.sourceBase, "source-base", 201, "the last byte of the first source address")
 	fs.StringVar(&c.out, "out", "", "the results' path without extension: PREFIX.jsonl (samples), PREFIX.md, PREFIX-*.png")
 	fs.Int64Var(&c.lose, "lose", 0, "to see the check fail: forget one received room message in this many (0: none)")
+	fs.StringVar(&c.pprof, "pprof", "", "the server's pprof listeners, name=host:port,...: heap profiles every -heap-every and at the end, and the fit window's heap growth in the summary")
+	fs.DurationVar(&c.heapEvery, "heap-every", 10*time.Minute, "how often -pprof's heap profiles are taken")
 	redrawOnly := fs.Bool("charts", false, "only draw the charts of -out's samples again (with -sample, -fit, -warmup), and exit")
 	if err := fs.Parse(args); err != nil {
 		return 1, err
@@ -118,6 +122,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 	}
 	c.size = max(c.size, 48)
 	procs, err := parseProcs(c.procs)
+	if err != nil {
+		return 1, err
+	}
+	heapTargets, err := parsePProf(c.pprof)
 	if err != nil {
 		return 1, err
 	}
@@ -169,6 +177,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 	}
 	defer f.Close()
 	bw := bufio.NewWriter(f)
+	hp := newHeaps(heapTargets, c.heapEvery, c.out)
 	var samples []sample
 	tick := time.NewTicker(c.every)
 	for load.Err() == nil {
@@ -181,10 +190,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 			_, _ = bw.Write(append(line, '\n'))
 			_ = bw.Flush()
 			fmt.Fprintf(stderr, "soak: %5.0fs %s\n", s.T, brief(s))
+			hp.due(ctx, s.T)
 		}
 	}
 	tick.Stop()
 	ran := time.Since(smp.start)
+	if len(samples) > 0 {
+		hp.end(context.Background(), ran.Seconds(), samples[len(samples)-1].T)
+	}
 
 	fmt.Fprintln(stderr, "soak: load over; the clients away come back, the posts get their acks")
 	settled := make(chan struct{})
@@ -211,12 +224,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 		pass = false
 		why = append(why, fmt.Sprintf("%d duplicate and %d out-of-order room deliveries: seqs must strictly increase for every member", result.Duplicates, result.OutOfOrder))
 	}
+	heapGrowths, heapErrs := hp.growths(from, 8)
 	files, err := charts(c.out, c.every, samples, ds)
 	if err != nil {
 		fmt.Fprintln(stderr, "soak:", err)
 	}
 	rep := report{cfg: c, command: os.Getenv("SOAK_COMMAND"), started: started, ran: ran, samples: samples,
-		from: from, to: to, drifts: ds, check: result, pass: pass, why: why, errs: g.errs.top(20), notes: g.notes.list(), charts: files}
+		from: from, to: to, drifts: ds, check: result, pass: pass, why: why, errs: g.errs.top(20), notes: g.notes.list(), charts: files,
+		heaps: heapGrowths, heapFiles: hp.taken, heapErrs: append(hp.errs, heapErrs...)}
 	if rep.command == "" {
 		rep.command = "soak " + strings.Join(args, " ")
 	}

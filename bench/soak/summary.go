@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
@@ -24,6 +25,11 @@ type report struct {
 	errs     []string
 	notes    []string
 	charts   []string
+	// heaps is each profiled process's heap growth over the fit window;
+	// heapFiles every profile taken.
+	heaps     []heapGrowth
+	heapFiles []heapProfile
+	heapErrs  []string
 }
 
 // writeSummary writes the Markdown summary of a run.
@@ -96,6 +102,8 @@ func writeSummary(w io.Writer, r report) {
 		fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s |\n", d.Proc, d.Series, d.Samples, mean, fmtPct(d.Pct10m), yes(d.Pass))
 	}
 
+	writeHeaps(w, r)
+
 	fmt.Fprintln(w, "\n## Over the run")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| | first sample | last sample | mean | max |")
@@ -143,6 +151,37 @@ func writeSummary(w io.Writer, r report) {
 		for _, f := range r.charts {
 			fmt.Fprintf(w, "![%s](%s)\n\n", strings.TrimSuffix(f, ".png"), f)
 		}
+	}
+}
+
+// writeHeaps says what each profiled process's heap gained over the
+// fit window, and where: the allocation sites that gained most.
+func writeHeaps(w io.Writer, r report) {
+	if len(r.heapFiles) == 0 && len(r.heapErrs) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\n## Heap growth (in use after a collection, /debug/pprof/heap?gc=1)")
+	fmt.Fprintln(w)
+	for _, g := range r.heaps {
+		fmt.Fprintf(w, "**%s**, minute %.1f to %.1f: %.1f to %.1f MiB in use (%+.2f MiB), %s to %s objects. `go tool pprof -top -diff_base %s %s`; the sites that gained most (innermost frames outside the runtime):\n\n",
+			g.name, g.base.t/60, g.last.t/60, float64(g.inuse0)/(1<<20), float64(g.inuse1)/(1<<20), float64(g.inuse1-g.inuse0)/(1<<20),
+			thousands(float64(g.objs0)), thousands(float64(g.objs1)), filepath.Base(g.base.file), filepath.Base(g.last.file))
+		fmt.Fprintln(w, "| MiB | allocation site |")
+		fmt.Fprintln(w, "| --- | --- |")
+		for _, s := range g.sites {
+			fmt.Fprintf(w, "| %+.2f | `%s` |\n", float64(s.bytes)/(1<<20), s.site)
+		}
+		fmt.Fprintln(w)
+	}
+	var names []string
+	for _, p := range r.heapFiles {
+		names = append(names, filepath.Base(p.file))
+	}
+	if len(names) > 0 {
+		fmt.Fprintf(w, "Profiles: %s.\n", strings.Join(names, ", "))
+	}
+	for _, e := range r.heapErrs {
+		fmt.Fprintf(w, "- profile not taken or read: %s\n", e)
 	}
 }
 
