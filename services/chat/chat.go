@@ -7,8 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -36,9 +34,9 @@ type Config struct {
 	HTTPAddr string `envconfig:"HTTP_ADDR" default:":8080" desc:"HTTP listen address of the page, /ws and the operational endpoints"`
 	EdgeID   string `envconfig:"EDGE_ID" default:"" desc:"the edge's name on NATS; empty picks a random one"`
 	NATSLogs bool   `envconfig:"NATS_LOGS" default:"false" desc:"log the embedded NATS server's own messages (with service=nats, in CHAT_LOG_FORMAT, from CHAT_LOG_LEVEL)"`
-	PProf    string `envconfig:"PPROF_ADDR" default:"" desc:"address of a net/http/pprof listener for profiling (empty: none); keep it on loopback"`
 	config.NATS
 	config.Log
+	config.Profiling
 	config.Embedded
 	config.Limits
 	config.Web
@@ -159,10 +157,8 @@ func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error
 	if err != nil {
 		return nil, err
 	}
-	if cfg.PProf != "" {
-		if m.pprof, err = ops.Listen(cfg.PProf, m.log.With("listener", "pprof")); err != nil {
-			return nil, err
-		}
+	if m.pprof, err = ops.ListenPProf(cfg.PProfAddr, m.log); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
@@ -208,14 +204,8 @@ func (m *Main) Run(ctx context.Context) error {
 	presence := m.start("presence", m.presence.Run, f)
 	front := []*part{}
 	if m.pprof != nil {
-		mux := http.NewServeMux()
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-		log := m.log.With("listener", "pprof")
 		front = append(front, m.start("pprof", func(ctx context.Context) error {
-			return ops.Serve(ctx, m.pprof, mux, time.Second, log)
+			return ops.ServePProf(ctx, m.pprof, m.log)
 		}, f))
 	}
 	// Posts need a broadcaster: the edge serves once one takes them (the

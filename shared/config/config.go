@@ -77,6 +77,11 @@ type Replication struct {
 	Replicas int `envconfig:"STREAM_REPLICAS" default:"1" desc:"replicas of the room and dm streams and of the presence bucket, created or updated to it at start (3 on a three-node NATS cluster); more than the cluster has servers is refused at start"`
 }
 
+// Profiling is the optional net/http/pprof listener every binary has.
+type Profiling struct {
+	PProfAddr string `envconfig:"PPROF_ADDR" default:"" desc:"address of a net/http/pprof listener for profiling (empty: none); keep it on loopback"`
+}
+
 // Log is how a process logs (docs/operations.md); ops.NewLogger
 // refuses any other value.
 type Log struct {

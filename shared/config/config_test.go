@@ -16,6 +16,7 @@ type everyGroup struct {
 	Presence
 	Retention
 	Replication
+	Profiling
 	Log
 }
 

@@ -1,9 +1,10 @@
 // Package ops serves the operational endpoints every natter service has:
-// /healthz, /readyz and /metrics, runs HTTP servers that log their address
-// and stop with their context, asks a service's /readyz for its
-// healthcheck subcommand, builds each process's logger (CHAT_LOG_FORMAT,
-// CHAT_LOG_LEVEL), and registers a service with the NATS services
-// framework with the build's version (micro.go).
+// /healthz, /readyz and /metrics, and /debug/pprof/ on a listener of its
+// own when CHAT_PPROF_ADDR is set (pprof.go). It runs HTTP servers that
+// log their address and stop with their context, asks a service's
+// /readyz for its healthcheck subcommand, builds each process's logger
+// (CHAT_LOG_FORMAT, CHAT_LOG_LEVEL), and registers a service with the
+// NATS services framework with the build's version (micro.go).
 package ops
 
 import (
