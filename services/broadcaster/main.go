@@ -22,6 +22,7 @@ type Config struct {
 	MaxTextChars int    `envconfig:"MAX_TEXT_CHARS" default:"4000" desc:"longest message text in Unicode code points"`
 	config.NATS
 	config.Log
+	config.Profiling
 	config.Retention
 	config.Replication
 }
@@ -56,5 +57,5 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return ops.RunService(ctx, cfg.HTTPAddr, b.Ready, reg, log, b.Run)
+	return ops.RunService(ctx, cfg.HTTPAddr, cfg.PProfAddr, b.Ready, reg, log, b.Run)
 }

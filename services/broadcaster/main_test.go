@@ -114,3 +114,7 @@ func TestNotReadyUntilServing(t *testing.T) {
 func TestRunLogSettings(t *testing.T) {
 	servicetest.CheckLogSettings(t, run, natstest.Start(t).ClientURL(), "broadcaster")
 }
+
+// CHAT_PPROF_ADDR, empty by default, opens no listener; set, a listener
+// of its own serves /debug/pprof/heap and the HTTP address does not.
+func TestPProf(t *testing.T) { servicetest.CheckPProf(t, run, natstest.Start(t).ClientURL()) }

@@ -10,6 +10,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/natter-chat/natter/services/edge/edge"
 	"github.com/natter-chat/natter/shared/config"
 	"github.com/natter-chat/natter/shared/natsconn"
@@ -23,6 +25,7 @@ type Config struct {
 	EdgeID   string `envconfig:"EDGE_ID" default:"" desc:"the edge's name on NATS; empty picks a random one"`
 	config.NATS
 	config.Log
+	config.Profiling
 	config.Limits
 	config.Web
 }
@@ -60,5 +63,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return e.Run(ctx, ln)
+	// After the HTTP listener: the first listening line stays the edge's.
+	pprof, err := ops.ListenPProf(cfg.PProfAddr, log)
+	if err != nil {
+		_ = ln.Close()
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return e.Run(gctx, ln) })
+	g.Go(func() error { return ops.ServePProf(gctx, pprof, log) })
+	return g.Wait()
 }

@@ -97,3 +97,7 @@ func TestRunArguments(t *testing.T) { servicetest.CheckArguments(t, run, "127.0.
 func TestRunLogSettings(t *testing.T) {
 	servicetest.CheckLogSettings(t, run, natstest.Start(t).ClientURL(), "edge")
 }
+
+// CHAT_PPROF_ADDR, empty by default, opens no listener; set, a listener
+// of its own serves /debug/pprof/heap and the HTTP address does not.
+func TestPProf(t *testing.T) { servicetest.CheckPProf(t, run, natstest.Start(t).ClientURL()) }

@@ -22,6 +22,7 @@ type Config struct {
 	ID       string `envconfig:"PRESENCE_ID" default:"" desc:"the replica's name in logs and in the leader key; empty picks a random one"`
 	config.NATS
 	config.Log
+	config.Profiling
 	config.Presence
 	config.Replication
 }
@@ -56,5 +57,5 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return ops.RunService(ctx, cfg.HTTPAddr, p.Ready, reg, log, p.Run)
+	return ops.RunService(ctx, cfg.HTTPAddr, cfg.PProfAddr, p.Ready, reg, log, p.Run)
 }

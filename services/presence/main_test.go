@@ -70,3 +70,7 @@ func TestRunRefusesReplicas(t *testing.T) {
 func TestRunLogSettings(t *testing.T) {
 	servicetest.CheckLogSettings(t, run, natstest.Start(t).ClientURL(), "presence")
 }
+
+// CHAT_PPROF_ADDR, empty by default, opens no listener; set, a listener
+// of its own serves /debug/pprof/heap and the HTTP address does not.
+func TestPProf(t *testing.T) { servicetest.CheckPProf(t, run, natstest.Start(t).ClientURL()) }

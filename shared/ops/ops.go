@@ -91,9 +91,12 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler, timeout time.Du
 }
 
 // RunService runs a service that has no HTTP of its own: it serves
-// /healthz, /readyz and /metrics on addr next to run, until ctx ends or
-// either fails, and returns after both have stopped.
-func RunService(ctx context.Context, addr string, ready func() bool, reg *prometheus.Registry, log *slog.Logger,
+// /healthz, /readyz and /metrics on addr next to run, and the pprof
+// endpoints on pprofAddr when it is set (ListenPProf), until ctx ends or
+// one of them fails, and returns after all have stopped. The pprof
+// listener opens after addr's, so that the first listening line is
+// still the service's own.
+func RunService(ctx context.Context, addr, pprofAddr string, ready func() bool, reg *prometheus.Registry, log *slog.Logger,
 	run func(context.Context) error) error {
 	mux := http.NewServeMux()
 	Handle(mux, ready, reg)
@@ -101,8 +104,14 @@ func RunService(ctx context.Context, addr string, ready func() bool, reg *promet
 	if err != nil {
 		return err
 	}
+	pprof, err := ListenPProf(pprofAddr, log)
+	if err != nil {
+		_ = ln.Close()
+		return err
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return run(gctx) })
 	g.Go(func() error { return Serve(gctx, ln, mux, 2*time.Second, log) })
+	g.Go(func() error { return ServePProf(gctx, pprof, log) })
 	return g.Wait()
 }
