@@ -4,7 +4,8 @@
 # JetStream (no auth, on a free port of 127.0.0.1, its store in the work
 # directory), one presence, N broadcasters (one queue group) and M edges,
 # each service with an HTTP address of its own on 127.0.0.1 (a free port,
-# read from its "listening http" log line) and CHAT_RATE_MESSAGES=0.
+# read from its "listening http" log line, the one without
+# listener=pprof) and CHAT_RATE_MESSAGES=0.
 #
 #   source bench/procs.sh
 #   trap 'procs_down' EXIT          # or call procs_down from your own trap
@@ -29,6 +30,9 @@
 #   PROCS_ADDRS        array of their addresses: NATS's client address,
 #                      the services' HTTP address (/readyz, /metrics)
 #   PROCS_PIDLIST      name=pid,... of all of them (loadgen -pid)
+#   PROCS_PPROF        name=host:port,... of every service's pprof listener
+#                      (/debug/pprof/), presence first, when CHAT_PPROF_ADDR
+#                      is set; empty when it is not
 #   PROCS_LOGS         the directory of their logs, <name>.log
 # Each edge's CHAT_EDGE_ID is its name (edge-1, ...). procs_pid NAME
 # prints one pid.
@@ -41,6 +45,10 @@
 #                      except CHAT_NATS_URL, CHAT_HTTP_ADDR and CHAT_EDGE_ID,
 #                      which procs_up sets; CHAT_RATE_MESSAGES defaults
 #                      to 0 (no per-connection limit) unless set
+#   CHAT_PPROF_ADDR    any value but empty gives each service a pprof
+#                      listener of its own, on a free port of 127.0.0.1
+#                      (CHAT_PPROF_ADDR=127.0.0.1:0), read from its log
+#                      into PROCS_PPROF; unset or empty: none
 # A second procs_up needs a procs_down first. The NATS store is emptied
 # at each procs_up: every run starts from no stream.
 
@@ -50,11 +58,17 @@ PROCS_DIR=
 PROCS_NATS_URL=
 PROCS_EDGES=
 PROCS_PIDLIST=
+PROCS_PPROF=
 PROCS_LOGS=
 PROCS_EDGE_ADDRS=()
 PROCS_NAMES=()
 PROCS_PIDS=()
 PROCS_ADDRS=()
+
+# _PROCS_PPROF_RE matches the pprof listener's "listening http" line, in
+# text (listener=pprof) or JSON ("listener":"pprof"): the service's own
+# line is the one that does not match it.
+_PROCS_PPROF_RE='listener=pprof|"listener":"pprof"'
 
 # procs_build WORKDIR: builds the four binaries into WORKDIR/bin, the NATS
 # server from the version the shared module requires.
@@ -109,6 +123,15 @@ procs_up() {
 	for i in "${!PROCS_NAMES[@]}"; do
 		PROCS_PIDLIST+=${PROCS_PIDLIST:+,}${PROCS_NAMES[$i]}=${PROCS_PIDS[$i]}
 	done
+	PROCS_PPROF=
+	if [ -n "${CHAT_PPROF_ADDR:-}" ]; then
+		local name
+		for name in "${PROCS_NAMES[@]}"; do
+			[ "$name" != nats ] || continue
+			addr=$(_procs_await_listen "$name" pprof) || { _procs_fail "$name has no pprof listener"; return 1; }
+			PROCS_PPROF+=${PROCS_PPROF:+,}$name=$addr
+		done
+	fi
 	# A fresh presence announces once it has heard from every edge (a
 	# heartbeat interval): joins before that are not announced.
 	_procs_await_metric presence 'natter_presence_active 1' ||
@@ -138,7 +161,7 @@ procs_down() {
 		for i in "${pids[@]}"; do wait "$i" 2>/dev/null || true; done
 	done
 	PROCS_NAMES=() PROCS_PIDS=() PROCS_ADDRS=() PROCS_EDGE_ADDRS=()
-	PROCS_EDGES='' PROCS_PIDLIST='' PROCS_NATS_URL=''
+	PROCS_EDGES='' PROCS_PIDLIST='' PROCS_PPROF='' PROCS_NATS_URL=''
 }
 
 # procs_pid NAME prints NAME's pid.
@@ -166,23 +189,41 @@ _procs_start() { # name command args...
 }
 
 _procs_start_service() { # name binary
+	# Each its own port: one address for all would let only the first
+	# listen. Unset or empty, it stays as it is.
+	if [ -n "${CHAT_PPROF_ADDR:-}" ]; then local -x CHAT_PPROF_ADDR=127.0.0.1:0; fi
 	CHAT_NATS_URL=$PROCS_NATS_URL CHAT_HTTP_ADDR=127.0.0.1:0 CHAT_RATE_MESSAGES=${CHAT_RATE_MESSAGES-0} \
 		_procs_start "$1" "$PROCS_DIR/bin/$2"
 }
 
-# _procs_await_log NAME TEXT prints the first line of NAME's log holding
-# TEXT, once there is one; status 1 if the process ends or time runs out.
+# _procs_await_log NAME TEXT [[-v] ERE] prints the first line of NAME's
+# log holding TEXT and matching the extended regexp ERE (with -v, not
+# matching it), once there is one; status 1 if the process ends or time
+# runs out.
 _procs_await_log() {
 	local name=$1 text=$2 pid line deadline=$((SECONDS + ${PROCS_READY_TIMEOUT:-60}))
+	local filter=(-E -e "${3-}") # the empty ERE matches any line
+	if [ "${3-}" = -v ]; then filter=(-v -E -e "$4"); fi
 	pid=$(procs_pid "$name")
 	while [ $SECONDS -lt $deadline ] && kill -0 "$pid" 2>/dev/null; do
-		if line=$(grep -m 1 -F -- "$text" "$PROCS_LOGS/$name.log"); then
+		if line=$(grep -F -- "$text" "$PROCS_LOGS/$name.log" | grep -m 1 "${filter[@]}"); then
 			echo "$line"
 			return
 		fi
 		sleep 0.05
 	done
 	return 1
+}
+
+# _procs_await_listen NAME http|pprof prints the address of NAME's
+# "listening http" line: for pprof the pprof listener's, for http the
+# service's own, never the pprof one.
+_procs_await_listen() {
+	local line filter=(-v "$_PROCS_PPROF_RE")
+	if [ "$2" = pprof ]; then filter=("$_PROCS_PPROF_RE"); fi
+	line=$(_procs_await_log "$1" 'listening http ' "${filter[@]}") || return 1
+	line=${line#*listening http }
+	echo "${line%%[\" ]*}"
 }
 
 _procs_addr() { # name
@@ -198,13 +239,11 @@ _procs_addr() { # name
 # _procs_await_ready reads the HTTP address of every service without one
 # yet and waits until its /readyz answers 200.
 _procs_await_ready() {
-	local i name line addr
+	local i name addr
 	for i in "${!PROCS_NAMES[@]}"; do
 		name=${PROCS_NAMES[$i]}
 		if [ "$name" = nats ] || [ -n "${PROCS_ADDRS[$i]}" ]; then continue; fi
-		line=$(_procs_await_log "$name" 'listening http ') || { _procs_fail "$name did not listen"; return 1; }
-		addr=${line#*listening http }
-		addr=${addr%%[\" ]*}
+		addr=$(_procs_await_listen "$name" http) || { _procs_fail "$name did not listen"; return 1; }
 		PROCS_ADDRS[i]=$addr
 		local deadline=$((SECONDS + ${PROCS_READY_TIMEOUT:-60}))
 		until curl -fsS -o /dev/null --max-time 2 "http://$addr/readyz" 2>/dev/null; do
