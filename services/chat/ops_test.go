@@ -41,6 +41,20 @@ func TestPageAndOpsEndpoints(t *testing.T) {
 	}
 }
 
+// With CHAT_PPROF_ADDR the profiles are served on a listener of their
+// own, logged with listener=pprof, and not on the HTTP address.
+func TestPProf(t *testing.T) {
+	t.Setenv("CHAT_PPROF_ADDR", "127.0.0.1:0")
+	base, logs, _ := runLogged(t)
+	pprof := logs.Await(t, "pprof", wait)
+	if code, _ := get(t, "http://"+pprof+"/debug/pprof/heap"); code != http.StatusOK {
+		t.Errorf("GET /debug/pprof/heap on %s: %d", pprof, code)
+	}
+	if code, _ := get(t, base+"/debug/pprof/heap"); code != http.StatusNotFound {
+		t.Errorf("GET /debug/pprof/heap on the HTTP address %s: %d, want 404", base, code)
+	}
+}
+
 // While NATS is away, sockets stay open, posts get unavailable and /readyz
 // says 503; when it is back, the same sockets chat again. Not parallel:
 // while NATS is down, a parallel test could be given its port.
@@ -147,7 +161,7 @@ func TestDefaultConfigIsTheContract(t *testing.T) {
 		cfg.PingInterval != 25*time.Second || cfg.PongTimeout != 60*time.Second ||
 		cfg.MaxMsgs != 10000 || cfg.MaxAge != 720*time.Hour || cfg.MaxBytes != 10<<30 || len(cfg.AllowedOrigins) != 0 ||
 		cfg.MaxMembers != 500 || cfg.MessageRate != 10 || cfg.MessageBurst != 20 || cfg.TypingEvery != time.Second ||
-		cfg.MaxConnsPerIP != 0 || cfg.AuthSecret != "" || cfg.Log.Format != "text" || cfg.Log.Level != "info" {
+		cfg.MaxConnsPerIP != 0 || cfg.AuthSecret != "" || cfg.Log.Format != "text" || cfg.Log.Level != "info" || cfg.PProfAddr != "" {
 		t.Fatalf("defaults %+v", cfg)
 	}
 	t.Setenv("CHAT_ALLOWED_ORIGINS", "https://a.example,https://b.example")
