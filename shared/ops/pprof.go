@@ -20,10 +20,10 @@ import (
 // (heap, goroutine) are waited for.
 const pprofStopTimeout = time.Second
 
-// PProfHandler serves net/http/pprof's endpoints under /debug/pprof/: the
+// pprofHandler serves net/http/pprof's endpoints under /debug/pprof/: the
 // index and the named profiles (heap, goroutine, allocs...), profile
 // (CPU), symbol and trace.
-func PProfHandler() http.Handler {
+func pprofHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -51,11 +51,12 @@ func ListenPProf(addr string, log *slog.Logger) (net.Listener, error) {
 	return ln, nil
 }
 
-// ServePProf serves PProfHandler on ln until ctx ends, as Serve does; a
-// nil ln (no CHAT_PPROF_ADDR) serves nothing and returns nil at once.
+// ServePProf serves the pprof endpoints on ln until ctx ends, as Serve
+// does; a nil ln (no CHAT_PPROF_ADDR) serves nothing and returns nil at
+// once.
 func ServePProf(ctx context.Context, ln net.Listener, log *slog.Logger) error {
 	if ln == nil {
 		return nil
 	}
-	return Serve(ctx, ln, PProfHandler(), pprofStopTimeout, pprofLog(log))
+	return Serve(ctx, ln, pprofHandler(), pprofStopTimeout, pprofLog(log))
 }
