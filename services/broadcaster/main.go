@@ -25,6 +25,7 @@ type Config struct {
 	config.Profiling
 	config.Retention
 	config.Replication
+	config.Files
 }
 
 func main() {
@@ -53,7 +54,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer natsconn.Drain(nc)
 	reg := ops.NewRegistry()
-	b, err := broadcaster.New(broadcaster.Config{Retention: cfg.Retention, MaxTextChars: cfg.MaxTextChars, Replicas: cfg.Replicas}, nc, log, reg)
+	b, err := broadcaster.New(broadcaster.Config{Retention: cfg.Retention, MaxTextChars: cfg.MaxTextChars, Replicas: cfg.Replicas, Files: cfg.Files}, nc, log, reg)
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/natter-chat/natter/services/presence/presence"
 	"github.com/natter-chat/natter/shared/config"
 	"github.com/natter-chat/natter/shared/embedded"
+	"github.com/natter-chat/natter/shared/files"
 	"github.com/natter-chat/natter/shared/natsconn"
 	"github.com/natter-chat/natter/shared/ops"
 	"github.com/natter-chat/natter/shared/store"
@@ -43,6 +44,7 @@ type Config struct {
 	config.Retention
 	config.Presence
 	config.Replication
+	config.Files
 }
 
 func loadConfig(cfg *Config) error { return config.Load(cfg) }
@@ -123,13 +125,17 @@ func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error
 		return nil, err
 	}
 
-	// The stream must exist before the edge takes its first join.
+	// The streams must exist before the edge takes its first join, and
+	// the file bucket before its first upload.
 	js, err := jetstream.New(bNC)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	_, err = store.EnsureStream(sctx, js, cfg.Retention, cfg.Replicas)
+	if err == nil {
+		_, err = files.EnsureBucket(sctx, js, files.BucketConfig(cfg.Files, cfg.Retention, cfg.Replicas))
+	}
 	cancel()
 	if err != nil {
 		if refused := store.ReplicasRefused(err, cfg.Replicas, bNC); refused != nil {
@@ -139,12 +145,12 @@ func Open(ctx context.Context, cfg Config, logOut io.Writer) (_ *Main, err error
 	}
 
 	reg := ops.NewRegistry()
-	m.broadcaster, err = broadcaster.New(broadcaster.Config{Retention: cfg.Retention, MaxTextChars: cfg.MaxTextChars, Replicas: cfg.Replicas},
+	m.broadcaster, err = broadcaster.New(broadcaster.Config{Retention: cfg.Retention, MaxTextChars: cfg.MaxTextChars, Replicas: cfg.Replicas, Files: cfg.Files},
 		bNC, m.service("broadcaster"), reg)
 	if err != nil {
 		return nil, err
 	}
-	m.edge, err = edge.New(edge.Config{ID: cfg.EdgeID, Limits: cfg.Limits, Web: cfg.Web},
+	m.edge, err = edge.New(edge.Config{ID: cfg.EdgeID, Limits: cfg.Limits, Web: cfg.Web, Files: cfg.Files},
 		m.edgeNC, web.FS(), m.service("edge"), reg)
 	if err != nil {
 		return nil, err

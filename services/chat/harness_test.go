@@ -76,8 +76,14 @@ func startBroadcasterWith(t *testing.T, ns *server.Server, r config.Retention) *
 // startBroadcasterOn is startBroadcaster on the connection nc.
 func startBroadcasterOn(t *testing.T, nc *nats.Conn, r config.Retention) *prometheus.Registry {
 	t.Helper()
+	return startBroadcasterCfg(t, nc, broadcaster.Config{Retention: r, Replicas: 1})
+}
+
+// startBroadcasterCfg is startBroadcaster on the connection nc, with cfg.
+func startBroadcasterCfg(t *testing.T, nc *nats.Conn, cfg broadcaster.Config) *prometheus.Registry {
+	t.Helper()
 	reg := prometheus.NewRegistry()
-	b, err := broadcaster.New(broadcaster.Config{Retention: r, Replicas: 1}, nc, quietLog(), reg)
+	b, err := broadcaster.New(cfg, nc, quietLog(), reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,6 +172,7 @@ type event struct {
 	To        string          `json:"to"`
 	DM        string          `json:"dm"`
 	Text      string          `json:"text"`
+	File      *fileRef        `json:"file"`
 	ID        json.RawMessage `json:"id"`
 	Seq       *uint64         `json:"seq"`
 	TS        *int64          `json:"ts"`
@@ -516,6 +523,14 @@ func mustURL(t *testing.T, s string) *url.URL {
 		t.Fatal(err)
 	}
 	return u
+}
+
+// fileRef is the file a message or dm carries.
+type fileRef struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+	Type string `json:"type"`
 }
 
 // conversation is one entry of a dms answer.

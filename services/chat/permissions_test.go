@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -181,6 +183,47 @@ func TestDeployPermissions(t *testing.T) {
 	if w := bob.expect("who"); !slices.Equal(w.Users, []string{"alice", "bob"}) {
 		t.Fatalf("who: %s", w.raw)
 	}
+	// Files: an upload shared in the room and read back; a bot's file,
+	// put into the bucket as `nats object put` does, shared by a post.
+	up := upload(t, e.url, "room=lobby&user=alice", "a.png", bytes.NewReader(pngBytes), nil)
+	if up.status != http.StatusCreated {
+		t.Fatalf("upload: %d %+v", up.status, up)
+	}
+	alice.acked(map[string]any{"type": "message", "room": "lobby", "file": up.File, "id": "f1"}, "f1")
+	if ev := bob.expect("message"); ev.File == nil || ev.File.ID != up.File {
+		t.Fatalf("bob: %s", ev.raw)
+	}
+	if resp, body := fetch(t, e.url, up.File, nil); resp.StatusCode != http.StatusOK || !bytes.Equal(body, pngBytes) {
+		t.Fatalf("download: %d", resp.StatusCode)
+	}
+	var filev violations
+	botNC, err := nats.Connect(ns.ClientURL(), nats.UserInfo("bot", "bot-secret"), nats.ErrorHandler(filev.handler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer botNC.Close()
+	botJS, err := jetstream.New(botNC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs, err := botJS.ObjectStore(context.Background(), "CHAT_FILES")
+	if err != nil {
+		t.Fatalf("the bot's bucket: %v", err)
+	}
+	const botFile = "weekly-report-2026-12-07-chart-png"
+	if _, err := obs.PutBytes(context.Background(), botFile, gifBytes); err != nil {
+		t.Fatalf("the bot's put: %v", err)
+	}
+	reply, err := botNC.Request("chat.in.room.lobby", []byte(`{"from":"reporter","text":"this week","file":"`+botFile+`"}`), wait)
+	if err != nil || !strings.Contains(string(reply.Data), `"seq"`) {
+		t.Fatalf("the bot's share: %v %s", err, reply.Data)
+	}
+	if ev := bob.expect("message"); ev.File == nil || ev.File.ID != botFile || ev.File.Type != "image/gif" {
+		t.Fatalf("bob, the bot's file: %s", ev.raw)
+	}
+	if resp, body := fetch(t, e.url, botFile, nil); resp.StatusCode != http.StatusOK || !bytes.Equal(body, gifBytes) {
+		t.Fatalf("download of the bot's file: %d", resp.StatusCode)
+	}
 	// The observer saw the traffic: posts, stored messages, dms, typing.
 	seen := map[string]bool{}
 	deadline := time.After(wait)
@@ -196,7 +239,7 @@ func TestDeployPermissions(t *testing.T) {
 			t.Fatalf("the observer saw %v", seen)
 		}
 	}
-	for name, v := range map[string]*violations{"broadcaster": &bv, "presence": &pv, "edge": &ev} {
+	for name, v := range map[string]*violations{"broadcaster": &bv, "presence": &pv, "edge": &ev, "bot": &filev} {
 		if errs := v.list(); len(errs) > 0 {
 			t.Errorf("%s hit permission errors while working: %v", name, errs)
 		}
@@ -268,8 +311,8 @@ func TestDeployPermissions(t *testing.T) {
 	}
 	// Nothing the forbidden publishes tried was stored or delivered.
 	bnc := connectAs(t, ns, "broadcaster", nil)
-	if n := streamCount(t, bnc, "CHAT"); n != 1 {
-		t.Errorf("the room stream holds %d messages, want 1", n)
+	if n := streamCount(t, bnc, "CHAT"); n != 3 {
+		t.Errorf("the room stream holds %d messages, want 3 (the chat's: hello, alice's file, the bot's)", n)
 	}
 
 	// Replies cannot be aimed: an edge that receives its own typing
@@ -358,8 +401,8 @@ func TestDeployPermissions(t *testing.T) {
 	if _, err := kv.Get(context.Background(), "aimed"); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Errorf("presence answered who into its bucket: %v", err)
 	}
-	if n := streamCount(t, bnc, "CHAT"); n != 4 {
-		t.Errorf("the room stream holds %d messages after the aimed replies, want 4 (not purged, no answer stored)", n)
+	if n := streamCount(t, bnc, "CHAT"); n != 6 {
+		t.Errorf("the room stream holds %d messages after the aimed replies, want 6 (not purged, no answer stored)", n)
 	}
 	if err := watcher.Flush(); err != nil {
 		t.Fatal(err)

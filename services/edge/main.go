@@ -28,6 +28,7 @@ type Config struct {
 	config.Profiling
 	config.Limits
 	config.Web
+	config.Files
 }
 
 func main() {
@@ -55,7 +56,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer natsconn.Drain(nc)
-	e, err := edge.New(edge.Config{ID: cfg.EdgeID, Limits: cfg.Limits, Web: cfg.Web}, nc, web.FS(), log, ops.NewRegistry())
+	e, err := edge.New(edge.Config{ID: cfg.EdgeID, Limits: cfg.Limits, Web: cfg.Web, Files: cfg.Files}, nc, web.FS(), log, ops.NewRegistry())
 	if err != nil {
 		return err
 	}

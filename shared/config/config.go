@@ -71,6 +71,14 @@ type Retention struct {
 	MaxBytes int64         `envconfig:"HISTORY_MAX_BYTES" default:"10737418240" desc:"bytes kept in all (10 GiB)"`
 }
 
+// Files limits the files shared in rooms and dms (docs/protocol.md,
+// Files), kept in the object store bucket CHAT_FILES.
+type Files struct {
+	FileMaxBytes   int64         `envconfig:"FILE_MAX_BYTES" default:"10485760" desc:"largest file one upload may carry (10 MiB); past it, 413"`
+	BucketMaxBytes int64         `envconfig:"FILES_MAX_BYTES" default:"5368709120" desc:"bytes the file bucket CHAT_FILES keeps in all (5 GiB); an upload past it is refused with 507"`
+	UnsharedTTL    time.Duration `envconfig:"FILES_UNSHARED_TTL" default:"1h" desc:"an upload never shared in a message or dm is deleted this long after it ends"`
+}
+
 // Replication is how many copies of the streams and of the presence
 // bucket JetStream keeps.
 type Replication struct {

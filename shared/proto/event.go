@@ -54,9 +54,20 @@ type Message struct {
 	Room string `json:"room"`
 	From string `json:"from"`
 	Text string `json:"text"`
+	File *File  `json:"file,omitempty"`
 	ID   string `json:"id,omitempty"`
 	Seq  uint64 `json:"seq,omitempty"`
 	TS   int64  `json:"ts"`
+}
+
+// File is a shared file as a stored message or dm carries it: its ID
+// (GET /files/ID), its name, size in bytes, and the type the server found
+// in its first bytes.
+type File struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+	Type string `json:"type"`
 }
 
 // DM is a stored direct message. Like Message, it is stored without Seq
@@ -66,6 +77,7 @@ type DM struct {
 	From string `json:"from"`
 	To   string `json:"to"`
 	Text string `json:"text"`
+	File *File  `json:"file,omitempty"`
 	ID   string `json:"id,omitempty"`
 	Seq  uint64 `json:"seq,omitempty"`
 	TS   int64  `json:"ts"`
@@ -171,6 +183,7 @@ type Post struct {
 	To      string `json:"to,omitempty"`
 	From    string `json:"from"`
 	Text    string `json:"text"`
+	File    string `json:"file,omitempty"` // a file ID, to share
 	ID      string `json:"id,omitempty"`
 	Edge    string `json:"edge,omitempty"`
 	Session string `json:"session,omitempty"`

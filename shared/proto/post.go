@@ -9,10 +9,14 @@ import (
 const MaxTextChars = 4000
 
 // CheckPost applies the rules that edge and broadcaster both enforce on a
-// message: text not blank and at most maxChars code points, id at most
-// MaxIDBytes bytes. The broadcaster repeats them: it never trusts an edge.
-func CheckPost(text, id string, maxChars int) *Error {
-	if Blank(text) {
+// message: text not blank unless a file is shared, at most maxChars code
+// points, a well-formed file ID, id at most MaxIDBytes bytes. The
+// broadcaster repeats them: it never trusts an edge.
+func CheckPost(text, file, id string, maxChars int) *Error {
+	if file != "" && !ValidFileID(file) {
+		return errorf(CodeBadRequest, "file is not a file ID")
+	}
+	if file == "" && Blank(text) {
 		return errorf(CodeBadRequest, "text is blank")
 	}
 	if utf8.RuneCountInString(text) > maxChars {
@@ -26,8 +30,9 @@ func CheckPost(text, id string, maxChars int) *Error {
 
 // ParsePost decodes what an edge or a bot publishes on chat.in.room.<room>
 // or chat.in.dm.<to> with the same rules as a client request: keys match exactly, every
-// field is a string, from and text are required. Names and limits are
-// checked by the caller (CheckPost and package names).
+// field is a string, from is required, and text unless a file is shared.
+// Names and limits are checked by the caller (CheckPost and package
+// names).
 func ParsePost(data []byte) (Post, *Error) {
 	var post Post
 	var obj map[string]json.RawMessage
@@ -40,7 +45,7 @@ func ParsePost(data []byte) (Post, *Error) {
 		dst  *string
 	}{
 		{"room", &post.Room}, {"to", &post.To}, {"from", &post.From}, {"text", &post.Text},
-		{"id", &post.ID}, {"edge", &post.Edge}, {"session", &post.Session},
+		{"id", &post.ID}, {"file", &post.File}, {"edge", &post.Edge}, {"session", &post.Session},
 	}
 	for _, f := range fields {
 		var v *string
@@ -54,7 +59,7 @@ func ParsePost(data []byte) (Post, *Error) {
 	if _, ok := obj["from"]; !ok {
 		return post, errorf(CodeBadRequest, "missing field from")
 	}
-	if _, ok := obj["text"]; !ok {
+	if _, ok := obj["text"]; !ok && post.File == "" {
 		return post, errorf(CodeBadRequest, "missing field text")
 	}
 	if id, ok := obj["id"]; ok && present(id) && post.ID == "" {

@@ -23,6 +23,11 @@ func TestParseRequest(t *testing.T) {
 		{`{"type":"who","room":"r"}`, "", ""},
 		{`{"type":"typing","room":"r"}`, "", ""},
 		{`{"type":"dm","to":"bob","text":"x"}`, "", ""},
+		{`{"type":"message","room":"r","file":"0123456789abcdef0123456789abcdef"}`, "", ""},
+		{`{"type":"dm","to":"bob","text":" ","file":"0123456789abcdef0123456789abcdef"}`, "", ""},
+		{`{"type":"message","room":"r","text":"x","file":"../../etc/passwd"}`, CodeBadRequest, ""},
+		{`{"type":"message","room":"r","file":42}`, CodeBadRequest, ""},
+		{`{"type":"join","room":"r","file":"not even looked at"}`, "", ""},
 		{`nope`, CodeBadRequest, ""},
 		{`"join"`, CodeBadRequest, ""},
 		{`null`, CodeBadRequest, ""},
@@ -74,16 +79,23 @@ func TestParseRequest(t *testing.T) {
 
 func TestCheckPost(t *testing.T) {
 	for _, tt := range []struct {
-		name, text, id, code string // code "": accepted
+		name, text, file, id, code string // code "": accepted
 	}{
-		{"4000 code points", strings.Repeat("😀", 4000), "", ""},
-		{"4001 characters", strings.Repeat("a", 4001), "", CodeTooLong},
-		{"a 65-byte id", "x", strings.Repeat("i", 65), CodeTooLong},
-		{"blank", " \t", "", CodeBadRequest},
+		{"4000 code points", strings.Repeat("😀", 4000), "", "", ""},
+		{"4001 characters", strings.Repeat("a", 4001), "", "", CodeTooLong},
+		{"a 65-byte id", "x", "", strings.Repeat("i", 65), CodeTooLong},
+		{"blank", " \t", "", "", CodeBadRequest},
+		{"blank with a file", " ", strings.Repeat("0f", 16), "", ""},
+		{"a file and 4001 characters", strings.Repeat("a", 4001), strings.Repeat("0f", 16), "", CodeTooLong},
+		{"a file ID too short", "", strings.Repeat("0", 31), "", CodeBadRequest},
+		{"a file ID in capitals", "", strings.Repeat("A", 32), "", CodeBadRequest},
+		{"a file ID with a dot", "", strings.Repeat("a", 31) + ".", "", CodeBadRequest},
+		{"a file ID of 65", "", strings.Repeat("a", 65), "", CodeBadRequest},
+		{"a bot's file ID", "", "report-2026-12-07_weekly-chart-0001", "", ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			code := ""
-			if e := CheckPost(tt.text, tt.id, 4000); e != nil {
+			if e := CheckPost(tt.text, tt.file, tt.id, 4000); e != nil {
 				code = e.Code
 			}
 			if code != tt.code {
@@ -99,6 +111,9 @@ func TestParsePost(t *testing.T) {
 		{`{"room":"r","from":"a","text":"hi","id":"1","edge":"e","session":"s","extra":1}`, ""},
 		{`{"FROM":"bot","text":"hi"}`, CodeBadRequest},
 		{`{"from":"bot"}`, CodeBadRequest},
+		{`{"from":"bot","file":"0123456789abcdef0123456789abcdef"}`, ""},
+		{`{"from":"bot","text":"","file":"0123456789abcdef0123456789abcdef"}`, ""},
+		{`{"from":"bot","text":"x","file":7}`, CodeBadRequest},
 		{`{"from":"bot","text":5}`, CodeBadRequest},
 		{`{"from":"bot","text":"x","id":7}`, CodeBadRequest},
 		{`{"from":"bot","text":"x","id":""}`, CodeBadRequest},

@@ -49,6 +49,7 @@ type Request struct {
 	To     *string
 	DM     *string
 	ID     *string
+	File   *string
 	Since  *int64
 	Before *int64
 	After  *int64
@@ -78,9 +79,9 @@ func fields(typ string) ([]string, bool) {
 	case TypeLeave, TypeTyping, TypeWho:
 		return []string{"room"}, true
 	case TypeMessage:
-		return []string{"room", "text", "id"}, true
+		return []string{"room", "text", "id", "file"}, true
 	case TypeDM:
-		return []string{"to", "text", "id"}, true
+		return []string{"to", "text", "id", "file"}, true
 	case TypeHistory:
 		return []string{"room", "dm", "before", "after", "limit"}, true
 	case TypeDMs:
@@ -128,6 +129,8 @@ func ParseRequest(line []byte) (Request, *Error) {
 			req.DM, e = str(obj, f, e)
 		case "id":
 			req.ID, e = str(obj, f, e)
+		case "file":
+			req.File, e = str(obj, f, e)
 		case "since":
 			req.Since, e = count(obj, f, e)
 		case "before":
@@ -185,7 +188,16 @@ func (r *Request) checkFields() *Error {
 	return nil
 }
 
+// checkText applies the rules of a message's or dm's text and file: a
+// text that is not blank, or a file (then the text may be blank or
+// absent) whose ID is well formed.
 func (r *Request) checkText() *Error {
+	if r.File != nil {
+		if !ValidFileID(*r.File) {
+			return errorf(CodeBadRequest, "file is not a file ID")
+		}
+		return nil
+	}
 	if r.Text == nil {
 		return errorf(CodeBadRequest, "missing field text for "+r.Type)
 	}
@@ -193,6 +205,22 @@ func (r *Request) checkText() *Error {
 		return errorf(CodeBadRequest, "text is blank")
 	}
 	return nil
+}
+
+// ValidFileID reports whether s can be a file ID: 32 to 64 characters of
+// [0-9a-z_-]. natter's own are 32 lowercase hex digits (128 random
+// bits); a bot names the objects it puts into the bucket itself.
+func ValidFileID(s string) bool {
+	if len(s) < 32 || len(s) > 64 {
+		return false
+	}
+	for i := range len(s) {
+		c := s[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // checkNames applies invalid_room and invalid_user to the fields present.

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/natter-chat/natter/shared/config"
+	"github.com/natter-chat/natter/shared/files"
 	"github.com/natter-chat/natter/shared/names"
 	"github.com/natter-chat/natter/shared/ops"
 	"github.com/natter-chat/natter/shared/proto"
@@ -45,6 +46,9 @@ type Config struct {
 	// Replicas is how many copies JetStream keeps of each stream, at
 	// least 1 (CHAT_STREAM_REPLICAS).
 	Replicas int
+	// Files are the limits of the file bucket, and how long an upload
+	// never shared is kept (files.go).
+	Files config.Files
 }
 
 // Broadcaster stores posts; see the package documentation.
@@ -76,6 +80,8 @@ type Broadcaster struct {
 	// finalWait is the acker's finalWait, cut to what the stop's
 	// deadline leaves: set before stopAcker is closed.
 	finalWait time.Duration
+	// files is the file bucket, set once Run has made sure of it.
+	files atomic.Pointer[jetstream.ObjectStore]
 }
 
 type pendingStore struct {
@@ -95,12 +101,20 @@ type metrics struct {
 	// its ack or failure (a timeout included), observed by handle or
 	// answer before the post is answered.
 	store prometheus.Histogram
+	// filesSwept counts the uploads deleted because never shared.
+	filesSwept prometheus.Counter
 }
 
 // New returns a broadcaster on nc; its metrics go to reg.
 func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer) (*Broadcaster, error) {
 	if cfg.MaxTextChars <= 0 {
 		cfg.MaxTextChars = proto.MaxTextChars
+	}
+	if cfg.Files == (config.Files{}) {
+		cfg.Files = config.Defaults[config.Files]()
+	}
+	if cfg.Files.UnsharedTTL <= 0 || cfg.Files.BucketMaxBytes <= 0 {
+		return nil, errors.New("broadcaster: CHAT_FILES_UNSHARED_TTL and CHAT_FILES_MAX_BYTES must be positive")
 	}
 	if err := store.CheckReplicas(cfg.Replicas); err != nil {
 		return nil, fmt.Errorf("broadcaster: %w", err)
@@ -130,9 +144,11 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer)
 			store: prometheus.NewHistogram(prometheus.HistogramOpts{
 				Name: "natter_broadcaster_store_seconds", Help: "Stores of posts, from the asynchronous publish to the stream to its ack or failure (a timeout included).",
 				Buckets: ops.LatencyBuckets}),
+			filesSwept: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "natter_broadcaster_files_swept_total", Help: "Uploads deleted because they were never shared within CHAT_FILES_UNSHARED_TTL."}),
 		},
 	}
-	for _, c := range []prometheus.Collector{b.metrics.stored, b.metrics.duplicates, b.metrics.rejected, b.metrics.failed} {
+	for _, c := range []prometheus.Collector{b.metrics.stored, b.metrics.duplicates, b.metrics.rejected, b.metrics.failed, b.metrics.filesSwept} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("broadcaster: metrics: %w", err)
 		}
@@ -180,6 +196,13 @@ func (b *Broadcaster) Run(ctx context.Context) error {
 		defer close(ackerDone)
 		b.ack()
 	}()
+	sctx, stopSweep := context.WithCancel(context.Background())
+	sweepDone := make(chan struct{})
+	go func() {
+		defer close(sweepDone)
+		b.sweep(sctx)
+	}()
+	defer func() { stopSweep(); <-sweepDone }()
 
 	<-ctx.Done()
 	b.drain(svc, ops.Budget(ctx, b.nc.Opts.DrainTimeout))
@@ -279,6 +302,13 @@ func (b *Broadcaster) ensureStream(ctx context.Context) error {
 	for {
 		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err := store.EnsureStream(sctx, b.js, b.cfg.Retention, b.cfg.Replicas)
+		if err == nil {
+			var obs jetstream.ObjectStore
+			obs, err = files.EnsureBucket(sctx, b.js, files.BucketConfig(b.cfg.Files, b.cfg.Retention, b.cfg.Replicas))
+			if err == nil {
+				b.files.Store(&obs)
+			}
+		}
 		cancel()
 		if err == nil || ctx.Err() != nil {
 			return nil
@@ -321,7 +351,11 @@ func (b *Broadcaster) handle(subj, reply string, data []byte) *proto.Error {
 		if perr != nil {
 			return b.refuse(perr)
 		}
-		stored := proto.DM{Type: proto.TypeDM, From: post.From, To: post.To, Text: post.Text, ID: post.ID, TS: time.Now().UnixMilli()}
+		file, perr := b.shareFile(post, files.DMTarget(post.From, post.To))
+		if perr != nil {
+			return b.refuse(perr)
+		}
+		stored := proto.DM{Type: proto.TypeDM, From: post.From, To: post.To, Text: post.Text, File: file, ID: post.ID, TS: time.Now().UnixMilli()}
 		out = &nats.Msg{Subject: subject.StoreDM(post.From, post.To), Data: proto.Encode(stored), Header: nats.Header{}}
 		if post.ID != "" {
 			out.Header.Set(jetstream.MsgIDHeader, store.DMMsgID(post.From, post.To, post.ID))
@@ -333,7 +367,11 @@ func (b *Broadcaster) handle(subj, reply string, data []byte) *proto.Error {
 		if perr != nil {
 			return b.refuse(perr)
 		}
-		stored := proto.Message{Type: proto.TypeMessage, Room: post.Room, From: post.From, Text: post.Text, ID: post.ID, TS: time.Now().UnixMilli()}
+		file, perr := b.shareFile(post, files.RoomTarget(post.Room))
+		if perr != nil {
+			return b.refuse(perr)
+		}
+		stored := proto.Message{Type: proto.TypeMessage, Room: post.Room, From: post.From, Text: post.Text, File: file, ID: post.ID, TS: time.Now().UnixMilli()}
 		out = &nats.Msg{Subject: subject.StoreRoom(post.Room), Data: proto.Encode(stored), Header: nats.Header{}}
 		if post.ID != "" {
 			out.Header.Set(jetstream.MsgIDHeader, store.MsgID(post.Room, post.From, post.ID))
@@ -406,7 +444,7 @@ func (b *Broadcaster) checkSender(post proto.Post) *proto.Error {
 	if !names.ValidUser(post.From) {
 		return &proto.Error{Code: proto.CodeInvalidUser, Message: "invalid from"}
 	}
-	return proto.CheckPost(post.Text, post.ID, b.cfg.MaxTextChars)
+	return proto.CheckPost(post.Text, post.File, post.ID, b.cfg.MaxTextChars)
 }
 
 // validate checks a post as if it came from anyone: room from the subject,

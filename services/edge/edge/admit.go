@@ -40,11 +40,13 @@ func newGate(web config.Web, log *slog.Logger, refused *prometheus.CounterVec) (
 	return &gate{web: web, proxies: proxies, log: log, refused: refused, perAddr: make(map[string]int)}, nil
 }
 
-// admit checks a WebSocket request in the contract's order: Origin (403),
-// the per-address limit (429), then the token (401) or the user name
-// (400). On success the address is counted (take) until the session is
-// let go of (client.Closed, release).
-func (g *gate) admit(r ws.Request) (user, addr string, no *ws.Refusal) {
+// admit checks a WebSocket request (or a file upload, which is admitted
+// alike) in the contract's order: Origin (403), the per-address limit
+// (429), then the token (401) or the user name (400); token is the one
+// the request carried (?token= for a WebSocket, Authorization: Bearer
+// for an upload). On success the address is counted (take) until the
+// session, or the upload, is let go of (client.Closed, release).
+func (g *gate) admit(r ws.Request, token string) (user, addr string, no *ws.Refusal) {
 	if !g.originAllowed(r) {
 		return "", "", g.refuse("origin", "", http.StatusForbidden, "origin not allowed")
 	}
@@ -53,12 +55,12 @@ func (g *gate) admit(r ws.Request) (user, addr string, no *ws.Refusal) {
 		return "", "", g.refuse("address", addr, http.StatusTooManyRequests, "too many connections from this address")
 	}
 	if secret := g.web.AuthSecret; secret != "" {
-		u, err := auth.Check([]byte(secret), r.Query("token"))
+		u, err := auth.Check([]byte(secret), token)
 		if err != nil {
 			// Neither the token nor the error (which may quote a
 			// piece of it) is logged: the reason is enough.
 			g.release(addr)
-			return "", "", g.refuse("token", addr, http.StatusUnauthorized, "a valid token is needed: /ws?token=JWT (HS256, with sub and exp)")
+			return "", "", g.refuse("token", addr, http.StatusUnauthorized, "a valid token is needed: /ws?token=JWT, or Authorization: Bearer JWT for /files (HS256, with sub and exp)")
 		}
 		return u, addr, nil
 	}

@@ -32,6 +32,8 @@ type Config struct {
 	ID     string
 	Limits config.Limits
 	Web    config.Web
+	// Files limits uploads (zero: the defaults).
+	Files config.Files
 	// DispatchBuffer is the capacity of the channel every room
 	// subscription delivers into (0: 65,536). When it is full, NATS drops
 	// the room's messages for this edge and the hub fills the gap from
@@ -66,14 +68,18 @@ type Edge struct {
 	// wire is the WebSocket connections' server: it asks the gate about
 	// each request (admitSession), and each client admitted is its
 	// connection's handler.
-	wire *ws.Server
-	gate *gate        // who may connect (admit.go)
-	open atomic.Int64 // open sessions, for heartbeats
+	wire  *ws.Server
+	gate  *gate        // who may connect (admit.go)
+	open  atomic.Int64 // open sessions, for heartbeats
+	files fileBucket   // the file bucket, once looked up (files.go)
 }
 
 // New returns an edge on nc serving the page from web; its metrics go to
 // reg, which /metrics serves.
 func New(cfg Config, nc *nats.Conn, web fs.FS, log *slog.Logger, reg *prometheus.Registry) (*Edge, error) {
+	if cfg.Files == (config.Files{}) {
+		cfg.Files = config.Defaults[config.Files]()
+	}
 	if err := check(cfg); err != nil {
 		return nil, fmt.Errorf("edge: %w", err)
 	}
@@ -150,6 +156,9 @@ func check(cfg Config) error {
 	if lim.PingInterval <= 0 || lim.PongTimeout <= lim.PingInterval {
 		return errors.New("the pong timeout must be longer than the ping interval")
 	}
+	if cfg.Files.FileMaxBytes <= 0 {
+		return errors.New("CHAT_FILE_MAX_BYTES must be positive")
+	}
 	if lim.WriteTimeout <= 0 || lim.PostTimeout <= 0 {
 		return errors.New("timeouts must be positive")
 	}
@@ -173,11 +182,13 @@ func check(cfg Config) error {
 // ID is the edge's name on NATS.
 func (e *Edge) ID() string { return e.id }
 
-// Handler serves /, /ws, /healthz, /readyz and /metrics.
+// Handler serves /, /ws, /files, /healthz, /readyz and /metrics.
 func (e *Edge) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /", http.FileServerFS(e.web))
 	mux.Handle("GET /ws", e.wire)
+	mux.HandleFunc("POST /files", e.upload)
+	mux.HandleFunc("GET /files/{id}", e.download)
 	ops.Handle(mux, e.Ready, e.reg)
 	return mux
 }
@@ -268,7 +279,7 @@ func (e *Edge) Stats() Stats {
 // admitSession is the wire's Admit: a client, the handler of the
 // connection it is upgraded to, or the refusal of the request.
 func (e *Edge) admitSession(r ws.Request) (ws.Handler, *ws.Refusal) {
-	user, addr, no := e.gate.admit(r)
+	user, addr, no := e.gate.admit(r, r.Query("token"))
 	if no != nil {
 		return nil, no
 	}

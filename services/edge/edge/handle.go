@@ -369,11 +369,17 @@ func (c *client) post(req proto.Request) {
 // ack when it gave an id. Only a stored post counts against the rate
 // limit.
 func (c *client) store(req proto.Request, subj string, post proto.Post) {
-	post.From, post.Text, post.Edge, post.Session = c.user, *req.Text, c.e.id, c.session
+	post.From, post.Edge, post.Session = c.user, c.e.id, c.session
+	if req.Text != nil {
+		post.Text = *req.Text
+	}
+	if req.File != nil {
+		post.File = *req.File
+	}
 	if req.ID != nil {
 		post.ID = *req.ID
 	}
-	if perr := proto.CheckPost(post.Text, post.ID, c.e.cfg.Limits.MaxTextChars); perr != nil {
+	if perr := proto.CheckPost(post.Text, post.File, post.ID, c.e.cfg.Limits.MaxTextChars); perr != nil {
 		c.refuse(req, perr)
 		return
 	}

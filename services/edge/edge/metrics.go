@@ -25,6 +25,7 @@ type metrics struct {
 	gaps        prometheus.Counter
 	gapFailures prometheus.Counter
 	replays     *prometheus.CounterVec
+	uploads     *prometheus.CounterVec
 
 	// Latency histograms (ops.LatencyBuckets); where each is observed is
 	// in its help and in docs/operations.md.
@@ -43,7 +44,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		userSubs: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "natter_edge_user_subscriptions", Help: "Users with local sessions whose dms the edge subscribes to (two NATS subscriptions each)."}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "natter_edge_upgrades_refused_total", Help: "WebSocket upgrades refused, by reason."}, []string{"reason"}),
+			Name: "natter_edge_upgrades_refused_total", Help: "WebSocket upgrades and file uploads refused at admission, by reason."}, []string{"reason"}),
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "natter_edge_handshakes_total", Help: "Connections by who read their request: edge (a plain WebSocket request, answered by the edge) or http (handed to net/http)."}, []string{"by"}),
 		framesIn: prometheus.NewCounter(prometheus.CounterOpts{
@@ -66,6 +67,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "natter_edge_gaps_failed_total", Help: "Gaps that could not be read from the stream; the members missing them were closed to rejoin with since."}),
 		replays: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "natter_edge_replays_total", Help: "Joins with since, by where their replay came from: memory (the room's recent messages, kept by the edge) or stream."}, []string{"from"}),
+		uploads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "natter_edge_file_uploads_total", Help: "File uploads (POST /files) by answer: 201, the status of a refusal after admission, or refused (at admission)."}, []string{"status"}),
 		post: latency("natter_edge_post_seconds",
 			"Posts (messages and dms) from the read of their frame to the broadcaster's answer (ack or refusal); the edge's own refusals and posts left unanswered are not observed."),
 		delivery: latency("natter_edge_delivery_seconds",
@@ -76,7 +79,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			"WebSocket handshakes from the accepted connection to the 101 answer written."),
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.roomSubs, m.userSubs, m.refused, m.handshakes, m.framesIn, m.framesOut,
-		m.posted, m.delivered, m.slowClients, m.errors, m.reports, m.gaps, m.gapFailures, m.replays} {
+		m.posted, m.delivered, m.slowClients, m.errors, m.reports, m.gaps, m.gapFailures, m.replays, m.uploads} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

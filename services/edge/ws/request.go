@@ -30,6 +30,10 @@ func (r Request) Query(key string) string {
 	return queryValue(r.rawQuery, key)
 }
 
+// RequestOf is the Request of a plain HTTP request, for the requests an
+// edge admits as it admits WebSockets (file uploads).
+func RequestOf(r *http.Request) Request { return requestOf(r) }
+
 // requestOf is the Request of a request read by net/http.
 func requestOf(r *http.Request) Request {
 	return Request{
