@@ -5,7 +5,11 @@
 // room with `since`, so nothing is missed or doubled, and keeps every post
 // with an `id` until the server acknowledges it, so a retry after a lost
 // connection is stored once. Every user-supplied string is rendered as
-// text (textContent), never as HTML.
+// text (textContent), never as HTML. Files (attached, dropped or pasted)
+// go up with POST /files, with a progress bar and a cancel, and are
+// shared by a message naming them; images show inline, other files as a
+// chip to download. A file chosen while offline goes up once the
+// connection is back.
 
 const USER_RE = /^[A-Za-z0-9_-]{1,32}$/;
 const ROOM_RE = /^[a-z0-9][a-z0-9_-]{0,63}$/;
@@ -13,6 +17,9 @@ const HISTORY_PAGE = 50;
 const GROUP_GAP_MS = 5 * 60 * 1000; // consecutive messages within this are grouped
 const TYPING_SHOWN_MS = 5000;
 const TYPING_EVERY_MS = 1500; // the server passes on at most one a second
+const INLINE_TYPES = new Set(["image/png", "image/jpeg", "image/gif", "image/webp"]);
+const FILE_ID_RE = /^[0-9a-z_-]{32,64}$/;
+const UPLOAD_TRIES = 4; // an upload NATS or the network refused is tried again, up to this often
 const EMOJI = ["😀", "😂", "😊", "😍", "🤔", "😢", "😮", "😎", "👍", "👎", "👏", "🙏",
   "🎉", "❤️", "🔥", "✅", "❌", "👀", "💡", "🚀", "☕", "🍕", "🌟", "👋"];
 
@@ -38,6 +45,8 @@ const state = {
   token: "",            // this tab's token, in auth mode
   checkingToken: false, // a check of the token is out
   stopped: false,       // no more reconnects: the token was refused
+  fileMax: 10 * 1024 * 1024, // the largest file the server takes (GET /files says)
+  uploads: [],          // files being sent or waiting for the connection, in order
 };
 
 function newRoom(name, dm = false) {
@@ -129,7 +138,53 @@ function messageItem(ev, prev) {
   text.className = "text";
   linkify(text, ev.text);
   li.append(time, from, text);
+  const f = ev.file;
+  if (f && typeof f === "object" && typeof f.id === "string" && FILE_ID_RE.test(f.id) &&
+      typeof f.name === "string" && typeof f.size === "number" && typeof f.type === "string") {
+    li.append(fileNode(f));
+    if (!ev.text.trim()) li.classList.add("file-only"); // the file on the sender's line
+  }
   return li;
+}
+
+// fileURL is where a file is read; with tokens, an <img> cannot send a
+// header, so the token goes in the query.
+function fileURL(id) {
+  return "/files/" + encodeURIComponent(id) + (state.token ? "?token=" + encodeURIComponent(state.token) : "");
+}
+
+function humanSize(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(n < 10240 ? 1 : 0)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+// fileNode shows a shared file: an image as a thumbnail (sized by CSS,
+// loaded when scrolled to) that opens full size, anything else as a chip
+// with its name and size that downloads it.
+function fileNode(f) {
+  const box = document.createElement("span");
+  box.className = "file";
+  const a = document.createElement("a");
+  a.href = fileURL(f.id);
+  a.title = `${f.name} (${humanSize(f.size)})`;
+  if (INLINE_TYPES.has(f.type)) {
+    a.target = "_blank";
+    a.rel = "noopener noreferrer";
+    a.className = "thumb-link";
+    const img = document.createElement("img");
+    img.className = "thumb";
+    img.loading = "lazy";
+    img.alt = f.name;
+    img.src = a.href;
+    a.append(img);
+  } else {
+    a.className = "file-chip";
+    a.download = f.name;
+    a.textContent = `📄 ${f.name} · ${humanSize(f.size)}`;
+  }
+  box.append(a);
+  return box;
 }
 
 function systemItem(text) {
@@ -422,16 +477,22 @@ function askDMs() {
   send({ type: "dms", id: "dms-" + ++state.historyIDs });
 }
 
+// postRequest is the request that sends an outbox entry.
+function postRequest(id, post) {
+  const req = post.dm ? { type: "dm", to: post.dm, text: post.text, id } : { type: "message", room: post.room, text: post.text, id };
+  if (post.file) req.file = post.file;
+  return req;
+}
+
 function flushOutbox(room) {
   for (const [id, post] of state.outbox) {
-    if (!room.dm && post.room === room.name) send({ type: "message", room: post.room, text: post.text, id });
-    if (room.dm && post.dm === room.name) send({ type: "dm", to: post.dm, text: post.text, id });
+    if ((!room.dm && post.room === room.name) || (room.dm && post.dm === room.name)) send(postRequest(id, post));
   }
 }
 
 // flushDMs sends the dms waiting in the outbox: a dm needs no join.
 function flushDMs() {
-  for (const [id, post] of state.outbox) if (post.dm) send({ type: "dm", to: post.dm, text: post.text, id });
+  for (const [id, post] of state.outbox) if (post.dm) send(postRequest(id, post));
 }
 
 // --- events ----------------------------------------------------------------
@@ -446,6 +507,7 @@ function onEvent(ev) {
       for (const r of state.rooms.values()) send(joinMessage(r));
       askDMs();
       flushDMs();
+      startUploads();
       // A conversation opened while offline reads its history now.
       if (current() && current().dm && !current().historyLoaded) requestHistory(current());
       break;
@@ -674,6 +736,181 @@ function start(user, rooms, active) {
   connect();
 }
 
+// --- files -----------------------------------------------------------------
+
+function newPostID() {
+  return (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random()).slice(0, 64);
+}
+
+// sendFiles takes files chosen, dropped or pasted for the view shown:
+// each is checked here first (a clear line says why one is not sent),
+// then queued; the queue goes up while connected.
+function sendFiles(list) {
+  const view = current();
+  if (!view) return;
+  for (const file of list) {
+    if (!file || file.size === 0) {
+      showSystem(`"${file ? file.name : "?"}" was not sent: it is empty, or a folder, which cannot be sent`, view, true);
+      continue;
+    }
+    if (file.size > state.fileMax) {
+      let size = humanSize(file.size), most = humanSize(state.fileMax);
+      if (size === most) size = `${file.size.toLocaleString("en")} bytes`, most = `${state.fileMax.toLocaleString("en")} bytes`;
+      showSystem(`"${file.name}" was not sent: it is ${size}, more than the ${most} a file may be`, view, true);
+      continue;
+    }
+    const up = { file, dm: view.dm ? view.name : "", room: view.dm ? "" : view.name, tries: 0, xhr: null, li: null, progress: null, note: null };
+    state.uploads.push(up);
+    uploadRow(up);
+    uploadNote(up, "waiting for the connection");
+  }
+  startUploads();
+}
+
+// uploadRow adds a line under the messages for an upload: its name, a
+// progress bar and a cancel button.
+function uploadRow(up) {
+  const li = document.createElement("li");
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = `📎 ${up.file.name} (${humanSize(up.file.size)}) → ${up.dm ? "@" + up.dm : "#" + up.room}`;
+  const progress = document.createElement("progress");
+  progress.max = up.file.size;
+  progress.value = 0;
+  const note = document.createElement("span");
+  note.className = "note-text";
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.className = "cancel";
+  cancel.textContent = "Cancel";
+  cancel.setAttribute("aria-label", `Cancel sending ${up.file.name}`);
+  cancel.addEventListener("click", () => cancelUpload(up));
+  li.append(name, progress, note, cancel);
+  up.li = li;
+  up.progress = progress;
+  up.note = note;
+  $("uploads").append(li);
+}
+
+function uploadNote(up, text) {
+  if (up.note) up.note.textContent = text;
+}
+
+function endUpload(up) {
+  state.uploads = state.uploads.filter((u) => u !== up);
+  if (up.li) up.li.remove();
+}
+
+function cancelUpload(up) {
+  if (up.xhr) up.xhr.abort();
+  endUpload(up);
+  showSystem(`"${up.file.name}" was not sent: cancelled`, viewOf(up), true);
+}
+
+function viewOf(up) {
+  return up.dm ? conversation(up.dm) : state.rooms.get(up.room);
+}
+
+// startUploads sends the next queued file, one at a time, while
+// connected.
+function startUploads() {
+  if (state.uploads.some((u) => u.xhr)) return;
+  const up = state.uploads[0];
+  if (!up || !state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+  const q = new URLSearchParams();
+  if (up.dm) q.set("dm", up.dm); else q.set("room", up.room);
+  if (!state.token) q.set("user", state.user);
+  const xhr = new XMLHttpRequest();
+  up.xhr = xhr;
+  xhr.open("POST", "/files?" + q);
+  xhr.setRequestHeader("X-File-Name", encodeURIComponent(up.file.name));
+  if (state.token) xhr.setRequestHeader("Authorization", "Bearer " + state.token);
+  xhr.upload.onprogress = (e) => { if (up.progress) up.progress.value = e.loaded; };
+  uploadNote(up, "sending");
+  const done = () => {
+    up.xhr = null;
+    startUploads();
+  };
+  xhr.onload = () => {
+    let answer = {};
+    try { answer = JSON.parse(xhr.responseText); } catch { /* a proxy's page */ }
+    if (xhr.status === 201 && typeof answer.file === "string") {
+      endUpload(up);
+      shareFile(up, answer.file);
+    } else if ((xhr.status === 503 || xhr.status === 429 || xhr.status === 0) && ++up.tries < UPLOAD_TRIES) {
+      retryUpload(up, answer.message || `status ${xhr.status}`);
+      return;
+    } else {
+      endUpload(up);
+      showSystem(`"${up.file.name}" was not sent: ${answer.message || "the server answered " + xhr.status}`, viewOf(up), true);
+    }
+    done();
+  };
+  xhr.onerror = () => {
+    if (++up.tries < UPLOAD_TRIES) {
+      retryUpload(up, "the connection failed");
+      return;
+    }
+    endUpload(up);
+    showSystem(`"${up.file.name}" was not sent: the connection failed ${UPLOAD_TRIES} times`, viewOf(up), true);
+    done();
+  };
+  xhr.send(up.file);
+}
+
+// retryUpload tries an upload again a little later (and later each time).
+function retryUpload(up, why) {
+  up.xhr = { abort() { clearTimeout(timer); } }; // holds the queue until the retry
+  uploadNote(up, `${why}; trying again`);
+  if (up.progress) up.progress.value = 0;
+  const timer = setTimeout(() => {
+    up.xhr = null;
+    startUploads();
+  }, 1000 * 2 ** up.tries * (0.5 + Math.random() / 2));
+}
+
+// shareFile posts a message (or dm) naming an uploaded file; the outbox
+// keeps it until acknowledged, as it keeps text.
+function shareFile(up, fileID) {
+  const id = newPostID();
+  const post = up.dm ? { dm: up.dm, text: "", file: fileID } : { room: up.room, text: "", file: fileID };
+  state.outbox.set(id, post);
+  const room = up.dm ? null : state.rooms.get(up.room);
+  if (up.dm || (room && room.joined)) send(postRequest(id, post));
+}
+
+function setupFiles() {
+  $("attach").addEventListener("click", () => $("file-input").click());
+  $("file-input").addEventListener("change", () => {
+    sendFiles([...$("file-input").files]);
+    $("file-input").value = "";
+  });
+  const main = document.querySelector("main");
+  main.addEventListener("dragover", (e) => {
+    if (![...e.dataTransfer.types].includes("Files")) return;
+    e.preventDefault();
+    main.classList.add("dropping");
+  });
+  main.addEventListener("dragleave", (e) => {
+    if (!main.contains(e.relatedTarget)) main.classList.remove("dropping");
+  });
+  main.addEventListener("drop", (e) => {
+    main.classList.remove("dropping");
+    if (!e.dataTransfer || e.dataTransfer.files.length === 0) return;
+    e.preventDefault();
+    sendFiles([...e.dataTransfer.files]);
+  });
+  $("text").addEventListener("paste", (e) => {
+    const files = e.clipboardData ? [...e.clipboardData.files] : [];
+    if (files.length === 0) return; // text: pasted as usual
+    e.preventDefault();
+    sendFiles(files);
+  });
+  fetch("/files", { cache: "no-store" }).then((r) => r.ok ? r.json() : null).then((limits) => {
+    if (limits && typeof limits.max_bytes === "number" && limits.max_bytes > 0) state.fileMax = limits.max_bytes;
+  }).catch(() => { /* the default stands; the server says 413 if need be */ });
+}
+
 // --- composer --------------------------------------------------------------
 
 function post() {
@@ -681,7 +918,7 @@ function post() {
   const text = box.value;
   const view = current();
   if (!text.trim() || !view) return;
-  const id = (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random()).slice(0, 64);
+  const id = newPostID();
   if (view.dm) {
     // Offline, the dm waits in the outbox: welcome sends it.
     state.outbox.set(id, { dm: view.name, text });
@@ -774,6 +1011,7 @@ $("text").addEventListener("keydown", (e) => {
   }
 });
 setupEmoji();
+setupFiles();
 // On a phone the member list starts folded.
 if (window.matchMedia("(max-width: 700px)").matches) $("members-box").open = false;
 

@@ -187,6 +187,7 @@ func (e *Edge) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /", http.FileServerFS(e.web))
 	mux.Handle("GET /ws", e.wire)
+	mux.HandleFunc("GET /files", e.limits)
 	mux.HandleFunc("POST /files", e.upload)
 	mux.HandleFunc("GET /files/{id}", e.download)
 	ops.Handle(mux, e.Ready, e.reg)

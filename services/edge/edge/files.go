@@ -88,6 +88,19 @@ func bearer(r *http.Request) string {
 	return strings.TrimSpace(token)
 }
 
+// FileLimits answers GET /files: what the page checks before it uploads.
+type FileLimits struct {
+	MaxBytes int64 `json:"max_bytes"`
+}
+
+// limits is GET /files: the largest file an upload may carry.
+func (e *Edge) limits(w http.ResponseWriter, _ *http.Request) {
+	fileHeaders(w)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(FileLimits{MaxBytes: e.cfg.Files.FileMaxBytes})
+}
+
 // upload is POST /files?room=ROOM or ?dm=USER: admitted as a WebSocket
 // is, the body streamed into the bucket, refused with 413 as soon as it
 // passes the limit (what was stored of it is purged), its type found in
