@@ -594,3 +594,27 @@ func TestFileMemoryDoesNotFollowSize(t *testing.T) {
 			float64(upHeld)/(1<<20), float64(downHeld)/(1<<20))
 	}
 }
+
+// Two edges on one NATS, as the process mesh runs them: a file uploaded
+// through one is shared there, reaches a member on the other, and is
+// read back through the other.
+func TestFileAcrossEdges(t *testing.T) {
+	t.Parallel()
+	ns := natstest.Start(t)
+	startBroadcaster(t, ns)
+	e1, e2 := startEdge(t, ns, nil), startEdge(t, ns, nil)
+	alice, bob := dial(t, e1.url, "alice"), dial(t, e2.url, "bob")
+	alice.join("lobby")
+	bob.join("lobby")
+	up := upload(t, e1.url, "room=lobby&user=alice", "a.png", bytes.NewReader(pngBytes), nil)
+	if up.status != http.StatusCreated {
+		t.Fatalf("upload through the first edge: %d", up.status)
+	}
+	alice.acked(map[string]any{"type": "message", "room": "lobby", "file": up.File, "id": "1"}, "1")
+	if ev := bob.expect("message"); ev.File == nil || ev.File.ID != up.File {
+		t.Fatalf("bob, on the second edge: %s", ev.raw)
+	}
+	if resp, body := fetch(t, e2.url, up.File, nil); resp.StatusCode != http.StatusOK || !bytes.Equal(body, pngBytes) {
+		t.Fatalf("download through the second edge: %d", resp.StatusCode)
+	}
+}
