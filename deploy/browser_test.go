@@ -12,7 +12,8 @@ import (
 )
 
 // Two pages opened on the proxy's port land on different edges (the
-// test asks NATS which), chat and see each other's presence.
+// test asks NATS which), chat, see each other's presence and share a
+// picture.
 func browsersThroughMesh(t *testing.T, m *mesh) {
 	newTab := browsertest.Start(t)
 	edges := watchEdges(t, natsClient(t, m, "observer"))
@@ -38,4 +39,16 @@ func browsersThroughMesh(t *testing.T, m *mesh) {
 		chromedp.WaitVisible(browsertest.TextShown("hello across the edges")),
 		chromedp.SendKeys(chromedp.ID("text"), "and back"), browsertest.Enter())
 	browsertest.Run(t, tabs["ann"], "ann reads the answer", chromedp.WaitVisible(browsertest.TextShown("and back")))
+
+	// A picture through the proxy: up through ann's edge, stored in the
+	// cluster's bucket (three replicas), drawn on ben's page.
+	browsertest.Run(t, tabs["ann"], "ann drops a picture",
+		browsertest.DropFile("mesh.png", "image/png", browsertest.PNG(40, 30)),
+		chromedp.WaitVisible(browsertest.Thumb("mesh.png")))
+	browsertest.Run(t, tabs["ben"], "ben sees it", chromedp.WaitVisible(browsertest.Thumb("mesh.png")))
+	tctx, cancel := context.WithTimeout(tabs["ben"], 20*time.Second)
+	defer cancel()
+	if w, err := chromedp.Run(tctx, chromedp.Evaluate[int](browsertest.DrawnWidth, chromedp.EvalAwaitPromise)); err != nil || w != 40 {
+		t.Errorf("ben's page drew the picture %d px wide, want 40 (%v)", w, err)
+	}
 }

@@ -6,7 +6,13 @@
 package browsertest
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
 	"os"
 	"os/exec"
 	"testing"
@@ -118,3 +124,56 @@ func TextShown(text string) string {
 }
 
 func xpathString(s string) string { return `"` + s + `"` }
+
+// DropFile drops a file of the given name, type and bytes on the page's
+// conversation, as a person dragging it from their desktop does.
+func DropFile(name, typ string, data []byte) chromedp.Action[chromedp.Void] {
+	return chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`(() => {
+		const bytes = Uint8Array.from(atob(%q), (c) => c.charCodeAt(0));
+		const dt = new DataTransfer();
+		dt.items.add(new File([bytes], %q, { type: %q }));
+		const main = document.querySelector("main");
+		main.dispatchEvent(new DragEvent("dragover", { dataTransfer: dt, bubbles: true, cancelable: true }));
+		main.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+	})()`, base64.StdEncoding.EncodeToString(data), name, typ))
+}
+
+// PasteFile pastes a file into the composer, as a screenshot copied to
+// the clipboard is pasted.
+func PasteFile(name, typ string, data []byte) chromedp.Action[chromedp.Void] {
+	return chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`(() => {
+		const bytes = Uint8Array.from(atob(%q), (c) => c.charCodeAt(0));
+		const dt = new DataTransfer();
+		dt.items.add(new File([bytes], %q, { type: %q }));
+		document.getElementById("text").dispatchEvent(new ClipboardEvent("paste", { clipboardData: dt, bubbles: true, cancelable: true }));
+	})()`, base64.StdEncoding.EncodeToString(data), name, typ))
+}
+
+// Thumb is the XPath of an image shared in the list, by its name.
+func Thumb(name string) string {
+	return `//ol[@id="messages"]//a[@class="thumb-link"]/img[@class="thumb" and @alt=` + xpathString(name) + `]`
+}
+
+// DrawnWidth is a script giving the natural width of the first shared
+// image of the list once it has loaded (0 if it cannot be drawn); run it
+// with chromedp.EvalAwaitPromise.
+const DrawnWidth = `(async () => {
+	const img = document.querySelector("#messages img.thumb");
+	if (!img.complete) await new Promise((r) => { img.addEventListener("load", r, { once: true }); img.addEventListener("error", r, { once: true }); });
+	return img.naturalWidth;
+})()`
+
+// PNG is a real PNG of w x h pixels, so that a browser draws it.
+func PNG(w, h int) []byte {
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	for x := range w {
+		for y := range h {
+			img.Set(x, y, color.RGBA{uint8(6 * x), uint8(8 * y), 200, 255})
+		}
+	}
+	var b bytes.Buffer
+	if err := png.Encode(&b, img); err != nil {
+		panic("browsertest: encoding a PNG: " + err.Error()) // an in-memory image always encodes
+	}
+	return b.Bytes()
+}
