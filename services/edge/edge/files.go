@@ -172,6 +172,9 @@ func (e *Edge) store(r *http.Request, user string) (int, any) {
 	body := &limited{r: r.Body, left: limit}
 	first := make([]byte, files.SniffLen)
 	n, err := io.ReadFull(body, first)
+	if body.over {
+		return refuse(http.StatusRequestEntityTooLarge, proto.CodeTooLong, tooLarge)
+	}
 	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
 		return refuse(http.StatusBadRequest, proto.CodeBadRequest, "the upload ended early")
 	}
