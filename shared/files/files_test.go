@@ -10,6 +10,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natter-chat/natter/shared/config"
 )
 
 func TestParseName(t *testing.T) {
@@ -154,5 +156,17 @@ func TestExpired(t *testing.T) {
 func TestMetaSubject(t *testing.T) {
 	if got := MetaSubject("ab"); got != "$O.CHAT_FILES.M.YWI=" {
 		t.Fatalf("MetaSubject = %q", got)
+	}
+}
+
+// The bucket keeps files as long as the history keeps messages, as many
+// copies as the streams, up to the files' limit.
+func TestBucketConfig(t *testing.T) {
+	f := config.Defaults[config.Files]()
+	r := config.Defaults[config.Retention]()
+	r.MaxAge = 48 * time.Hour
+	c := BucketConfig(f, r, 3)
+	if c.Bucket != "CHAT_FILES" || c.TTL != 48*time.Hour || c.Replicas != 3 || c.MaxBytes != 5<<30 || c.Storage != jetstream.FileStorage {
+		t.Fatalf("BucketConfig = %+v", c)
 	}
 }
