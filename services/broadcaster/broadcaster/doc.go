@@ -13,8 +13,14 @@
 // publishes from one connection are stored in the order they were sent,
 // so a bot's posts keep their order too.
 //
-// Before it serves, Run creates both streams, or updates them, with the
-// configured replicas, retrying every second until NATS answers (NATS may
+// A post that shares a file (its file field) is checked against the
+// file's metadata in the object store bucket CHAT_FILES (files.go): the
+// uploader, the room or conversation it was uploaded for, not expired;
+// the first share marks the upload shared, and the stored event carries
+// the file's id, name, size and type.
+//
+// Before it serves, Run creates both streams and the file bucket, or
+// updates them, with the configured replicas, retrying every second until NATS answers (NATS may
 // start later, a cluster may be electing or missing a server). NATS
 // servers that can never hold that many replicas end Run with an error
 // instead (store.ReplicasRefused).
@@ -24,7 +30,8 @@
 // validated at the same moment; each endpoint keeps its own order, and a
 // room's or a conversation's posts come on one of them); Run owns the
 // acker goroutine, which waits for each store acknowledgement in order
-// and answers the posting edge. When its context ends Run stops the
+// and answers the posting edge; Run also owns the sweep, which deletes
+// the uploads never shared within their TTL. When its context ends Run stops the
 // service and waits for the posts already taken to be handled (at most
 // the connection's drain timeout in all), then lets the acker answer what
 // was accepted (at most two more seconds), and returns after it has
