@@ -5,6 +5,9 @@
 // the handshake, frames, the poller, batched writes, pings, closing) is
 // services/edge/ws: the edge's gate admits each request (admit.go), and
 // each session it admits is the handler of its connection (client.go).
+// Files go up and come back over plain HTTP (files.go): an upload is
+// admitted by the same gate and streamed into the object store bucket
+// CHAT_FILES on its request's goroutine, a download streamed out of it.
 //
 // Ownership and stopping:
 //
