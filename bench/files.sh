@@ -65,7 +65,7 @@ head -c $((mib << 20)) /dev/urandom >"$work/file"
 want=$(sha256sum <"$work/file" | cut -d' ' -f1)
 rss0=$(vm VmRSS)
 hwm0=$(vm VmHWM)
-ups=() downs=()
+ups=() downs=() rounds_rss=()
 for i in $(seq "$rounds"); do
 	out=$(taskset -c 1 curl -fsS -w '\n%{time_total}' -H "X-File-Name: round-$i.bin" --data-binary @"$work/file" \
 		"http://$http/files?room=bench&user=bench")
@@ -78,15 +78,20 @@ for i in $(seq "$rounds"); do
 		echo "files: round $i came back different" >&2
 		exit 1
 	fi
+	rounds_rss+=("$(($(vm VmRSS) / 1024))")
 done
 rss1=$(vm VmRSS)
 hwm1=$(vm VmHWM)
+# What is held a while later: the NATS server's caches of the blocks just
+# written and read expire, and the Go runtime gives back what it freed.
+sleep 60
+rss2=$(vm VmRSS)
 
 # stats SECONDS... prints the median and the range in MiB/s.
 stats() {
-	printf '%s\n' "$@" | awk -v mib="$mib" '{ r[NR] = mib / $1 } END {
-		n = asort(r); med = (n % 2) ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
-		printf "%.0f MiB/s (%.0f to %.0f)", med, r[1], r[n] }'
+	printf '%s\n' "$@" | awk -v mib="$mib" '{ print mib / $1 }' | sort -g | awk '{ r[NR] = $1 } END {
+		med = (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
+		printf "%.0f MiB/s (%.0f to %.0f)", med, r[1], r[NR] }'
 }
 date=$(date -u +%Y-%m-%dT%H%M%SZ)
 out=$root/bench/results/$date-files.md
@@ -103,12 +108,12 @@ out=$root/bench/results/$date-files.md
 	echo "| upload (POST /files, stored in CHAT_FILES, R1) | $(stats "${ups[@]}") |"
 	echo "| download (GET /files/ID) | $(stats "${downs[@]}") |"
 	echo
-	echo "| the server's memory | before the first round | after the last |"
-	echo "| --- | --- | --- |"
-	echo "| RSS (VmRSS) | $((rss0 / 1024)) MiB | $((rss1 / 1024)) MiB |"
-	echo "| peak RSS (VmHWM) | $((hwm0 / 1024)) MiB | $((hwm1 / 1024)) MiB |"
+	echo "| the server's memory | before the first round | after the last | a minute later |"
+	echo "| --- | --- | --- | --- |"
+	echo "| RSS (VmRSS) | $((rss0 / 1024)) MiB | $((rss1 / 1024)) MiB | $((rss2 / 1024)) MiB |"
+	echo "| peak RSS (VmHWM) | $((hwm0 / 1024)) MiB | $((hwm1 / 1024)) MiB | |"
 	echo
-	echo "Upload times: ${ups[*]} s. Download times: ${downs[*]} s."
+	echo "RSS after each round: ${rounds_rss[*]} MiB. Upload times: ${ups[*]} s. Download times: ${downs[*]} s."
 } >"$out"
 cat "$out"
 echo "files: ${out#"$root"/}" >&2
