@@ -30,8 +30,9 @@
 #   PROCS_ADDRS        array of their addresses: NATS's client address,
 #                      the services' HTTP address (/readyz, /metrics)
 #   PROCS_PIDLIST      name=pid,... of all of them (loadgen -pid)
-#   PROCS_PPROF        name=host:port,... of every service's pprof listener
-#                      (/debug/pprof/), presence first, when CHAT_PPROF_ADDR
+#   PROCS_PPROF        name=host:port,... of every process's pprof listener
+#                      (/debug/pprof/; the NATS server's -profile port
+#                      first, then presence...), when CHAT_PPROF_ADDR
 #                      is set; empty when it is not
 #   PROCS_LOGS         the directory of their logs, <name>.log
 # Each edge's CHAT_EDGE_ID is its name (edge-1, ...). procs_pid NAME
@@ -96,8 +97,11 @@ procs_up() {
 	rm -rf "$PROCS_DIR/nats-data" "$PROCS_LOGS"
 	mkdir -p "$PROCS_LOGS"
 
-	# -p -1: a free port, which the server logs.
-	_procs_start nats "$PROCS_DIR/bin/nats-server" -a 127.0.0.1 -p -1 -js -sd "$PROCS_DIR/nats-data"
+	# -p -1: a free port, which the server logs; -profile -1 likewise
+	# serves net/http/pprof on a free port when CHAT_PPROF_ADDR is set.
+	local prof=()
+	if [ -n "${CHAT_PPROF_ADDR:-}" ]; then prof=(-profile -1); fi
+	_procs_start nats "$PROCS_DIR/bin/nats-server" -a 127.0.0.1 -p -1 -js -sd "$PROCS_DIR/nats-data" "${prof[@]}"
 	local addr
 	addr=$(_procs_await_log nats 'Listening for client connections on ' | sed 's/.*Listening for client connections on \([0-9.:]*\).*/\1/') ||
 		{ _procs_fail "NATS did not listen"; return 1; }
@@ -125,7 +129,10 @@ procs_up() {
 	done
 	PROCS_PPROF=
 	if [ -n "${CHAT_PPROF_ADDR:-}" ]; then
-		local name
+		local name port
+		port=$(_procs_await_log nats 'profiling port: ' | sed 's/.*profiling port: \([0-9]*\).*/\1/') ||
+			{ _procs_fail "NATS has no profiling port"; return 1; }
+		PROCS_PPROF=nats=127.0.0.1:$port
 		for name in "${PROCS_NAMES[@]}"; do
 			[ "$name" != nats ] || continue
 			addr=$(_procs_await_listen "$name" pprof) || { _procs_fail "$name has no pprof listener"; return 1; }
