@@ -618,3 +618,27 @@ func TestFileAcrossEdges(t *testing.T) {
 		t.Fatalf("download through the second edge: %d", resp.StatusCode)
 	}
 }
+
+// An upload is admitted as a WebSocket is: a foreign Origin is 403, an
+// address at its limit of open connections 429, each before a byte of
+// the body is read, and nothing is stored.
+func TestFileUploadAdmission(t *testing.T) {
+	t.Parallel()
+	ns := natstest.Start(t)
+	startBroadcaster(t, ns)
+	e := startEdge(t, ns, func(c *edge.Config) { c.Web.MaxConnsPerIP = 1 })
+	if up := upload(t, e.url, "room=lobby&user=alice", "a.png", bytes.NewReader(pngBytes), http.Header{"Origin": {"http://evil.example"}}); up.status != http.StatusForbidden {
+		t.Errorf("a foreign Origin: %d, want 403", up.status)
+	}
+	dial(t, e.url, "alice") // the address's one place
+	if up := upload(t, e.url, "room=lobby&user=alice", "a.png", bytes.NewReader(pngBytes), nil); up.status != http.StatusTooManyRequests {
+		t.Errorf("an address at its limit: %d, want 429", up.status)
+	}
+	js, err := jetstream.New(natstest.Connect(t, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msgs, _ := bucketBytes(t, js); msgs != 0 {
+		t.Errorf("the bucket holds %d messages after refusals only", msgs)
+	}
+}
